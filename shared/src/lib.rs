@@ -1,0 +1,26 @@
+//! The pubsearch search core, shared by the edge Worker (wasm32) and the native worker.
+//!
+//! Everything that decides *what a search answers* lives here, so a query gives the same results
+//! natively and in the Worker:
+//!
+//! - [`schema`]: the serving snapshot's tables, FTS5 indexes and version stamps.
+//! - [`snapshot`]: writes documents and publications into a snapshot (builders and test fixtures).
+//! - [`query`]: turns untrusted user text into a safe FTS5 `MATCH` expression.
+//! - [`search`]: validated search requests, ranking (bm25 top-K, then recency re-rank) and results.
+//! - [`platform`]: which publishing platform a record belongs to, and its public URL.
+//! - [`timestamp`]: the one timestamp format stored in snapshots and returned to clients.
+//!
+//! Data flows one way: the native worker extracts records, stores them, and builds snapshots with
+//! [`snapshot::SnapshotWriter`]; the edge opens the snapshot read-only and calls [`search::search`].
+
+pub mod platform;
+pub mod query;
+pub mod schema;
+pub mod search;
+pub mod snapshot;
+pub mod timestamp;
+
+pub use platform::Platform;
+pub use query::{MatchExpr, QueryError};
+pub use search::{SearchError, SearchPage, SearchRequest, SearchResult};
+pub use timestamp::Timestamp;

@@ -1,0 +1,179 @@
+//! The user query language, compiled to a safe FTS5 `MATCH` expression.
+//!
+//! Users type words and `"quoted phrases"`. Every word and phrase becomes an FTS5 string (double
+//! quoted, inner quotes doubled), so no input can reach FTS5's own syntax: `NEAR`, `AND`, column
+//! filters, `^`, `*`, parentheses and stray quotes are all just text. Terms are OR-ed so bm25 ranks
+//! documents matching more of them first, and the last bare word is a prefix match while the user
+//! is still typing it.
+
+use std::collections::HashSet;
+use std::fmt;
+
+/// Longest accepted query, in characters.
+pub const MAX_QUERY_CHARS: usize = 256;
+/// Most terms (words plus phrases) in one query.
+pub const MAX_TERMS: usize = 32;
+/// Shortest last word that becomes a prefix match; shorter prefixes expand to too many terms.
+pub const MIN_PREFIX_CHARS: usize = 3;
+
+/// A validated FTS5 `MATCH` expression built from user input.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MatchExpr(String);
+
+impl MatchExpr {
+    /// The expression, ready to bind as the right-hand side of `MATCH`.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for MatchExpr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// Why a query cannot be searched; each is the user's to fix.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum QueryError {
+    #[error("empty query: type at least one word")]
+    Empty,
+    #[error("query too long: at most {MAX_QUERY_CHARS} characters")]
+    TooLong,
+    #[error("too many terms: at most {MAX_TERMS} words or phrases")]
+    TooManyTerms,
+}
+
+/// One unit of the user's query.
+#[derive(Debug, PartialEq, Eq)]
+enum Term<'a> {
+    Word(&'a str),
+    Phrase(&'a str),
+}
+
+/// Compiles user input into a `MATCH` expression, or says why it cannot be searched.
+pub fn build(input: &str) -> Result<MatchExpr, QueryError> {
+    if input.chars().count() > MAX_QUERY_CHARS {
+        return Err(QueryError::TooLong);
+    }
+    let terms = split_terms(input);
+    let prefix_last =
+        matches!(terms.last(), Some(Term::Word(_))) && !input.ends_with(char::is_whitespace);
+
+    let mut seen = HashSet::new();
+    let mut parts = Vec::new();
+    let last_index = terms.len().saturating_sub(1);
+    for (index, term) in terms.iter().enumerate() {
+        let text = match term {
+            Term::Word(text) | Term::Phrase(text) => clean(text),
+        };
+        if !text.chars().any(char::is_alphanumeric) {
+            continue;
+        }
+        let prefix = prefix_last && index == last_index && text.chars().count() >= MIN_PREFIX_CHARS;
+        if !seen.insert((text.to_lowercase(), prefix)) {
+            continue;
+        }
+        let quoted = format!("\"{}\"", text.replace('"', "\"\""));
+        parts.push(if prefix { format!("{quoted}*") } else { quoted });
+    }
+    match parts.len() {
+        0 => Err(QueryError::Empty),
+        n if n > MAX_TERMS => Err(QueryError::TooManyTerms),
+        _ => Ok(MatchExpr(parts.join(" OR "))),
+    }
+}
+
+/// Splits input into bare words and quoted phrases; an unbalanced quote runs to the end.
+fn split_terms(input: &str) -> Vec<Term<'_>> {
+    let mut terms = Vec::new();
+    let mut rest = input;
+    loop {
+        rest = rest.trim_start();
+        if rest.is_empty() {
+            return terms;
+        }
+        if let Some(after_quote) = rest.strip_prefix('"') {
+            let end = after_quote.find('"').unwrap_or(after_quote.len());
+            terms.push(Term::Phrase(&after_quote[..end]));
+            rest = after_quote.get(end + 1..).unwrap_or_default();
+        } else {
+            let end = rest
+                .find(|c: char| c.is_whitespace() || c == '"')
+                .unwrap_or(rest.len());
+            terms.push(Term::Word(&rest[..end]));
+            rest = &rest[end..];
+        }
+    }
+}
+
+/// Replaces control characters (NUL included) with spaces and trims.
+fn clean(text: &str) -> String {
+    text.chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect::<String>()
+        .trim()
+        .to_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn expr(input: &str) -> String {
+        build(input).unwrap().0
+    }
+
+    #[test]
+    fn words_are_quoted_ored_and_last_is_prefix() {
+        assert_eq!(expr("rust wasm"), r#""rust" OR "wasm"*"#);
+        assert_eq!(expr("rust wasm "), r#""rust" OR "wasm""#);
+        assert_eq!(
+            expr("rust go"),
+            r#""rust" OR "go""#,
+            "short last word is not a prefix"
+        );
+    }
+
+    #[test]
+    fn phrases_survive_and_are_never_prefixes() {
+        assert_eq!(
+            expr(r#""static site" generator"#),
+            r#""static site" OR "generator"*"#
+        );
+        assert_eq!(expr(r#"blog "static site""#), r#""blog" OR "static site""#);
+        assert_eq!(
+            expr(r#"say "unbalanced phrase"#),
+            r#""say" OR "unbalanced phrase""#
+        );
+    }
+
+    #[test]
+    fn fts_syntax_is_inert() {
+        assert_eq!(
+            expr("title:foo NEAR(a b) ^x"),
+            r#""title:foo" OR "NEAR(a" OR "b)" OR "^x""#
+        );
+        assert_eq!(
+            expr("a AND b NOT c"),
+            r#""a" OR "AND" OR "b" OR "NOT" OR "c""#
+        );
+    }
+
+    #[test]
+    fn duplicates_collapse_case_insensitively() {
+        assert_eq!(expr("Rust rust RUST "), r#""Rust""#);
+    }
+
+    #[test]
+    fn errors_are_specific() {
+        assert_eq!(build(""), Err(QueryError::Empty));
+        assert_eq!(build(r#"  "" ** ()  "#), Err(QueryError::Empty));
+        assert_eq!(
+            build(&"a".repeat(MAX_QUERY_CHARS + 1)),
+            Err(QueryError::TooLong)
+        );
+        let many: Vec<String> = (0..=MAX_TERMS).map(|i| format!("w{i}")).collect();
+        assert_eq!(build(&many.join(" ")), Err(QueryError::TooManyTerms));
+    }
+}

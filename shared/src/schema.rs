@@ -1,0 +1,231 @@
+//! The serving snapshot's schema and the version stamps that say who can read it.
+//!
+//! A snapshot is a self-contained SQLite file. Documents and publications each have an
+//! external-content FTS5 index (text stored once, in the base table), tags are a separate table so
+//! a tag filter is an `IN` subquery the FTS index can drive, and `meta` records the versions a
+//! reader must speak. Bump [`SCHEMA_VERSION`] for any table change and [`SCORING_VERSION`] for any
+//! ranking change: readers refuse snapshots whose versions they do not know.
+
+use rusqlite::{Connection, OptionalExtension};
+
+/// Version of the table layout below.
+pub const SCHEMA_VERSION: u32 = 1;
+/// The FTS5 tokenizer both indexes use; a snapshot built with another is refused.
+pub const TOKENIZER: &str = "unicode61 remove_diacritics 2";
+/// Version of the ranking formula (bm25 weights, recency boost, candidate pool).
+pub const SCORING_VERSION: u32 = 1;
+
+/// bm25 weight of a document's title relative to its content (weight 1).
+pub const TITLE_WEIGHT: f64 = 10.0;
+/// bm25 weight of a publication's name relative to its description (weight 1).
+pub const NAME_WEIGHT: f64 = 10.0;
+
+/// Longest tag kept, in characters; longer ones are dropped rather than truncated into a different tag.
+pub const MAX_TAG_CHARS: usize = 64;
+
+/// The snapshot's tables. Timestamps are canonical RFC 3339 text (see [`crate::timestamp`]);
+/// `indexed_at` is the ingest time in Unix microseconds, the unit of the source watermark.
+pub const DDL: &str = r#"
+CREATE TABLE documents (
+    id              INTEGER PRIMARY KEY,
+    uri             TEXT NOT NULL UNIQUE,
+    did             TEXT NOT NULL,
+    rkey            TEXT NOT NULL,
+    collection      TEXT NOT NULL,
+    platform        TEXT NOT NULL,
+    title           TEXT NOT NULL,
+    content         TEXT NOT NULL,
+    created_at      TEXT NOT NULL,
+    indexed_at      INTEGER NOT NULL,
+    publication_uri TEXT,
+    base_path       TEXT,
+    path            TEXT,
+    tags            TEXT NOT NULL DEFAULT '[]',
+    cover_image     TEXT
+);
+CREATE INDEX documents_publication_uri ON documents(publication_uri);
+CREATE INDEX documents_did ON documents(did);
+
+CREATE TABLE publications (
+    id           INTEGER PRIMARY KEY,
+    uri          TEXT NOT NULL UNIQUE,
+    did          TEXT NOT NULL,
+    rkey         TEXT NOT NULL,
+    platform     TEXT NOT NULL,
+    name         TEXT NOT NULL,
+    description  TEXT NOT NULL,
+    base_path    TEXT,
+    created_at   TEXT,
+    indexed_at   INTEGER NOT NULL,
+    discoverable INTEGER NOT NULL DEFAULT 1
+);
+CREATE INDEX publications_did ON publications(did);
+
+CREATE TABLE document_tags (
+    tag         TEXT NOT NULL,
+    document_id INTEGER NOT NULL REFERENCES documents(id),
+    PRIMARY KEY (tag, document_id)
+) WITHOUT ROWID;
+
+CREATE TABLE tag_counts (
+    tag       TEXT PRIMARY KEY,
+    documents INTEGER NOT NULL
+) WITHOUT ROWID;
+
+CREATE VIRTUAL TABLE documents_fts USING fts5(
+    title, content,
+    content = 'documents', content_rowid = 'id',
+    tokenize = 'unicode61 remove_diacritics 2'
+);
+CREATE VIRTUAL TABLE publications_fts USING fts5(
+    name, description,
+    content = 'publications', content_rowid = 'id',
+    tokenize = 'unicode61 remove_diacritics 2'
+);
+
+CREATE TABLE meta (
+    key   TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+) WITHOUT ROWID;
+"#;
+
+/// What a reader needs to know before trusting a snapshot.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SnapshotVersion {
+    pub schema_version: u32,
+    pub tokenizer: String,
+    pub scoring_version: u32,
+    /// Every document with `indexed_at <= source_watermark_us` is in the snapshot, and no other.
+    pub source_watermark_us: i64,
+}
+
+/// Why a database cannot be served as a snapshot.
+#[derive(Debug, thiserror::Error)]
+pub enum SchemaError {
+    #[error("snapshot is missing meta key {0:?}")]
+    MissingMeta(&'static str),
+    #[error("snapshot meta key {key:?} has unreadable value {value:?}")]
+    BadMeta { key: &'static str, value: String },
+    #[error(
+        "snapshot speaks schema {found_schema}/scoring {found_scoring}/tokenizer {found_tokenizer:?}; \
+         this build reads schema {SCHEMA_VERSION}/scoring {SCORING_VERSION}/tokenizer {TOKENIZER:?}"
+    )]
+    Incompatible {
+        found_schema: u32,
+        found_scoring: u32,
+        found_tokenizer: String,
+    },
+    #[error("sqlite: {0}")]
+    Sqlite(#[from] rusqlite::Error),
+}
+
+/// Creates the snapshot tables and configures FTS ranking in an empty database.
+pub fn create(conn: &Connection) -> rusqlite::Result<()> {
+    conn.execute_batch(DDL)?;
+    // A persistent rank lets `ORDER BY rank` use FTS5's own sort with our column weights.
+    conn.execute(
+        "INSERT INTO documents_fts(documents_fts, rank) VALUES ('rank', ?1)",
+        [format!("bm25({TITLE_WEIGHT:.1}, 1.0)")],
+    )?;
+    conn.execute(
+        "INSERT INTO publications_fts(publications_fts, rank) VALUES ('rank', ?1)",
+        [format!("bm25({NAME_WEIGHT:.1}, 1.0)")],
+    )?;
+    Ok(())
+}
+
+/// Stamps the snapshot with this build's versions and the source watermark it covers.
+pub fn write_version(conn: &Connection, source_watermark_us: i64) -> rusqlite::Result<()> {
+    let mut upsert = conn.prepare("INSERT OR REPLACE INTO meta(key, value) VALUES (?1, ?2)")?;
+    upsert.execute(("schema_version", SCHEMA_VERSION.to_string()))?;
+    upsert.execute(("tokenizer", TOKENIZER))?;
+    upsert.execute(("scoring_version", SCORING_VERSION.to_string()))?;
+    upsert.execute(("source_watermark_us", source_watermark_us.to_string()))?;
+    Ok(())
+}
+
+/// Reads a snapshot's version stamps.
+pub fn read_version(conn: &Connection) -> Result<SnapshotVersion, SchemaError> {
+    let get = |key: &'static str| -> Result<String, SchemaError> {
+        conn.query_row("SELECT value FROM meta WHERE key = ?1", [key], |row| {
+            row.get(0)
+        })
+        .optional()?
+        .ok_or(SchemaError::MissingMeta(key))
+    };
+    fn number<T: std::str::FromStr>(key: &'static str, value: String) -> Result<T, SchemaError> {
+        value
+            .parse()
+            .map_err(|_| SchemaError::BadMeta { key, value })
+    }
+    Ok(SnapshotVersion {
+        schema_version: number("schema_version", get("schema_version")?)?,
+        tokenizer: get("tokenizer")?,
+        scoring_version: number("scoring_version", get("scoring_version")?)?,
+        source_watermark_us: number("source_watermark_us", get("source_watermark_us")?)?,
+    })
+}
+
+/// Reads the version stamps and refuses a snapshot this build cannot rank identically.
+pub fn check_compatible(conn: &Connection) -> Result<SnapshotVersion, SchemaError> {
+    let version = read_version(conn)?;
+    if version.schema_version != SCHEMA_VERSION
+        || version.scoring_version != SCORING_VERSION
+        || version.tokenizer != TOKENIZER
+    {
+        return Err(SchemaError::Incompatible {
+            found_schema: version.schema_version,
+            found_scoring: version.scoring_version,
+            found_tokenizer: version.tokenizer,
+        });
+    }
+    Ok(version)
+}
+
+/// The stored form of a tag: trimmed, lowercase, without a leading `#`; `None` if nothing is left
+/// or it is longer than [`MAX_TAG_CHARS`].
+pub fn normalize_tag(tag: &str) -> Option<String> {
+    let tag = tag.trim().trim_start_matches('#').trim();
+    let tag: String = tag
+        .chars()
+        .filter(|c| !c.is_control())
+        .collect::<String>()
+        .to_lowercase();
+    (!tag.is_empty() && tag.chars().count() <= MAX_TAG_CHARS).then_some(tag)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn version_round_trips_and_mismatch_is_refused() {
+        let conn = Connection::open_in_memory().unwrap();
+        create(&conn).unwrap();
+        assert!(matches!(
+            check_compatible(&conn),
+            Err(SchemaError::MissingMeta("schema_version"))
+        ));
+        write_version(&conn, 42).unwrap();
+        assert_eq!(check_compatible(&conn).unwrap().source_watermark_us, 42);
+        conn.execute(
+            "UPDATE meta SET value = '999' WHERE key = 'scoring_version'",
+            [],
+        )
+        .unwrap();
+        assert!(matches!(
+            check_compatible(&conn),
+            Err(SchemaError::Incompatible {
+                found_scoring: 999,
+                ..
+            })
+        ));
+    }
+
+    #[test]
+    fn tags_normalise() {
+        assert_eq!(normalize_tag("  #Rust "), Some("rust".into()));
+        assert_eq!(normalize_tag("#"), None);
+        assert_eq!(normalize_tag(&"x".repeat(MAX_TAG_CHARS + 1)), None);
+    }
+}

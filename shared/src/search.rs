@@ -1,0 +1,636 @@
+//! Search requests, ranking and results.
+//!
+//! Ranking runs in two phases so the request path does no work proportional to the corpus beyond
+//! what FTS5 itself does (DESIGN.md invariant 1):
+//!
+//! 1. **Candidates.** FTS5 ranks matches by weighted bm25 (`ORDER BY rank`) with cheap filters
+//!    applied in the same query (tags as an `IN` subquery, so the FTS index drives) and keeps the
+//!    best [`CANDIDATE_POOL`]. Publications are ranked the same way in their own index.
+//! 2. **Re-rank and page.** Candidates get a recency penalty of one point per
+//!    [`DAYS_PER_RECENCY_POINT`] days of age (capped at [`MAX_RECENCY_PENALTY`]), are merged, lose
+//!    repeated `(author, title)` pairs (cross-posts) and are paged; only the page's rows are read in
+//!    full and given snippets.
+//!
+//! The pool has a fixed size, so every page of a query is cut from the same ordering.
+
+use std::collections::HashSet;
+
+use rusqlite::types::Value;
+use rusqlite::{Connection, params_from_iter};
+use serde::{Deserialize, Serialize};
+
+use crate::platform::{Platform, UnknownPlatform};
+use crate::query::{self, MatchExpr, QueryError};
+use crate::schema;
+use crate::timestamp::{Timestamp, TimestampError};
+
+/// Results per page when the client does not say.
+pub const DEFAULT_LIMIT: u32 = 20;
+/// Most results per page.
+pub const MAX_LIMIT: u32 = 40;
+/// Deepest offset served; past it, refine the query.
+pub const MAX_OFFSET: u32 = 1000;
+/// Candidates kept from each FTS index before re-ranking: enough for the deepest page plus the
+/// one-extra `hasMore` probe, with room for deduplicated cross-posts.
+pub const CANDIDATE_POOL: u32 = 1200;
+/// Days of age that cost one ranking point.
+pub const DAYS_PER_RECENCY_POINT: f64 = 30.0;
+/// The most points age can cost, so strong old matches still surface.
+pub const MAX_RECENCY_PENALTY: f64 = 12.0;
+/// Tokens of context in a snippet.
+const SNIPPET_TOKENS: u32 = 24;
+/// Private-use characters that mark matches inside snippets before HTML escaping.
+const MARK_OPEN: char = '\u{E000}';
+const MARK_CLOSE: char = '\u{E001}';
+
+/// What kind of thing a result is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ResultKind {
+    /// A document that belongs to a publication.
+    Article,
+    /// A standalone document (no publication).
+    Looseleaf,
+    /// A publication itself.
+    Publication,
+}
+
+impl ResultKind {
+    const ALL: [ResultKind; 3] = [
+        ResultKind::Article,
+        ResultKind::Looseleaf,
+        ResultKind::Publication,
+    ];
+
+    fn as_str(self) -> &'static str {
+        match self {
+            ResultKind::Article => "article",
+            ResultKind::Looseleaf => "looseleaf",
+            ResultKind::Publication => "publication",
+        }
+    }
+}
+
+/// The JSON shape of a search response.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum ResponseFormat {
+    /// A bare array of results.
+    #[default]
+    V1,
+    /// `{results, hasMore, nextOffset, total}`; `total` is always null because counting every
+    /// match would cost work proportional to the corpus.
+    V2,
+}
+
+/// A validated search: built only through [`SearchRequest::from_params`] or [`SearchRequest::new`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct SearchRequest {
+    query: MatchExpr,
+    platform: Option<Platform>,
+    tag: Option<String>,
+    since: Option<Timestamp>,
+    author: Option<String>,
+    kinds: Vec<ResultKind>,
+    limit: u32,
+    offset: u32,
+    format: ResponseFormat,
+}
+
+/// Why a request was refused; every variant is the client's to fix (HTTP 400).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RequestError {
+    #[error("missing parameter q")]
+    MissingQuery,
+    #[error(transparent)]
+    Query(#[from] QueryError),
+    #[error("invalid {name}: {reason}")]
+    Invalid { name: &'static str, reason: String },
+}
+
+/// Why a valid request could not be answered (HTTP 500: the snapshot or the code is at fault).
+#[derive(Debug, thiserror::Error)]
+pub enum SearchError {
+    #[error("search failed in sqlite: {0}")]
+    Sqlite(#[from] rusqlite::Error),
+}
+
+/// One search hit, in the JSON shape clients consume.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SearchResult {
+    #[serde(rename = "type")]
+    pub kind: ResultKind,
+    pub uri: String,
+    pub did: String,
+    pub title: String,
+    /// HTML-escaped excerpt with matches wrapped in `<mark>`; safe to insert as HTML.
+    pub snippet: String,
+    pub created_at: Option<Timestamp>,
+    pub rkey: String,
+    pub base_path: Option<String>,
+    pub platform: Platform,
+    pub path: Option<String>,
+    pub cover_image: Option<String>,
+    /// Where a reader opens the result, by the platform's routing.
+    pub url: Option<String>,
+}
+
+/// One page of results.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SearchPage {
+    pub results: Vec<SearchResult>,
+    pub has_more: bool,
+    pub next_offset: Option<u32>,
+}
+
+impl SearchRequest {
+    /// A request for `text` with default filters and paging.
+    pub fn new(text: &str) -> Result<Self, RequestError> {
+        Ok(Self {
+            query: query::build(text)?,
+            platform: None,
+            tag: None,
+            since: None,
+            author: None,
+            kinds: ResultKind::ALL.to_vec(),
+            limit: DEFAULT_LIMIT,
+            offset: 0,
+            format: ResponseFormat::V1,
+        })
+    }
+
+    /// Parses URL query parameters (`q`, `platform`, `tag`, `since`, `author`, `type`, `limit`,
+    /// `offset`, `format`). Unknown parameters are ignored so cache-busters do no harm; a repeated
+    /// parameter takes its last value.
+    pub fn from_params<K: AsRef<str>, V: AsRef<str>>(
+        params: impl IntoIterator<Item = (K, V)>,
+    ) -> Result<Self, RequestError> {
+        let mut text = None;
+        let mut raw: Vec<(String, String)> = Vec::new();
+        for (key, value) in params {
+            match key.as_ref() {
+                "q" => text = Some(value.as_ref().to_owned()),
+                _ => raw.push((key.as_ref().to_owned(), value.as_ref().to_owned())),
+            }
+        }
+        let mut request = Self::new(&text.ok_or(RequestError::MissingQuery)?)?;
+        for (key, value) in &raw {
+            let value = value.trim();
+            match key.as_str() {
+                "platform" if !value.is_empty() => {
+                    request.platform = Some(
+                        value
+                            .parse()
+                            .map_err(|e: UnknownPlatform| invalid("platform", e))?,
+                    )
+                }
+                "tag" if !value.is_empty() => {
+                    request.tag = Some(schema::normalize_tag(value).ok_or_else(|| {
+                        invalid(
+                            "tag",
+                            format!("must be 1 to {} characters", schema::MAX_TAG_CHARS),
+                        )
+                    })?)
+                }
+                "since" if !value.is_empty() => {
+                    request.since = Some(
+                        Timestamp::parse(value).map_err(|e: TimestampError| invalid("since", e))?,
+                    )
+                }
+                "author" if !value.is_empty() => {
+                    if !is_did(value) {
+                        return Err(invalid("author", "must be a DID such as did:plc:abc123"));
+                    }
+                    request.author = Some(value.to_owned());
+                }
+                "type" if !value.is_empty() => request.kinds = parse_kinds(value)?,
+                "limit" => request.limit = parse_bounded("limit", value, 1, MAX_LIMIT)?,
+                "offset" => request.offset = parse_bounded("offset", value, 0, MAX_OFFSET)?,
+                "format" => {
+                    request.format = match value {
+                        "" | "v1" => ResponseFormat::V1,
+                        "v2" => ResponseFormat::V2,
+                        other => {
+                            return Err(invalid("format", format!("{other:?} is not v1 or v2")));
+                        }
+                    }
+                }
+                _ => {}
+            }
+        }
+        Ok(request)
+    }
+
+    /// The compiled FTS5 expression.
+    pub fn match_expr(&self) -> &MatchExpr {
+        &self.query
+    }
+
+    /// The JSON shape the client asked for.
+    pub fn format(&self) -> ResponseFormat {
+        self.format
+    }
+
+    /// Results per page.
+    pub fn limit(&self) -> u32 {
+        self.limit
+    }
+
+    /// Results skipped before this page.
+    pub fn offset(&self) -> u32 {
+        self.offset
+    }
+
+    fn wants(&self, kind: ResultKind) -> bool {
+        self.kinds.contains(&kind)
+    }
+}
+
+impl SearchPage {
+    /// The response body in the requested format.
+    pub fn to_json(&self, format: ResponseFormat) -> serde_json::Value {
+        match format {
+            ResponseFormat::V1 => serde_json::json!(self.results),
+            ResponseFormat::V2 => serde_json::json!({
+                "results": self.results,
+                "hasMore": self.has_more,
+                "nextOffset": self.next_offset,
+                "total": null,
+            }),
+        }
+    }
+}
+
+fn invalid(name: &'static str, reason: impl ToString) -> RequestError {
+    RequestError::Invalid {
+        name,
+        reason: reason.to_string(),
+    }
+}
+
+fn is_did(value: &str) -> bool {
+    let mut parts = value.splitn(3, ':');
+    matches!(
+        (parts.next(), parts.next(), parts.next()),
+        (Some("did"), Some(method), Some(id))
+            if !method.is_empty() && method.bytes().all(|b| b.is_ascii_lowercase())
+                && !id.is_empty() && value.len() <= 256
+                && id.bytes().all(|b| b.is_ascii_alphanumeric() || b".-_:%".contains(&b))
+    )
+}
+
+fn parse_kinds(value: &str) -> Result<Vec<ResultKind>, RequestError> {
+    value
+        .split(',')
+        .map(|name| {
+            let name = name.trim();
+            ResultKind::ALL
+                .into_iter()
+                .find(|kind| kind.as_str() == name)
+                .ok_or_else(|| {
+                    invalid(
+                        "type",
+                        format!("{name:?} is not article, looseleaf or publication"),
+                    )
+                })
+        })
+        .collect()
+}
+
+fn parse_bounded(name: &'static str, value: &str, min: u32, max: u32) -> Result<u32, RequestError> {
+    value
+        .parse::<u32>()
+        .ok()
+        .filter(|n| (min..=max).contains(n))
+        .ok_or_else(|| invalid(name, format!("must be a whole number from {min} to {max}")))
+}
+
+/// A ranked candidate before paging.
+struct Candidate {
+    kind: ResultKind,
+    id: i64,
+    score: f64,
+    /// `(did, lowercase title)` for documents with a title; cross-posts share it.
+    dedup_key: Option<(String, String)>,
+}
+
+/// Answers a request from a snapshot. `now` anchors the recency boost; pass the current time in
+/// production and a fixed one in tests.
+pub fn search(
+    conn: &Connection,
+    request: &SearchRequest,
+    now: Timestamp,
+) -> Result<SearchPage, SearchError> {
+    let mut candidates = document_candidates(conn, request, now)?;
+    candidates.extend(publication_candidates(conn, request)?);
+    candidates.sort_by(|a, b| {
+        a.score
+            .total_cmp(&b.score)
+            .then_with(|| (a.kind as u8).cmp(&(b.kind as u8)))
+            .then_with(|| a.id.cmp(&b.id))
+    });
+
+    let mut seen = HashSet::new();
+    candidates.retain(|candidate| {
+        candidate
+            .dedup_key
+            .as_ref()
+            .is_none_or(|key| seen.insert(key.clone()))
+    });
+
+    let start = request.offset as usize;
+    let end = start + request.limit as usize;
+    let has_more = candidates.len() > end;
+    let results = candidates
+        .get(start..end.min(candidates.len()))
+        .unwrap_or_default()
+        .iter()
+        .map(|candidate| load_result(conn, request, candidate))
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(SearchPage {
+        results,
+        has_more,
+        next_offset: has_more.then_some(end as u32),
+    })
+}
+
+fn document_candidates(
+    conn: &Connection,
+    request: &SearchRequest,
+    now: Timestamp,
+) -> Result<Vec<Candidate>, SearchError> {
+    let (articles, looseleafs) = (
+        request.wants(ResultKind::Article),
+        request.wants(ResultKind::Looseleaf),
+    );
+    if !articles && !looseleafs {
+        return Ok(Vec::new());
+    }
+    let now_seconds = now.unix_millis() as f64 / 1000.0;
+    let mut args = vec![
+        Value::Text(request.query.as_str().to_owned()),
+        Value::Real(now_seconds),
+    ];
+    let mut filters = String::new();
+    let mut needs_row = false;
+    let mut push = |clause: &str, value: Value, needs_document: bool| {
+        args.push(value);
+        filters.push_str(&clause.replace('#', &format!("?{}", args.len())));
+        needs_row |= needs_document;
+    };
+    if let Some(platform) = request.platform {
+        push(
+            " AND doc.platform = #",
+            Value::Text(platform.as_str().into()),
+            true,
+        );
+    }
+    if let Some(since) = request.since {
+        push(
+            " AND doc.created_at >= #",
+            Value::Text(since.to_rfc3339()),
+            true,
+        );
+    }
+    if let Some(author) = &request.author {
+        push(" AND doc.did = #", Value::Text(author.clone()), true);
+    }
+    if let Some(tag) = &request.tag {
+        push(
+            " AND documents_fts.rowid IN (SELECT document_id FROM document_tags WHERE tag = #)",
+            Value::Text(tag.clone()),
+            false,
+        );
+    }
+    if articles != looseleafs {
+        filters.push_str(if articles {
+            " AND doc.publication_uri IS NOT NULL"
+        } else {
+            " AND doc.publication_uri IS NULL"
+        });
+        needs_row = true;
+    }
+    let join = if needs_row {
+        " JOIN documents AS doc ON doc.id = documents_fts.rowid"
+    } else {
+        ""
+    };
+    let seconds_per_point = DAYS_PER_RECENCY_POINT * 86_400.0;
+    let sql = format!(
+        "SELECT c.id,
+                c.rank + min(max((?2 - unixepoch(d.created_at)) / {seconds_per_point:.1}, 0.0), {MAX_RECENCY_PENALTY:.1}),
+                d.did, lower(d.title)
+         FROM (SELECT documents_fts.rowid AS id, documents_fts.rank AS rank
+               FROM documents_fts{join}
+               WHERE documents_fts MATCH ?1{filters}
+               ORDER BY documents_fts.rank
+               LIMIT {CANDIDATE_POOL}) AS c
+         JOIN documents AS d ON d.id = c.id"
+    );
+    let mut statement = conn.prepare_cached(&sql)?;
+    let rows = statement.query_map(params_from_iter(args), |row| {
+        let did: String = row.get(2)?;
+        let title: String = row.get(3)?;
+        Ok(Candidate {
+            // Article or looseleaf is decided when the row is loaded; here only "document" matters.
+            kind: ResultKind::Article,
+            id: row.get(0)?,
+            score: row.get(1)?,
+            dedup_key: (!title.trim().is_empty()).then_some((did, title)),
+        })
+    })?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}
+
+fn publication_candidates(
+    conn: &Connection,
+    request: &SearchRequest,
+) -> Result<Vec<Candidate>, SearchError> {
+    // Publications carry no tags or dates, so a tag or date filter excludes them.
+    if !request.wants(ResultKind::Publication) || request.tag.is_some() || request.since.is_some() {
+        return Ok(Vec::new());
+    }
+    let mut args = vec![Value::Text(request.query.as_str().to_owned())];
+    let mut filters = String::new();
+    if let Some(platform) = request.platform {
+        args.push(Value::Text(platform.as_str().into()));
+        filters.push_str(&format!(" AND p.platform = ?{}", args.len()));
+    }
+    if let Some(author) = &request.author {
+        args.push(Value::Text(author.clone()));
+        filters.push_str(&format!(" AND p.did = ?{}", args.len()));
+    }
+    let sql = format!(
+        "SELECT publications_fts.rowid, publications_fts.rank
+         FROM publications_fts JOIN publications AS p ON p.id = publications_fts.rowid
+         WHERE publications_fts MATCH ?1 AND p.discoverable = 1{filters}
+         ORDER BY publications_fts.rank
+         LIMIT {CANDIDATE_POOL}"
+    );
+    let mut statement = conn.prepare_cached(&sql)?;
+    let rows = statement.query_map(params_from_iter(args), |row| {
+        Ok(Candidate {
+            kind: ResultKind::Publication,
+            id: row.get(0)?,
+            score: row.get(1)?,
+            dedup_key: None,
+        })
+    })?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}
+
+fn load_result(
+    conn: &Connection,
+    request: &SearchRequest,
+    candidate: &Candidate,
+) -> Result<SearchResult, SearchError> {
+    let snippet_args = format!(
+        "char({}), char({}), '…', {SNIPPET_TOKENS}",
+        MARK_OPEN as u32, MARK_CLOSE as u32
+    );
+    let platform = |name: String| name.parse().unwrap_or(Platform::Other);
+    let created_at = |text: Option<String>| text.and_then(|text| Timestamp::parse(&text).ok());
+    if candidate.kind == ResultKind::Publication {
+        let sql = format!(
+            "SELECT p.uri, p.did, p.rkey, p.platform, p.name, p.created_at, p.base_path,
+                    snippet(publications_fts, 1, {snippet_args})
+             FROM publications_fts JOIN publications AS p ON p.id = publications_fts.rowid
+             WHERE publications_fts MATCH ?1 AND publications_fts.rowid = ?2"
+        );
+        let mut statement = conn.prepare_cached(&sql)?;
+        return Ok(
+            statement.query_row((request.query.as_str(), candidate.id), |row| {
+                let base_path: Option<String> = row.get(6)?;
+                Ok(SearchResult {
+                    kind: ResultKind::Publication,
+                    uri: row.get(0)?,
+                    did: row.get(1)?,
+                    rkey: row.get(2)?,
+                    platform: platform(row.get(3)?),
+                    title: row.get(4)?,
+                    created_at: created_at(row.get(5)?),
+                    url: base_path
+                        .as_deref()
+                        .map(|base| format!("https://{}", base.trim_end_matches('/'))),
+                    base_path,
+                    snippet: render_snippet(&row.get::<_, String>(7)?),
+                    path: None,
+                    cover_image: None,
+                })
+            })?,
+        );
+    }
+    let sql = format!(
+        "SELECT d.uri, d.did, d.rkey, d.platform, d.title, d.created_at, d.base_path, d.path, d.cover_image,
+                d.publication_uri IS NOT NULL, snippet(documents_fts, 1, {snippet_args})
+         FROM documents_fts JOIN documents AS d ON d.id = documents_fts.rowid
+         WHERE documents_fts MATCH ?1 AND documents_fts.rowid = ?2"
+    );
+    let mut statement = conn.prepare_cached(&sql)?;
+    Ok(
+        statement.query_row((request.query.as_str(), candidate.id), |row| {
+            let did: String = row.get(1)?;
+            let rkey: String = row.get(2)?;
+            let platform = platform(row.get(3)?);
+            let base_path: Option<String> = row.get(6)?;
+            let path: Option<String> = row.get(7)?;
+            Ok(SearchResult {
+                kind: if row.get(9)? {
+                    ResultKind::Article
+                } else {
+                    ResultKind::Looseleaf
+                },
+                uri: row.get(0)?,
+                url: platform.document_url(&did, &rkey, base_path.as_deref(), path.as_deref()),
+                did,
+                rkey,
+                platform,
+                title: row.get(4)?,
+                created_at: created_at(row.get(5)?),
+                base_path,
+                path,
+                cover_image: row.get(8)?,
+                snippet: render_snippet(&row.get::<_, String>(10)?),
+            })
+        })?,
+    )
+}
+
+/// HTML-escapes a snippet and turns the match markers into `<mark>` tags.
+fn render_snippet(raw: &str) -> String {
+    let mut html = String::with_capacity(raw.len() + 16);
+    for c in raw.chars() {
+        match c {
+            MARK_OPEN => html.push_str("<mark>"),
+            MARK_CLOSE => html.push_str("</mark>"),
+            '&' => html.push_str("&amp;"),
+            '<' => html.push_str("&lt;"),
+            '>' => html.push_str("&gt;"),
+            '"' => html.push_str("&quot;"),
+            '\'' => html.push_str("&#39;"),
+            c => html.push(c),
+        }
+    }
+    html
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn params(pairs: &[(&str, &str)]) -> Result<SearchRequest, RequestError> {
+        SearchRequest::from_params(pairs.iter().copied())
+    }
+
+    #[test]
+    fn defaults_apply() {
+        let request = params(&[("q", "rust")]).unwrap();
+        assert_eq!(
+            (request.limit, request.offset, request.format),
+            (DEFAULT_LIMIT, 0, ResponseFormat::V1)
+        );
+        assert_eq!(request.kinds, ResultKind::ALL.to_vec());
+    }
+
+    #[test]
+    fn bad_parameters_are_named() {
+        let cases: &[(&[(&str, &str)], &str)] = &[
+            (&[], "missing parameter q"),
+            (&[("q", "x"), ("limit", "0")], "invalid limit"),
+            (&[("q", "x"), ("limit", "41")], "invalid limit"),
+            (&[("q", "x"), ("limit", "-3")], "invalid limit"),
+            (&[("q", "x"), ("offset", "1001")], "invalid offset"),
+            (&[("q", "x"), ("since", "last tuesday")], "invalid since"),
+            (&[("q", "x"), ("platform", "myspace")], "invalid platform"),
+            (
+                &[("q", "x"), ("author", "alice.bsky.social")],
+                "invalid author",
+            ),
+            (&[("q", "x"), ("type", "article,poem")], "invalid type"),
+            (&[("q", "x"), ("format", "v9")], "invalid format"),
+            (&[("q", "   ")], "empty query"),
+        ];
+        for (pairs, expected) in cases {
+            let error = params(pairs).unwrap_err().to_string();
+            assert!(error.starts_with(expected), "{pairs:?}: {error}");
+        }
+    }
+
+    #[test]
+    fn snippets_are_escaped_around_marks() {
+        assert_eq!(
+            render_snippet("<b>\u{E000}x&y\u{E001}</b>"),
+            "&lt;b&gt;<mark>x&amp;y</mark>&lt;/b&gt;"
+        );
+    }
+
+    #[test]
+    fn dids_are_recognised() {
+        assert!(is_did("did:plc:abc123"));
+        assert!(is_did("did:web:example.com"));
+        assert!(!is_did("did:plc:"));
+        assert!(!is_did("handle.bsky.social"));
+        assert!(!is_did("did:PLC:x"));
+    }
+}

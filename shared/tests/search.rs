@@ -1,0 +1,217 @@
+//! Search behaviour on the fixture corpus. Runs natively and, unchanged, as wasm under node.
+
+mod support;
+
+#[cfg(target_arch = "wasm32")]
+use wasm_bindgen_test::wasm_bindgen_test as test;
+
+use pubsearch_shared::schema;
+use pubsearch_shared::search::{self, RequestError, ResultKind, SearchPage, SearchRequest};
+use pubsearch_shared::snapshot;
+use rusqlite::Connection;
+use support::{now, open_fixture};
+
+fn run(conn: &Connection, pairs: &[(&str, &str)]) -> SearchPage {
+    let request = SearchRequest::from_params(pairs.iter().copied()).unwrap();
+    search::search(conn, &request, now()).unwrap()
+}
+
+fn uris(page: &SearchPage) -> Vec<&str> {
+    page.results
+        .iter()
+        .map(|result| result.uri.as_str())
+        .collect()
+}
+
+fn rkeys(page: &SearchPage) -> Vec<&str> {
+    page.results
+        .iter()
+        .map(|result| result.rkey.as_str())
+        .collect()
+}
+
+#[test]
+fn title_match_outranks_content_match() {
+    let conn = open_fixture();
+    let page = run(&conn, &[("q", "ownership ")]);
+    assert_eq!(rkeys(&page), ["own1", "own2"]);
+}
+
+#[test]
+fn newer_document_wins_among_equal_matches() {
+    let conn = open_fixture();
+    let page = run(&conn, &[("q", "heirloom ")]);
+    assert_eq!(rkeys(&page), ["tom-new", "tom-old"]);
+}
+
+#[test]
+fn cross_posts_collapse_to_the_best_copy() {
+    let conn = open_fixture();
+    let page = run(&conn, &[("q", "\"weekly notes\"")]);
+    assert_eq!(page.results.len(), 1, "{:?}", uris(&page));
+    assert_eq!(page.results[0].did, "did:plc:erin");
+}
+
+#[test]
+fn diacritics_fold_both_ways() {
+    let conn = open_fixture();
+    assert_eq!(rkeys(&run(&conn, &[("q", "cafe zurich ")])), ["cafe"]);
+    assert_eq!(rkeys(&run(&conn, &[("q", "crème")])), ["cafe"]);
+}
+
+#[test]
+fn last_word_is_a_prefix_while_typing() {
+    let conn = open_fixture();
+    assert_eq!(rkeys(&run(&conn, &[("q", "owners")])), ["own1", "own2"]);
+    assert!(run(&conn, &[("q", "owners ")]).results.is_empty());
+}
+
+#[test]
+fn filters_restrict_results() {
+    let conn = open_fixture();
+    let all = run(&conn, &[("q", "tomatoes "), ("limit", "40")]);
+    assert!(all.results.len() >= 4);
+
+    let offprint = run(&conn, &[("q", "tomatoes "), ("platform", "offprint")]);
+    assert_eq!(rkeys(&offprint), ["tom-old"]);
+
+    let recent = run(&conn, &[("q", "heirloom "), ("since", "2026-01-01")]);
+    assert_eq!(rkeys(&recent), ["tom-new"]);
+
+    let by_dave = run(&conn, &[("q", "tomatoes "), ("author", "did:plc:dave")]);
+    assert_eq!(rkeys(&by_dave), ["tom-old"]);
+
+    let tagged = run(&conn, &[("q", "sqlite "), ("tag", "#WASM")]);
+    assert_eq!(rkeys(&tagged), ["wasm1"]);
+
+    let loose = run(&conn, &[("q", "tomatoes "), ("type", "looseleaf")]);
+    assert_eq!(rkeys(&loose), ["3kwhite"]);
+    assert_eq!(loose.results[0].kind, ResultKind::Looseleaf);
+    assert_eq!(
+        loose.results[0].url.as_deref(),
+        Some("https://whtwnd.com/did:plc:grace/3kwhite")
+    );
+}
+
+#[test]
+fn publications_are_results_unless_undiscoverable() {
+    let conn = open_fixture();
+    let page = run(&conn, &[("q", "tomato "), ("type", "publication")]);
+    assert_eq!(rkeys(&page), ["carol"]);
+    assert_eq!(page.results[0].kind, ResultKind::Publication);
+    assert_eq!(page.results[0].title, "The Tomato Garden");
+    assert_eq!(
+        page.results[0].url.as_deref(),
+        Some("https://carol.leaflet.pub")
+    );
+}
+
+#[test]
+fn snippets_highlight_matches_and_escape_html() {
+    let conn = open_fixture();
+    let page = run(&conn, &[("q", "markup ")]);
+    assert_eq!(rkeys(&page), ["3kwhite"]);
+    let snippet = &page.results[0].snippet;
+    assert!(snippet.contains("<mark>markup</mark>"), "{snippet}");
+    assert!(
+        snippet.contains("&lt;script&gt;") && !snippet.contains("<script>"),
+        "{snippet}"
+    );
+}
+
+#[test]
+fn paging_is_consistent_and_reports_more() {
+    let conn = open_fixture();
+    let whole = run(&conn, &[("q", "garden "), ("limit", "40")]);
+    assert!(
+        whole.has_more,
+        "the fixture has more than 40 garden documents"
+    );
+    assert_eq!(whole.next_offset, Some(40));
+    let mut paged = Vec::new();
+    let mut offset = 0;
+    loop {
+        let offset_text = offset.to_string();
+        let page = run(
+            &conn,
+            &[("q", "garden "), ("limit", "7"), ("offset", &offset_text)],
+        );
+        paged.extend(page.results.iter().map(|result| result.uri.clone()));
+        match page.next_offset {
+            Some(next) => offset = next,
+            None => break,
+        }
+        assert!(offset <= 1000, "paging must end");
+    }
+    assert_eq!(paged[..40], uris(&whole)[..]);
+    let unique: std::collections::HashSet<_> = paged.iter().collect();
+    assert_eq!(unique.len(), paged.len(), "no result appears on two pages");
+}
+
+#[test]
+fn hostile_queries_are_inert() {
+    let conn = open_fixture();
+    for hostile in [
+        "title:rust",
+        "NEAR(rust wasm)",
+        "rust*",
+        "^rust",
+        "\"rust",
+        "(rust",
+        "rust OR",
+        "-rust",
+        "{title}: x",
+    ] {
+        let request = SearchRequest::from_params([("q", hostile)]).unwrap();
+        search::search(&conn, &request, now()).unwrap_or_else(|e| panic!("{hostile:?}: {e}"));
+    }
+    assert!(matches!(
+        SearchRequest::from_params([("q", "*** ()")]),
+        Err(RequestError::Query(_))
+    ));
+}
+
+#[test]
+fn snapshot_counts_and_version_are_recorded() {
+    let conn = open_fixture();
+    let counts = snapshot::count(&conn).unwrap();
+    assert_eq!(counts.documents as usize, support::documents().len());
+    assert_eq!(counts.publications, 3);
+    let version = schema::check_compatible(&conn).unwrap();
+    assert_eq!(version.source_watermark_us, support::WATERMARK_US);
+    let rust_docs: i64 = conn
+        .query_row(
+            "SELECT documents FROM tag_counts WHERE tag = 'rust'",
+            [],
+            |row| row.get(0),
+        )
+        .unwrap();
+    let expected = support::documents()
+        .iter()
+        .filter(|d| d.tags.iter().any(|t| t == "rust"))
+        .count();
+    assert_eq!(rust_docs as usize, expected);
+}
+
+#[test]
+fn tag_filter_lets_the_fts_index_drive() {
+    let conn = open_fixture();
+    let plan: Vec<String> = conn
+        .prepare(
+            "EXPLAIN QUERY PLAN SELECT documents_fts.rowid FROM documents_fts WHERE documents_fts MATCH 'rust'
+             AND documents_fts.rowid IN (SELECT document_id FROM document_tags WHERE tag = 'rust')",
+        )
+        .unwrap()
+        .query_map([], |row| row.get::<_, String>(3))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    assert!(
+        plan[0].starts_with("SCAN documents_fts VIRTUAL TABLE"),
+        "{plan:?}"
+    );
+    assert!(
+        plan.iter().any(|step| step.contains("USING PRIMARY KEY")),
+        "{plan:?}"
+    );
+}
