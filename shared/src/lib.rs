@@ -17,6 +17,7 @@
 pub mod manifest;
 pub mod platform;
 pub mod query;
+pub mod record;
 pub mod schema;
 pub mod search;
 pub mod snapshot;
