@@ -1,0 +1,66 @@
+//! The local admin HTTP endpoint: `/health` and `/stats` for operators and probes.
+//!
+//! It reads only lock-free counters, so it answers instantly whatever ingest is doing.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::extract::State;
+use axum::routing::get;
+use axum::{Json, Router};
+use serde_json::{Value, json};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::ingest::{IngestStats, QueueProbe};
+
+/// What the admin endpoint reports on.
+#[derive(Clone)]
+pub struct AdminState {
+    /// Which source feeds this worker (`jetstream`, `tap`, `replay`).
+    pub source: &'static str,
+    pub stats: Arc<IngestStats>,
+    pub queue: QueueProbe,
+    pub started: Instant,
+}
+
+/// Serves the admin endpoint on `listener` until `shutdown`.
+pub async fn serve(
+    listener: TcpListener,
+    state: AdminState,
+    shutdown: CancellationToken,
+) -> std::io::Result<()> {
+    let app = Router::new()
+        .route("/health", get(health))
+        .route("/stats", get(stats))
+        .with_state(state);
+    axum::serve(listener, app)
+        .with_graceful_shutdown(async move { shutdown.cancelled().await })
+        .await
+}
+
+/// Binds the admin address, with a message that names it on failure.
+pub async fn bind(addr: SocketAddr) -> anyhow::Result<TcpListener> {
+    use anyhow::Context;
+    TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("binding the admin endpoint on {addr}"))
+}
+
+async fn health(State(state): State<AdminState>) -> Json<Value> {
+    Json(json!({
+        "status": "ok",
+        "source": state.source,
+        "uptime_seconds": state.started.elapsed().as_secs(),
+    }))
+}
+
+async fn stats(State(state): State<AdminState>) -> Json<Value> {
+    Json(json!({
+        "source": state.source,
+        "uptime_seconds": state.started.elapsed().as_secs(),
+        "queue_depth": state.queue.depth(),
+        "ingest": state.stats.snapshot(),
+    }))
+}

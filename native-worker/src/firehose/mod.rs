@@ -1,0 +1,32 @@
+//! Firehose consumers: Jetstream (JSON over websocket, resumed by cursor), tap (acked websocket)
+//! and NDJSON replay files. Each decodes frames into [`Event`]s and hands them to the ingest
+//! pipeline through an [`crate::ingest::Sink`]; none of them touches the store.
+
+mod backoff;
+mod event;
+pub mod jetstream;
+pub mod replay;
+pub mod tap;
+
+pub use backoff::Backoff;
+pub use event::{
+    Commit, Event, FrameError, Operation, Payload, Position, decode_jetstream, decode_tap,
+};
+
+/// Collections pubsearch indexes; Jetstream filters by them, tap and replays are checked against them.
+pub const WANTED_COLLECTIONS: &[&str] =
+    &["pub.leaflet.*", "site.standard.*", "com.whtwnd.blog.entry"];
+
+/// Frames larger than this are counted and skipped: no record we index is anywhere near it
+/// (whitewind caps content at 100k characters), so it is garbage or abuse.
+pub const MAX_FRAME_BYTES: usize = 2 * 1024 * 1024;
+
+/// Whether `collection` matches [`WANTED_COLLECTIONS`] (a trailing `.*` matches a namespace).
+pub fn is_wanted(collection: &str) -> bool {
+    WANTED_COLLECTIONS
+        .iter()
+        .any(|pattern| match pattern.strip_suffix('*') {
+            Some(prefix) => collection.starts_with(prefix),
+            None => collection == *pattern,
+        })
+}

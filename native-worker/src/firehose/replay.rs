@@ -1,0 +1,56 @@
+//! Replays a Jetstream NDJSON file through the pipeline, for offline runs, tests and benchmarks.
+
+use std::path::Path;
+
+use tokio::io::{AsyncBufReadExt, BufReader};
+
+use super::{MAX_FRAME_BYTES, Position, decode_jetstream};
+use crate::ingest::Sink;
+
+/// Why a replay stopped early.
+#[derive(Debug, thiserror::Error)]
+pub enum ReplayError {
+    #[error("cannot read replay file {path}: {source}")]
+    Read {
+        path: std::path::PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("the ingest pipeline stopped before the replay finished")]
+    PipelineStopped,
+}
+
+/// Feeds every line of `path` to `sink`; returns the number of lines read. Undecodable lines are
+/// counted and skipped. Replays keep no cursor: the store's revision check makes them idempotent.
+pub async fn run(path: &Path, sink: &Sink) -> Result<u64, ReplayError> {
+    let read_error = |source| ReplayError::Read {
+        path: path.to_path_buf(),
+        source,
+    };
+    let file = tokio::fs::File::open(path).await.map_err(read_error)?;
+    let mut lines = BufReader::with_capacity(1 << 20, file).lines();
+    let mut count = 0u64;
+    while let Some(line) = lines.next_line().await.map_err(read_error)? {
+        count += 1;
+        if line.trim().is_empty() {
+            continue;
+        }
+        if line.len() > MAX_FRAME_BYTES {
+            sink.stats().record_oversized_frame();
+            continue;
+        }
+        match decode_jetstream(&line) {
+            Ok(mut event) => {
+                event.position = Position::Line(count);
+                if !sink.send(event).await {
+                    return Err(ReplayError::PipelineStopped);
+                }
+            }
+            Err(error) => {
+                tracing::debug!(line = count, %error, "skipping undecodable replay line");
+                sink.stats().record_undecodable_frame();
+            }
+        }
+    }
+    Ok(count)
+}

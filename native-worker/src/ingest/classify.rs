@@ -1,0 +1,61 @@
+//! Turning one firehose event into one store change, or a counted reason not to.
+
+use pubsearch_shared::record::{self, Extracted};
+
+use super::Policy;
+use crate::firehose::{self, Event, Operation, Payload};
+use crate::store::Change;
+
+/// Why an event produced no change. Each is counted in the ingest stats.
+#[derive(Debug)]
+pub enum Skip {
+    /// The author is on the banned list.
+    Banned,
+    /// A collection we do not index (tap and replays are not pre-filtered).
+    Unwanted,
+    /// The record failed extraction: counted and skipped, never fatal.
+    Malformed(record::ExtractError),
+}
+
+/// Decides what an event does to the store.
+pub fn classify(event: &Event, policy: &Policy) -> Result<Change, Skip> {
+    if policy.is_banned(&event.did) {
+        return Err(Skip::Banned);
+    }
+    match &event.payload {
+        Payload::Identity { handle } => Ok(Change::Identity {
+            did: event.did.clone(),
+            handle: handle.clone(),
+        }),
+        Payload::Account { active, status } => Ok(Change::Account {
+            did: event.did.clone(),
+            active: *active,
+            status: status.clone(),
+        }),
+        Payload::Commit(commit) => {
+            if !firehose::is_wanted(&commit.collection) {
+                return Err(Skip::Unwanted);
+            }
+            let rev = commit.rev.clone();
+            let Some(body) = commit
+                .record
+                .as_ref()
+                .filter(|_| commit.operation != Operation::Delete)
+            else {
+                return Ok(Change::Delete {
+                    did: event.did.clone(),
+                    collection: commit.collection.clone(),
+                    rkey: commit.rkey.clone(),
+                    rev,
+                });
+            };
+            match record::extract(&event.did, &commit.collection, &commit.rkey, body) {
+                Ok(Extracted::Document(document)) => Ok(Change::Document { document, rev }),
+                Ok(Extracted::Publication(publication)) => {
+                    Ok(Change::Publication { publication, rev })
+                }
+                Err(error) => Err(Skip::Malformed(error)),
+            }
+        }
+    }
+}

@@ -1,0 +1,122 @@
+//! The ingest pipeline: firehose events → extraction and policy → batched store commits.
+//!
+//! Consumers call [`Sink::send`] with decoded events; extraction happens right there, on the
+//! consumer's task, so the CPU work overlaps with the writer's commits. A bounded queue carries
+//! the resulting changes to one writer thread, which commits whatever has queued up (up to
+//! [`IngestConfig::max_batch`]) in a single transaction together with the source cursor: batches
+//! grow under load and stay small, with low latency, when the stream is quiet.
+
+mod classify;
+mod policy;
+mod stats;
+mod writer;
+
+use std::sync::Arc;
+
+use tokio::sync::mpsc;
+
+use crate::firehose::{Event, Position};
+pub use classify::{Skip, classify};
+pub use policy::{Policy, PolicyError};
+pub use stats::{IngestStats, StatsSnapshot};
+pub use writer::{WriterHandle, spawn_writer};
+
+/// Tuning for the pipeline.
+#[derive(Debug, Clone)]
+pub struct IngestConfig {
+    /// Most changes per transaction.
+    pub max_batch: usize,
+    /// Changes queued between consumers and the writer before consumers wait (backpressure).
+    pub queue_capacity: usize,
+    /// The cursor name Jetstream positions are stored under.
+    pub cursor_source: String,
+}
+
+impl Default for IngestConfig {
+    fn default() -> Self {
+        Self {
+            max_batch: 2_000,
+            queue_capacity: 16_384,
+            cursor_source: "jetstream".into(),
+        }
+    }
+}
+
+/// One queued unit of work: a change (or nothing, for skipped events) and its stream position.
+#[derive(Debug)]
+pub(crate) struct Item {
+    pub change: Option<crate::store::Change>,
+    pub position: Position,
+    pub time_us: Option<i64>,
+}
+
+/// Where consumers put events. Cloneable; the writer stops once every clone is dropped.
+#[derive(Clone)]
+pub struct Sink {
+    queue: mpsc::Sender<Item>,
+    policy: Arc<Policy>,
+    stats: Arc<IngestStats>,
+}
+
+impl Sink {
+    /// Extracts, applies policy and queues one event; waits while the queue is full.
+    /// Returns `false` once the writer has stopped (shutdown or a fatal store error).
+    pub async fn send(&self, event: Event) -> bool {
+        self.stats.record_event(event.time_us);
+        let change = match classify(&event, &self.policy) {
+            Ok(change) => Some(change),
+            Err(skip) => {
+                self.stats.record_skip(&skip);
+                if let Skip::Malformed(error) = &skip {
+                    tracing::debug!(did = %event.did, %error, "skipping malformed record");
+                }
+                None
+            }
+        };
+        let item = Item {
+            change,
+            position: event.position,
+            time_us: event.time_us,
+        };
+        self.queue.send(item).await.is_ok()
+    }
+
+    /// Queues a position with no change, for frames that decoded to nothing but must still be
+    /// acknowledged (tap) once everything before them is durable.
+    pub async fn skip_position(&self, position: Position) -> bool {
+        let item = Item {
+            change: None,
+            position,
+            time_us: None,
+        };
+        self.queue.send(item).await.is_ok()
+    }
+
+    /// Live counters, shared with the admin endpoint.
+    pub fn stats(&self) -> &Arc<IngestStats> {
+        &self.stats
+    }
+
+    /// A handle that reports queue depth without keeping the writer alive.
+    pub fn queue_probe(&self) -> QueueProbe {
+        QueueProbe {
+            queue: self.queue.downgrade(),
+        }
+    }
+}
+
+/// Reports how many changes wait for the writer; does not hold the pipeline open.
+#[derive(Clone)]
+pub struct QueueProbe {
+    queue: mpsc::WeakSender<Item>,
+}
+
+impl QueueProbe {
+    /// Changes queued for the writer (0 once the pipeline has stopped).
+    pub fn depth(&self) -> usize {
+        self.queue
+            .upgrade()
+            .map(|queue| queue.max_capacity() - queue.capacity())
+            .unwrap_or(0)
+    }
+}

@@ -1,0 +1,145 @@
+//! Ingest counters: lock-free, updated on the hot path, read by the progress log and `/stats`.
+
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use serde::Serialize;
+
+use super::Skip;
+
+/// Live counters for one ingest run.
+#[derive(Debug, Default)]
+pub struct IngestStats {
+    events: AtomicU64,
+    banned: AtomicU64,
+    unwanted: AtomicU64,
+    malformed: AtomicU64,
+    undecodable_frames: AtomicU64,
+    oversized_frames: AtomicU64,
+    reconnects: AtomicU64,
+    batches: AtomicU64,
+    applied: AtomicU64,
+    stale: AtomicU64,
+    last_batch_size: AtomicU64,
+    last_commit_micros: AtomicU64,
+    max_commit_micros: AtomicU64,
+    newest_event_time_us: AtomicI64,
+    durable_event_time_us: AtomicI64,
+}
+
+/// A point-in-time copy of [`IngestStats`], as `/stats` serves it.
+#[derive(Debug, Clone, Copy, Default, Serialize, PartialEq, Eq)]
+pub struct StatsSnapshot {
+    pub events: u64,
+    pub banned: u64,
+    pub unwanted: u64,
+    pub malformed: u64,
+    pub undecodable_frames: u64,
+    pub oversized_frames: u64,
+    pub reconnects: u64,
+    pub batches: u64,
+    pub applied: u64,
+    pub stale: u64,
+    pub last_batch_size: u64,
+    pub last_commit_micros: u64,
+    pub max_commit_micros: u64,
+    /// Source time of the newest event received (Unix µs; 0 before the first).
+    pub newest_event_time_us: i64,
+    /// Source time of the newest event that is durable in the store.
+    pub durable_event_time_us: i64,
+    /// How far the durable store is behind wall-clock time, in ms (0 before the first commit).
+    pub lag_ms: i64,
+}
+
+impl IngestStats {
+    pub(super) fn record_event(&self, time_us: Option<i64>) {
+        self.events.fetch_add(1, Relaxed);
+        if let Some(time_us) = time_us {
+            self.newest_event_time_us.fetch_max(time_us, Relaxed);
+        }
+    }
+
+    pub(super) fn record_skip(&self, skip: &Skip) {
+        let counter = match skip {
+            Skip::Banned => &self.banned,
+            Skip::Unwanted => &self.unwanted,
+            Skip::Malformed(_) => &self.malformed,
+        };
+        counter.fetch_add(1, Relaxed);
+    }
+
+    /// Counts a frame that was not an event at all.
+    pub fn record_undecodable_frame(&self) {
+        self.undecodable_frames.fetch_add(1, Relaxed);
+    }
+
+    /// Counts a frame skipped for its size.
+    pub fn record_oversized_frame(&self) {
+        self.oversized_frames.fetch_add(1, Relaxed);
+    }
+
+    /// Counts a reconnect to the source.
+    pub fn record_reconnect(&self) {
+        self.reconnects.fetch_add(1, Relaxed);
+    }
+
+    pub(super) fn record_commit(
+        &self,
+        size: usize,
+        applied: usize,
+        stale: usize,
+        micros: u64,
+        durable_time_us: Option<i64>,
+    ) {
+        self.batches.fetch_add(1, Relaxed);
+        self.applied.fetch_add(applied as u64, Relaxed);
+        self.stale.fetch_add(stale as u64, Relaxed);
+        self.last_batch_size.store(size as u64, Relaxed);
+        self.last_commit_micros.store(micros, Relaxed);
+        self.max_commit_micros.fetch_max(micros, Relaxed);
+        if let Some(time_us) = durable_time_us {
+            self.durable_event_time_us.fetch_max(time_us, Relaxed);
+        }
+    }
+
+    /// The newest source time that is durable; consumers rewind from here on reconnect.
+    pub fn durable_event_time_us(&self) -> Option<i64> {
+        Some(self.durable_event_time_us.load(Relaxed)).filter(|t| *t > 0)
+    }
+
+    /// Seeds the durable position from the store's cursor at startup.
+    pub fn set_durable_event_time_us(&self, time_us: i64) {
+        self.durable_event_time_us.fetch_max(time_us, Relaxed);
+    }
+
+    /// Copies every counter.
+    pub fn snapshot(&self) -> StatsSnapshot {
+        let durable = self.durable_event_time_us.load(Relaxed);
+        let now_us = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_micros() as i64)
+            .unwrap_or_default();
+        StatsSnapshot {
+            events: self.events.load(Relaxed),
+            banned: self.banned.load(Relaxed),
+            unwanted: self.unwanted.load(Relaxed),
+            malformed: self.malformed.load(Relaxed),
+            undecodable_frames: self.undecodable_frames.load(Relaxed),
+            oversized_frames: self.oversized_frames.load(Relaxed),
+            reconnects: self.reconnects.load(Relaxed),
+            batches: self.batches.load(Relaxed),
+            applied: self.applied.load(Relaxed),
+            stale: self.stale.load(Relaxed),
+            last_batch_size: self.last_batch_size.load(Relaxed),
+            last_commit_micros: self.last_commit_micros.load(Relaxed),
+            max_commit_micros: self.max_commit_micros.load(Relaxed),
+            newest_event_time_us: self.newest_event_time_us.load(Relaxed),
+            durable_event_time_us: durable,
+            lag_ms: if durable > 0 {
+                (now_us - durable).max(0) / 1000
+            } else {
+                0
+            },
+        }
+    }
+}

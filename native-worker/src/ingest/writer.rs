@@ -1,0 +1,98 @@
+//! The writer thread: drains the queue into batches and commits each in one transaction.
+
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Instant;
+
+use tokio::sync::mpsc;
+
+use super::{IngestConfig, IngestStats, Item, Policy, Sink};
+use crate::firehose::Position;
+use crate::store::{Batch, Store, StoreError};
+
+/// The running writer. Dropping every [`Sink`] lets it drain, commit and stop; [`WriterHandle::join`]
+/// waits for that and reports a fatal store error if there was one.
+pub struct WriterHandle {
+    thread: JoinHandle<Result<(), StoreError>>,
+}
+
+impl WriterHandle {
+    /// Waits for the writer to commit everything queued and stop.
+    pub fn join(self) -> Result<(), StoreError> {
+        self.thread
+            .join()
+            .expect("the ingest writer thread panicked")
+    }
+}
+
+/// Starts the writer on its own thread. `acks` receives, after each commit, the tap ids that
+/// commit made durable.
+pub fn spawn_writer(
+    store: &Store,
+    config: &IngestConfig,
+    policy: Policy,
+    acks: Option<mpsc::UnboundedSender<Vec<u64>>>,
+) -> Result<(Sink, WriterHandle), StoreError> {
+    let mut writer = store.writer()?;
+    writer.replace_banned_dids(&policy.banned_dids())?;
+    let stats = Arc::new(IngestStats::default());
+    if let Some(position) = crate::store::read_cursor(&store.reader()?, &config.cursor_source)? {
+        stats.set_durable_event_time_us(position);
+    }
+    let (queue, mut receiver) = mpsc::channel::<Item>(config.queue_capacity);
+    let sink = Sink {
+        queue,
+        policy: Arc::new(policy),
+        stats: Arc::clone(&stats),
+    };
+    let max_batch = config.max_batch.max(1);
+    let cursor_source = config.cursor_source.clone();
+    let thread = std::thread::Builder::new()
+        .name("ingest-writer".into())
+        .spawn(move || -> Result<(), StoreError> {
+            let mut items = Vec::with_capacity(max_batch);
+            while let Some(first) = receiver.blocking_recv() {
+                items.push(first);
+                while items.len() < max_batch {
+                    match receiver.try_recv() {
+                        Ok(item) => items.push(item),
+                        Err(_) => break,
+                    }
+                }
+                let mut batch = Batch::default();
+                let mut tap_ids = Vec::new();
+                let mut cursor = None::<i64>;
+                let mut newest_time = None::<i64>;
+                for item in items.drain(..) {
+                    match item.position {
+                        Position::TimeUs(time_us) => cursor = cursor.max(Some(time_us)),
+                        Position::TapId(id) => tap_ids.push(id),
+                        Position::Line(_) => {}
+                    }
+                    newest_time = newest_time.max(item.time_us);
+                    batch.changes.extend(item.change);
+                }
+                batch.cursor = cursor.map(|position| (cursor_source.clone(), position));
+                let started = Instant::now();
+                let outcome = writer.apply(&batch).inspect_err(|error| {
+                    tracing::error!(%error, "ingest commit failed; stopping the writer");
+                })?;
+                stats.record_commit(
+                    batch.changes.len(),
+                    outcome.applied,
+                    outcome.stale,
+                    started.elapsed().as_micros() as u64,
+                    newest_time,
+                );
+                if let Some(acks) = &acks
+                    && !tap_ids.is_empty()
+                {
+                    // The consumer may be reconnecting; tap redelivers whatever stays unacked.
+                    let _ = acks.send(tap_ids);
+                }
+            }
+            Ok(())
+        })
+        .expect("spawning the ingest writer thread");
+    Ok((sink, WriterHandle { thread }))
+}

@@ -1,0 +1,235 @@
+//! The `run` job: wires a firehose source, the ingest pipeline, the store and the admin endpoint
+//! together, logs progress, and shuts down cleanly (every queued change committed) on Ctrl-C or
+//! when a replay ends.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use url::Url;
+
+use crate::admin::{self, AdminState};
+use crate::firehose::jetstream::{self, JetstreamConfig};
+use crate::firehose::replay;
+use crate::firehose::tap::{self, TapConfig};
+use crate::ingest::{self, IngestConfig, IngestStats, Policy, StatsSnapshot};
+use crate::store::Store;
+
+/// Where events come from.
+#[derive(Debug, Clone)]
+pub enum Source {
+    Jetstream(Url),
+    Tap(Url),
+    Replay(PathBuf),
+}
+
+impl Source {
+    fn name(&self) -> &'static str {
+        match self {
+            Source::Jetstream(_) => "jetstream",
+            Source::Tap(_) => "tap",
+            Source::Replay(_) => "replay",
+        }
+    }
+}
+
+/// Everything `run` needs; the CLI fills it from flags and environment.
+#[derive(Debug, Clone)]
+pub struct RunOptions {
+    /// Directory holding `store.db` (created if missing).
+    pub data_dir: PathBuf,
+    pub source: Source,
+    pub banned_dids: Option<PathBuf>,
+    /// Where `/health` and `/stats` listen; `None` disables the endpoint.
+    pub admin_addr: Option<SocketAddr>,
+    pub progress_every: Duration,
+    pub ingest: IngestConfig,
+    /// Build and publish a snapshot this often while ingesting; `None` disables it.
+    pub publish: Option<ScheduledPublish>,
+}
+
+/// Periodic snapshot publishing alongside ingest.
+#[derive(Debug, Clone)]
+pub struct ScheduledPublish {
+    pub every: Duration,
+    pub target: crate::publish::objects::ObjectTarget,
+    pub options: crate::publish::PublishOptions,
+}
+
+/// The store file inside a data directory.
+pub fn store_path(data_dir: &std::path::Path) -> PathBuf {
+    data_dir.join("store.db")
+}
+
+/// Runs ingest until Ctrl-C, `shutdown`, or the end of a replay; returns the final counters.
+pub async fn run(options: RunOptions, shutdown: CancellationToken) -> Result<StatsSnapshot> {
+    let store = Store::open(store_path(&options.data_dir))?;
+    let policy = match &options.banned_dids {
+        Some(path) => Policy::load(path)?,
+        None => Policy::default(),
+    };
+    let (ack_sender, ack_receiver) = match options.source {
+        Source::Tap(_) => {
+            let (sender, receiver) = mpsc::unbounded_channel();
+            (Some(sender), Some(receiver))
+        }
+        _ => (None, None),
+    };
+    let (sink, writer) = ingest::spawn_writer(&store, &options.ingest, policy, ack_sender)
+        .with_context(|| format!("starting the store writer on {}", store.path().display()))?;
+    let stats = Arc::clone(sink.stats());
+    tracing::info!(store = %store.path().display(), source = options.source.name(), "ingest starting");
+
+    let interrupt = shutdown.clone();
+    tokio::spawn(async move {
+        if tokio::signal::ctrl_c().await.is_ok() {
+            tracing::info!("interrupted; committing what is queued and stopping");
+            interrupt.cancel();
+        }
+    });
+    let background = CancellationToken::new();
+    if let Some(addr) = options.admin_addr {
+        let listener = admin::bind(addr).await?;
+        tracing::info!(addr = %listener.local_addr()?, "admin endpoint listening (/health, /stats)");
+        let state = AdminState {
+            source: options.source.name(),
+            stats: Arc::clone(&stats),
+            queue: sink.queue_probe(),
+            started: Instant::now(),
+        };
+        tokio::spawn(admin::serve(listener, state, background.clone()));
+    }
+    tokio::spawn(log_progress(
+        Arc::clone(&stats),
+        sink.queue_probe(),
+        options.progress_every,
+        background.clone(),
+    ));
+    if let Some(schedule) = options.publish.clone() {
+        let work_dir = options.data_dir.join("builds");
+        tokio::spawn(publish_periodically(
+            store.clone(),
+            work_dir,
+            schedule,
+            background.clone(),
+        ));
+    }
+
+    let source_result = match options.source {
+        Source::Jetstream(url) => {
+            jetstream::run(JetstreamConfig::new(url), sink, shutdown.clone()).await;
+            Ok(())
+        }
+        Source::Tap(url) => {
+            let acks = ack_receiver.expect("tap always has an ack channel");
+            tap::run(TapConfig::new(url), sink, acks, shutdown.clone()).await;
+            Ok(())
+        }
+        Source::Replay(path) => {
+            let replayed = replay::run(&path, &sink).await;
+            drop(sink);
+            replayed.map(drop)
+        }
+    };
+    // Every sink clone is gone now: the writer commits what is queued and stops.
+    let writer_result = tokio::task::spawn_blocking(move || writer.join())
+        .await
+        .context("the writer thread failed")?;
+    background.cancel();
+    writer_result.context("the store writer stopped with an error")?;
+    source_result?;
+    let summary = stats.snapshot();
+    tracing::info!(
+        events = summary.events,
+        applied = summary.applied,
+        stale = summary.stale,
+        malformed = summary.malformed,
+        batches = summary.batches,
+        "ingest stopped; everything received is committed"
+    );
+    Ok(summary)
+}
+
+/// Publishes a snapshot every `schedule.every` when the store has changed since the live build.
+/// A failed publish is logged and retried next time; it never disturbs ingest.
+async fn publish_periodically(
+    store: Store,
+    work_dir: PathBuf,
+    schedule: ScheduledPublish,
+    stop: CancellationToken,
+) {
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(schedule.every) => {}
+        }
+        let live = schedule
+            .target
+            .current(&schedule.options.channel)
+            .await
+            .ok()
+            .flatten();
+        let newest = store
+            .reader()
+            .ok()
+            .and_then(|conn| {
+                conn.query_row("SELECT max(indexed_at) FROM documents", [], |row| {
+                    row.get::<_, Option<i64>>(0)
+                })
+                .ok()
+            })
+            .flatten();
+        match (newest, &live) {
+            (None, _) => continue,
+            (Some(newest), Some(live)) if newest <= live.source_watermark_us => continue,
+            _ => {}
+        }
+        match crate::publish::publish_once(&store, &work_dir, &schedule.target, &schedule.options)
+            .await
+        {
+            Ok(manifest) => tracing::info!(
+                build_id = manifest.build_id,
+                documents = manifest.counts.documents,
+                "scheduled publish done"
+            ),
+            Err(error) => tracing::warn!(
+                error = format!("{error:#}"),
+                "scheduled publish failed; will retry"
+            ),
+        }
+    }
+}
+
+async fn log_progress(
+    stats: Arc<IngestStats>,
+    queue: ingest::QueueProbe,
+    every: Duration,
+    stop: CancellationToken,
+) {
+    let mut last = stats.snapshot();
+    let mut last_at = Instant::now();
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(every) => {}
+        }
+        let now = stats.snapshot();
+        let seconds = last_at.elapsed().as_secs_f64().max(1e-3);
+        tracing::info!(
+            events_per_sec = format!("{:.0}", (now.events - last.events) as f64 / seconds),
+            commits_per_sec = format!("{:.0}", (now.applied - last.applied) as f64 / seconds),
+            lag_ms = now.lag_ms,
+            queue = queue.depth(),
+            malformed = now.malformed,
+            dropped = now.banned + now.oversized_frames + now.undecodable_frames,
+            reconnects = now.reconnects,
+            "ingest progress"
+        );
+        last = now;
+        last_at = Instant::now();
+    }
+}

@@ -1,0 +1,134 @@
+//! The ingest store: a local SQLite file in WAL mode, the embedded default source of truth.
+//!
+//! One [`StoreWriter`] owns the only write connection and applies a whole [`Batch`] of changes,
+//! plus the source cursor that batch reaches, in one transaction (DESIGN.md invariants 3, 5, 7):
+//! the cursor can never be ahead of the data it covers. Everything that reads opens its own
+//! read-only connection with [`Store::reader`] and never waits on the writer.
+//!
+//! Records are idempotent by revision: a change older than what is stored is ignored, deletes
+//! leave a tombstone that remembers the revision, so replays and redeliveries are harmless.
+
+mod migrations;
+mod writer;
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use rusqlite::{Connection, OpenFlags};
+
+pub use migrations::{CURRENT_VERSION, MigrationError};
+pub use writer::{Batch, BatchOutcome, Change, StoreWriter};
+
+/// How long a connection waits for a lock before failing. The writer is alone, so this only
+/// covers checkpoints and external tools holding the file.
+const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+/// Page cache per read connection, in KiB (negative `cache_size` is KiB in SQLite).
+const READER_CACHE_KIB: i64 = 16 * 1024;
+
+/// Why the store could not be opened or written.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("cannot create the store directory {path}: {source}")]
+    CreateDir {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot open the store {path}: {source}")]
+    Open {
+        path: PathBuf,
+        #[source]
+        source: rusqlite::Error,
+    },
+    #[error(transparent)]
+    Migration(#[from] MigrationError),
+    #[error("store write failed: {0}")]
+    Write(#[from] rusqlite::Error),
+}
+
+/// A handle on the store file; cheap to clone, opens connections on demand.
+#[derive(Debug, Clone)]
+pub struct Store {
+    path: PathBuf,
+}
+
+impl Store {
+    /// Opens (creating if needed) the store at `path`, switches it to WAL and migrates it.
+    pub fn open(path: impl AsRef<Path>) -> Result<Self, StoreError> {
+        let path = path.as_ref().to_path_buf();
+        if let Some(dir) = path.parent().filter(|dir| !dir.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).map_err(|source| StoreError::CreateDir {
+                path: dir.to_path_buf(),
+                source,
+            })?;
+        }
+        let store = Store { path };
+        let mut conn = store.open_write_connection()?;
+        migrations::migrate(&mut conn)?;
+        Ok(store)
+    }
+
+    /// The store file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The single writer. Open exactly one per process; it is not shared with readers.
+    pub fn writer(&self) -> Result<StoreWriter, StoreError> {
+        Ok(StoreWriter::new(self.open_write_connection()?)?)
+    }
+
+    /// A read-only connection that never blocks the writer (WAL readers see the last commit).
+    pub fn reader(&self) -> Result<Connection, StoreError> {
+        let open = |source| StoreError::Open {
+            path: self.path.clone(),
+            source,
+        };
+        let conn = Connection::open_with_flags(
+            &self.path,
+            OpenFlags::SQLITE_OPEN_READ_ONLY
+                | OpenFlags::SQLITE_OPEN_NO_MUTEX
+                | OpenFlags::SQLITE_OPEN_URI,
+        )
+        .map_err(open)?;
+        conn.busy_timeout(BUSY_TIMEOUT).map_err(open)?;
+        conn.pragma_update(None, "cache_size", -READER_CACHE_KIB)
+            .map_err(open)?;
+        Ok(conn)
+    }
+
+    fn open_write_connection(&self) -> Result<Connection, StoreError> {
+        let open = |source| StoreError::Open {
+            path: self.path.clone(),
+            source,
+        };
+        let conn = Connection::open(&self.path).map_err(open)?;
+        conn.busy_timeout(BUSY_TIMEOUT).map_err(open)?;
+        // WAL: readers never wait on the writer. FULL: a commit (and the cursor in it) survives
+        // power loss, so a tap ack or a cursor advance is never ahead of durable data.
+        let mode: String = conn
+            .query_row("PRAGMA journal_mode = WAL", [], |row| row.get(0))
+            .map_err(open)?;
+        if !mode.eq_ignore_ascii_case("wal") {
+            return Err(open(rusqlite::Error::InvalidParameterName(format!(
+                "journal_mode is {mode}, WAL required"
+            ))));
+        }
+        conn.pragma_update(None, "synchronous", "FULL")
+            .map_err(open)?;
+        conn.pragma_update(None, "foreign_keys", true)
+            .map_err(open)?;
+        Ok(conn)
+    }
+}
+
+/// Reads a source's durable cursor, if it has one.
+pub fn read_cursor(conn: &Connection, source: &str) -> rusqlite::Result<Option<i64>> {
+    use rusqlite::OptionalExtension;
+    conn.query_row(
+        "SELECT position FROM cursors WHERE source = ?1",
+        [source],
+        |row| row.get(0),
+    )
+    .optional()
+}

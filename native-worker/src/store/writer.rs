@@ -1,0 +1,229 @@
+//! The store's single writer: one transaction per batch, cursor included.
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use pubsearch_shared::record::{Document, Publication, is_publication_collection};
+use rusqlite::{Connection, params};
+
+/// One change to the store, already extracted and policy-checked.
+#[derive(Debug, Clone)]
+pub enum Change {
+    /// Create or update a document at revision `rev`.
+    Document { document: Document, rev: String },
+    /// Create or update a publication at revision `rev`.
+    Publication {
+        publication: Publication,
+        rev: String,
+    },
+    /// Delete a record: leaves a tombstone remembering `rev`, so an older create arriving later
+    /// (a replay, a redelivery) cannot resurrect it.
+    Delete {
+        did: String,
+        collection: String,
+        rkey: String,
+        rev: String,
+    },
+    /// An account's hosting status changed (deactivated, taken down, reactivated).
+    Account {
+        did: String,
+        active: bool,
+        status: Option<String>,
+    },
+    /// A DID's handle changed.
+    Identity { did: String, handle: Option<String> },
+}
+
+/// Changes committed together, and the source position they bring the store up to.
+#[derive(Debug, Clone, Default)]
+pub struct Batch {
+    pub changes: Vec<Change>,
+    /// `(source, position)`: stored in the same transaction as the changes.
+    pub cursor: Option<(String, i64)>,
+}
+
+/// What a committed batch did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct BatchOutcome {
+    /// Changes that altered the store.
+    pub applied: usize,
+    /// Changes older than (or equal to) what was stored: replays and redeliveries.
+    pub stale: usize,
+    /// The `indexed_at` stamped on every row this batch wrote (Unix µs, strictly increasing).
+    pub indexed_at: i64,
+}
+
+/// Owns the store's only write connection.
+pub struct StoreWriter {
+    conn: Connection,
+    last_indexed_at: i64,
+}
+
+fn now_us() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|elapsed| elapsed.as_micros() as i64)
+        .unwrap_or_default()
+}
+
+impl StoreWriter {
+    pub(super) fn new(conn: Connection) -> rusqlite::Result<Self> {
+        let last_indexed_at = conn.query_row(
+            "SELECT max(coalesce((SELECT max(indexed_at) FROM documents), 0),
+                        coalesce((SELECT max(indexed_at) FROM publications), 0))",
+            [],
+            |row| row.get(0),
+        )?;
+        Ok(Self {
+            conn,
+            last_indexed_at,
+        })
+    }
+
+    /// Applies a batch and its cursor in one durable transaction. Either all of it lands or none.
+    pub fn apply(&mut self, batch: &Batch) -> rusqlite::Result<BatchOutcome> {
+        // Strictly increasing across batches, so "indexed_at <= watermark" cuts between commits.
+        let indexed_at = now_us().max(self.last_indexed_at + 1);
+        let tx = self
+            .conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        let mut outcome = BatchOutcome {
+            indexed_at,
+            ..BatchOutcome::default()
+        };
+        for change in &batch.changes {
+            let changed = apply_change(&tx, change, indexed_at)?;
+            if changed {
+                outcome.applied += 1;
+            } else {
+                outcome.stale += 1;
+            }
+        }
+        if let Some((source, position)) = &batch.cursor {
+            tx.prepare_cached(
+                "INSERT INTO cursors (source, position) VALUES (?1, ?2)
+                 ON CONFLICT(source) DO UPDATE SET position = max(position, excluded.position)",
+            )?
+            .execute(params![source, position])?;
+        }
+        tx.commit()?;
+        self.last_indexed_at = indexed_at;
+        Ok(outcome)
+    }
+
+    /// Replaces the banned-DID list the snapshot builder filters by.
+    pub fn replace_banned_dids(&mut self, dids: &[String]) -> rusqlite::Result<()> {
+        let tx = self.conn.transaction()?;
+        tx.execute("DELETE FROM banned_dids", [])?;
+        for did in dids {
+            tx.execute("INSERT OR IGNORE INTO banned_dids (did) VALUES (?1)", [did])?;
+        }
+        tx.commit()
+    }
+}
+
+fn apply_change(tx: &Connection, change: &Change, indexed_at: i64) -> rusqlite::Result<bool> {
+    let changed = match change {
+        Change::Document { document: d, rev } => tx
+            .prepare_cached(
+                "INSERT INTO documents (uri, did, rkey, collection, rev, deleted, title, content, description,
+                                        tags, created_at, updated_at, publication_uri, site_url, path,
+                                        cover_image, platform, searchable, content_hash, indexed_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, 0, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19)
+                 ON CONFLICT(uri) DO UPDATE SET
+                     rev = excluded.rev, deleted = 0, title = excluded.title, content = excluded.content,
+                     description = excluded.description, tags = excluded.tags,
+                     created_at = excluded.created_at, updated_at = excluded.updated_at,
+                     publication_uri = excluded.publication_uri, site_url = excluded.site_url,
+                     path = excluded.path, cover_image = excluded.cover_image, platform = excluded.platform,
+                     searchable = excluded.searchable, content_hash = excluded.content_hash,
+                     indexed_at = excluded.indexed_at
+                 WHERE excluded.rev > documents.rev",
+            )?
+            .execute(params![
+                d.uri,
+                d.did,
+                d.rkey,
+                d.collection,
+                rev,
+                d.title,
+                d.content,
+                d.description,
+                serde_json::to_string(&d.tags).expect("tags serialise"),
+                d.created_at.map(|t| t.to_rfc3339()),
+                d.updated_at.map(|t| t.to_rfc3339()),
+                d.publication_uri,
+                d.site_url,
+                d.path,
+                d.cover_image,
+                d.platform.map(|p| p.as_str()),
+                d.searchable,
+                Some(&d.content_hash).filter(|hash| !hash.is_empty()),
+                indexed_at,
+            ])?,
+        Change::Publication { publication: p, rev } => tx
+            .prepare_cached(
+                "INSERT INTO publications (uri, did, rkey, collection, rev, deleted, name, description,
+                                           base_path, platform, discoverable, created_at, indexed_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, 0, ?6, ?7, ?8, ?9, ?10, ?11, ?12)
+                 ON CONFLICT(uri) DO UPDATE SET
+                     rev = excluded.rev, deleted = 0, name = excluded.name, description = excluded.description,
+                     base_path = excluded.base_path, platform = excluded.platform,
+                     discoverable = excluded.discoverable, created_at = excluded.created_at,
+                     indexed_at = excluded.indexed_at
+                 WHERE excluded.rev > publications.rev",
+            )?
+            .execute(params![
+                p.uri,
+                p.did,
+                p.rkey,
+                p.collection,
+                rev,
+                p.name,
+                p.description,
+                p.base_path,
+                p.platform.as_str(),
+                p.discoverable,
+                p.created_at.map(|t| t.to_rfc3339()),
+                indexed_at,
+            ])?,
+        Change::Delete {
+            did,
+            collection,
+            rkey,
+            rev,
+        } => {
+            let uri = format!("at://{did}/{collection}/{rkey}");
+            let sql = if is_publication_collection(collection) {
+                "INSERT INTO publications (uri, did, rkey, collection, rev, deleted, indexed_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, 1, ?6)
+                 ON CONFLICT(uri) DO UPDATE SET
+                     rev = excluded.rev, deleted = 1, name = '', description = '', base_path = NULL,
+                     indexed_at = excluded.indexed_at
+                 WHERE excluded.rev > publications.rev"
+            } else {
+                "INSERT INTO documents (uri, did, rkey, collection, rev, deleted, indexed_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, 1, ?6)
+                 ON CONFLICT(uri) DO UPDATE SET
+                     rev = excluded.rev, deleted = 1, title = '', content = '', description = NULL,
+                     tags = '[]', content_hash = NULL, indexed_at = excluded.indexed_at
+                 WHERE excluded.rev > documents.rev"
+            };
+            tx.prepare_cached(sql)?
+                .execute(params![uri, did, rkey, collection, rev, indexed_at])?
+        }
+        Change::Account { did, active, status } => tx
+            .prepare_cached(
+                "INSERT INTO accounts (did, active, status, updated_at) VALUES (?1, ?2, ?3, ?4)
+                 ON CONFLICT(did) DO UPDATE SET active = excluded.active, status = excluded.status,
+                                                updated_at = excluded.updated_at",
+            )?
+            .execute(params![did, active, status, indexed_at])?,
+        Change::Identity { did, handle } => tx
+            .prepare_cached(
+                "INSERT INTO accounts (did, handle, updated_at) VALUES (?1, ?2, ?3)
+                 ON CONFLICT(did) DO UPDATE SET handle = excluded.handle, updated_at = excluded.updated_at",
+            )?
+            .execute(params![did, handle, indexed_at])?,
+    };
+    Ok(changed > 0)
+}

@@ -1,0 +1,262 @@
+//! Ingest from each source into a real WAL store, through the failure modes each source has.
+
+mod support;
+
+use std::time::Duration;
+
+use pubsearch_native_worker::ingest::IngestConfig;
+use pubsearch_native_worker::run::{self, RunOptions, Source, store_path};
+use support::firehose::{Faults, JetstreamServer, TapServer};
+use tokio_util::sync::CancellationToken;
+
+const EVENTS: usize = 3_000;
+
+fn options(data_dir: &std::path::Path, source: Source) -> RunOptions {
+    RunOptions {
+        ingest: IngestConfig {
+            max_batch: 500,
+            ..IngestConfig::default()
+        },
+        ..support::run_options(data_dir, source)
+    }
+}
+
+/// A reference store built by replaying the same events from a file, uninterrupted.
+async fn reference_dump(events: &[String]) -> Vec<String> {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("events.ndjson");
+    std::fs::write(&file, events.join("\n")).unwrap();
+    let summary = run::run(
+        options(dir.path(), Source::Replay(file)),
+        CancellationToken::new(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(summary.events as usize, events.len());
+    assert_eq!(
+        summary.malformed as usize,
+        events.len() / 50,
+        "every 50th record is malformed"
+    );
+    support::dump(&store_path(dir.path()))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jetstream_survives_drops_garbage_and_oversized_frames() {
+    let events = support::jetstream_events(EVENTS);
+    let expected = reference_dump(&events).await;
+    let faults = Faults {
+        drop_after: Some(700),
+        garbage_every: Some(97),
+        oversized_frame: true,
+    };
+    let server = JetstreamServer::start(events.clone(), faults).await;
+    let dir = tempfile::tempdir().unwrap();
+    let shutdown = CancellationToken::new();
+    let worker = tokio::spawn(run::run(
+        options(dir.path(), Source::Jetstream(server.url().parse().unwrap())),
+        shutdown.clone(),
+    ));
+    let store = store_path(dir.path());
+    let last = support::last_time_us(EVENTS);
+    assert!(
+        support::wait_for(Duration::from_secs(60), || support::cursor(&store)
+            == Some(last))
+        .await,
+        "ingest did not reach the last event; cursor {:?}",
+        support::cursor(&store)
+    );
+    shutdown.cancel();
+    let summary = worker.await.unwrap().unwrap();
+
+    assert_eq!(
+        support::dump(&store),
+        expected,
+        "same store as an uninterrupted replay"
+    );
+    let cursors = server.cursors();
+    assert!(
+        cursors.len() >= 4,
+        "the server dropped the connection every 700 events: {cursors:?}"
+    );
+    assert_eq!(cursors[0], None, "a fresh store starts from live");
+    for window in cursors.windows(2).skip(1) {
+        let (earlier, later) = (window[0].unwrap_or(0), window[1].unwrap());
+        assert!(
+            later >= earlier,
+            "resume cursors never go backwards: {cursors:?}"
+        );
+    }
+    assert!(summary.reconnects >= 4);
+    assert!(
+        summary.undecodable_frames > 0 && summary.oversized_frames > 0,
+        "{summary:?}"
+    );
+    assert!(
+        summary.stale > 0,
+        "the rewind re-sent events the store already had"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tap_acks_only_durable_events_and_survives_redelivery() {
+    let events = support::jetstream_events(EVENTS);
+    let expected = reference_dump(&events).await;
+    let frames = events
+        .iter()
+        .map(|line| {
+            let event: serde_json::Value = serde_json::from_str(line).unwrap();
+            let commit = &event["commit"];
+            serde_json::json!({"type": "record", "record": {
+                "live": true, "rev": commit["rev"], "did": event["did"], "collection": commit["collection"],
+                "rkey": commit["rkey"], "action": commit["operation"], "cid": commit["cid"], "record": commit["record"],
+            }})
+        })
+        .collect();
+    let faults = Faults {
+        drop_after: Some(900),
+        garbage_every: Some(211),
+        oversized_frame: false,
+    };
+    // When tap receives an ack, the acknowledged event must already be durable in the store.
+    let dir = tempfile::tempdir().unwrap();
+    let store = store_path(dir.path());
+    let violations = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let on_ack = {
+        let (store, events, violations) = (
+            store.clone(),
+            events.clone(),
+            std::sync::Arc::clone(&violations),
+        );
+        std::sync::Arc::new(move |id: u64| {
+            let event: serde_json::Value = serde_json::from_str(&events[id as usize - 1]).unwrap();
+            let commit = &event["commit"];
+            if commit["record"]["title"].is_null() && commit["operation"] != "delete" {
+                return; // malformed: nothing to store
+            }
+            let uri = format!(
+                "at://{}/{}/{}",
+                event["did"].as_str().unwrap(),
+                commit["collection"].as_str().unwrap(),
+                commit["rkey"].as_str().unwrap()
+            );
+            let stored: Option<String> = support::read_store(&store)
+                .query_row("SELECT rev FROM documents WHERE uri = ?1", [&uri], |row| {
+                    row.get(0)
+                })
+                .ok();
+            if stored.as_deref() < commit["rev"].as_str() {
+                violations.lock().unwrap().push(format!(
+                    "ack {id} before {uri}@{} was durable ({stored:?})",
+                    commit["rev"]
+                ));
+            }
+        })
+    };
+    let server =
+        TapServer::start_observed(frames, Duration::from_millis(300), faults, on_ack).await;
+    let shutdown = CancellationToken::new();
+    let worker = tokio::spawn(run::run(
+        options(dir.path(), Source::Tap(server.url().parse().unwrap())),
+        shutdown.clone(),
+    ));
+    assert!(
+        support::wait_for(Duration::from_secs(60), || server.all_acked()).await,
+        "only {} of {EVENTS} acked",
+        server.acked()
+    );
+    shutdown.cancel();
+    worker.await.unwrap().unwrap();
+    assert_eq!(violations.lock().unwrap().clone(), Vec::<String>::new());
+    assert_eq!(support::dump(&store), expected);
+    assert!(
+        server.deliveries() > EVENTS as u64,
+        "drops forced redelivery"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn banned_authors_are_never_stored() {
+    let events = support::jetstream_events(500);
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("events.ndjson");
+    std::fs::write(&file, events.join("\n")).unwrap();
+    let banned = dir.path().join("banned.txt");
+    std::fs::write(&banned, "did:plc:author3 # spam\n").unwrap();
+    let mut options = options(dir.path(), Source::Replay(file));
+    options.banned_dids = Some(banned);
+    let summary = run::run(options, CancellationToken::new()).await.unwrap();
+    assert!(summary.banned > 0);
+    let conn = support::read_store(&store_path(dir.path()));
+    let stored: i64 = conn
+        .query_row(
+            "SELECT count(*) FROM documents WHERE did = 'did:plc:author3'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(stored, 0);
+    let listed: i64 = conn
+        .query_row("SELECT count(*) FROM banned_dids", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(listed, 1, "the list is mirrored for the snapshot builder");
+}
+
+/// A plain HTTP/1.0 GET over loopback, returning (status, body).
+async fn http_get(addr: std::net::SocketAddr, path: &str) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    stream
+        .write_all(format!("GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).await.unwrap();
+    let (head, body) = response.split_once("\r\n\r\n").unwrap();
+    let status = head.split_whitespace().nth(1).unwrap().parse().unwrap();
+    (status, body.to_owned())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_endpoint_reports_health_and_progress() {
+    let events = support::jetstream_events(400);
+    let server = JetstreamServer::start(events, Faults::default()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let addr = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let mut options = options(dir.path(), Source::Jetstream(server.url().parse().unwrap()));
+    options.admin_addr = Some(addr);
+    let shutdown = CancellationToken::new();
+    let worker = tokio::spawn(run::run(options, shutdown.clone()));
+    let store = store_path(dir.path());
+    assert!(
+        support::wait_for(Duration::from_secs(30), || support::cursor(&store)
+            == Some(support::last_time_us(400)))
+        .await
+    );
+
+    let (status, body) = http_get(addr, "/health").await;
+    assert_eq!(status, 200);
+    let health: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(
+        (health["status"].as_str(), health["source"].as_str()),
+        (Some("ok"), Some("jetstream"))
+    );
+
+    let (status, body) = http_get(addr, "/stats").await;
+    assert_eq!(status, 200);
+    let stats: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(stats["ingest"]["events"], 400);
+    assert_eq!(
+        stats["ingest"]["durable_event_time_us"],
+        support::last_time_us(400)
+    );
+    assert!(stats["ingest"]["batches"].as_u64().unwrap() >= 1);
+    assert_eq!(stats["queue_depth"], 0);
+    assert_eq!(http_get(addr, "/nope").await.0, 404);
+
+    shutdown.cancel();
+    worker.await.unwrap().unwrap();
+}

@@ -1,0 +1,186 @@
+//! The store's revision rules, tombstones, cursor atomicity and reader isolation.
+
+use pubsearch_native_worker::store::{Batch, Change, Store, read_cursor};
+use pubsearch_shared::record::{self, Extracted};
+use serde_json::json;
+
+const COLLECTION: &str = "com.whtwnd.blog.entry";
+
+fn document(rkey: &str, title: &str, rev: &str) -> Change {
+    let body = json!({"$type": COLLECTION, "title": title, "content": format!("{title} body text"),
+                      "createdAt": "2025-01-01T00:00:00Z", "visibility": "public"});
+    match record::extract("did:plc:a", COLLECTION, rkey, &body).unwrap() {
+        Extracted::Document(document) => Change::Document {
+            document,
+            rev: rev.into(),
+        },
+        Extracted::Publication(_) => unreachable!(),
+    }
+}
+
+fn delete(rkey: &str, rev: &str) -> Change {
+    Change::Delete {
+        did: "did:plc:a".into(),
+        collection: COLLECTION.into(),
+        rkey: rkey.into(),
+        rev: rev.into(),
+    }
+}
+
+fn batch(changes: Vec<Change>) -> Batch {
+    Batch {
+        changes,
+        cursor: None,
+    }
+}
+
+fn titles(store: &Store) -> Vec<(String, String, bool)> {
+    let conn = store.reader().unwrap();
+    let mut statement = conn
+        .prepare("SELECT rkey, title, deleted FROM documents ORDER BY rkey")
+        .unwrap();
+    statement
+        .query_map([], |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap()
+}
+
+fn fts_hits(store: &Store, word: &str) -> i64 {
+    store
+        .reader()
+        .unwrap()
+        .query_row(
+            "SELECT count(*) FROM documents_fts WHERE documents_fts MATCH ?1",
+            [word],
+            |row| row.get(0),
+        )
+        .unwrap()
+}
+
+#[test]
+fn newest_revision_wins_whatever_the_arrival_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path().join("store.db")).unwrap();
+    let mut writer = store.writer().unwrap();
+    let outcome = writer
+        .apply(&batch(vec![
+            document("k1", "second", "3l2"),
+            document("k1", "first", "3l1"),
+        ]))
+        .unwrap();
+    assert_eq!((outcome.applied, outcome.stale), (1, 1));
+    writer
+        .apply(&batch(vec![document("k1", "second", "3l2")]))
+        .unwrap();
+    assert_eq!(titles(&store), [("k1".into(), "second".into(), false)]);
+    assert_eq!(fts_hits(&store, "second"), 1);
+    assert_eq!(fts_hits(&store, "first"), 0);
+}
+
+#[test]
+fn deletes_leave_tombstones_that_block_older_revisions() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path().join("store.db")).unwrap();
+    let mut writer = store.writer().unwrap();
+    writer
+        .apply(&batch(vec![
+            document("k1", "hello", "3l1"),
+            delete("k1", "3l2"),
+        ]))
+        .unwrap();
+    assert_eq!(titles(&store), [("k1".into(), "".into(), true)]);
+    assert_eq!(
+        fts_hits(&store, "hello"),
+        0,
+        "deleted text leaves the index"
+    );
+    // A delete seen before its create (or a replayed old create) must not resurrect the record.
+    writer
+        .apply(&batch(vec![
+            document("k1", "hello", "3l1"),
+            delete("k9", "3l5"),
+            document("k9", "zombie", "3l4"),
+        ]))
+        .unwrap();
+    assert_eq!(
+        titles(&store),
+        [
+            ("k1".into(), "".into(), true),
+            ("k9".into(), "".into(), true)
+        ]
+    );
+    // A genuinely newer create revives it.
+    writer
+        .apply(&batch(vec![document("k1", "reborn", "3l3")]))
+        .unwrap();
+    assert_eq!(titles(&store)[0], ("k1".into(), "reborn".into(), false));
+    assert_eq!(fts_hits(&store, "reborn"), 1);
+}
+
+#[test]
+fn cursor_commits_with_its_batch_and_never_regresses() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path().join("store.db")).unwrap();
+    let mut writer = store.writer().unwrap();
+    let reader = store.reader().unwrap();
+    assert_eq!(read_cursor(&reader, "jetstream").unwrap(), None);
+    let mut with_cursor = batch(vec![document("k1", "a", "3l1")]);
+    with_cursor.cursor = Some(("jetstream".into(), 500));
+    let first = writer.apply(&with_cursor).unwrap();
+    assert_eq!(read_cursor(&reader, "jetstream").unwrap(), Some(500));
+    with_cursor.cursor = Some(("jetstream".into(), 400));
+    let second = writer.apply(&with_cursor).unwrap();
+    assert_eq!(
+        read_cursor(&reader, "jetstream").unwrap(),
+        Some(500),
+        "a rewound replay keeps the cursor"
+    );
+    assert!(
+        second.indexed_at > first.indexed_at,
+        "indexed_at strictly increases per batch"
+    );
+}
+
+#[test]
+fn readers_do_not_block_on_an_open_write_transaction() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path().join("store.db")).unwrap();
+    store
+        .writer()
+        .unwrap()
+        .apply(&batch(vec![document("k1", "visible", "3l1")]))
+        .unwrap();
+    let other = rusqlite::Connection::open(store.path()).unwrap();
+    other
+        .execute_batch("BEGIN IMMEDIATE; UPDATE documents SET title = 'uncommitted';")
+        .unwrap();
+    let started = std::time::Instant::now();
+    assert_eq!(
+        titles(&store)[0].1,
+        "visible",
+        "readers see the last commit"
+    );
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(1),
+        "no busy wait behind the writer"
+    );
+    other.execute_batch("ROLLBACK").unwrap();
+    let mode: String = other
+        .query_row("PRAGMA journal_mode", [], |row| row.get(0))
+        .unwrap();
+    assert_eq!(mode, "wal");
+}
+
+#[test]
+fn a_store_from_the_future_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("store.db");
+    Store::open(&path).unwrap();
+    rusqlite::Connection::open(&path)
+        .unwrap()
+        .pragma_update(None, "user_version", 999)
+        .unwrap();
+    let error = Store::open(&path).unwrap_err().to_string();
+    assert!(error.contains("newer than this build"), "{error}");
+}
