@@ -43,6 +43,13 @@ if [[ "$(worker-build --version 2>/dev/null)" != "$worker_version" ]]; then
     cargo install --quiet --force --locked worker-build --version "$worker_version"
 fi
 
+# A real S3 API on loopback for the publish tests.
+moto_version=5.2.1
+if ! python3 -m pip show moto 2>/dev/null | grep -qx "Version: $moto_version"; then
+    log "installing moto[server] $moto_version (local S3 for tests)"
+    python3 -m pip install --quiet --root-user-action=ignore "moto[server]==$moto_version"
+fi
+
 if [[ ! -x node_modules/.bin/wrangler ]] || ! node_modules/.bin/wrangler --version 2>/dev/null | grep -q "$(node -p 'require("./package.json").devDependencies.wrangler')"; then
     log "installing wrangler (workerd) from package-lock.json"
     npm ci --no-audit --no-fund --loglevel=error

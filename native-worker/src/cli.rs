@@ -1,10 +1,18 @@
 //! Command-line interface: one subcommand per job, all with embedded defaults.
 
+use std::io::Write;
+use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use anyhow::{Context, Result};
-use clap::{Parser, Subcommand};
+use clap::{Parser, Subcommand, ValueEnum};
+use tokio_util::sync::CancellationToken;
+use url::Url;
+
+use crate::firehose::jetstream;
+use crate::ingest::IngestConfig;
+use crate::run::{self, RunOptions, Source};
 use pubsearch_shared::search::{self, SearchRequest};
 use pubsearch_shared::{Timestamp, schema};
 use rusqlite::{Connection, OpenFlags};
@@ -19,6 +27,25 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Ingest the firehose into the local store (embedded defaults: public Jetstream, ./data).
+    Run(Box<RunArgs>),
+    /// Write a deterministic synthetic Jetstream corpus (NDJSON) for tests and benchmarks.
+    GenCorpus {
+        /// Events to generate.
+        #[arg(long, default_value_t = 10_000)]
+        records: usize,
+        /// RNG seed: the same seed gives byte-identical output.
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        /// Fraction of records made deliberately malformed.
+        #[arg(long, default_value_t = 0.0)]
+        malformed_rate: f64,
+        /// Output file, or `-` for stdout.
+        #[arg(long, default_value = "-")]
+        out: PathBuf,
+    },
+    /// Build, verify and publish a snapshot now; `rollback` and `list` manage published builds.
+    Publish(PublishArgs),
     /// Search a snapshot file exactly as the edge would, printing the JSON response.
     Search {
         /// The snapshot SQLite file.
@@ -32,6 +59,102 @@ enum Command {
     },
 }
 
+/// Which firehose to follow.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum SourceKind {
+    /// Jetstream v1 (JSON over websocket, resumed by cursor).
+    Jetstream,
+    /// tap (`/channel`, acknowledged once durable).
+    Tap,
+}
+
+#[derive(Debug, clap::Args)]
+struct RunArgs {
+    /// Directory for the store (`store.db`) and other local state.
+    #[arg(long, env = "PUBSEARCH_DATA_DIR", default_value = "data")]
+    data_dir: PathBuf,
+    /// Which firehose to follow.
+    #[arg(long, value_enum, default_value = "jetstream")]
+    source: SourceKind,
+    /// Jetstream `/subscribe` endpoint.
+    #[arg(long, env = "JETSTREAM_URL", default_value = jetstream::DEFAULT_URL)]
+    jetstream_url: Url,
+    /// tap `/channel` endpoint.
+    #[arg(long, env = "TAP_URL", default_value = "ws://127.0.0.1:2480/channel")]
+    tap_url: Url,
+    /// Replay a Jetstream NDJSON file instead of following a live source, then exit.
+    #[arg(long, value_name = "FILE.ndjson", conflicts_with = "source")]
+    replay: Option<PathBuf>,
+    /// File of banned DIDs (one per line, `#` comments): their records are never stored.
+    #[arg(long, env = "PUBSEARCH_BANNED_DIDS", value_name = "FILE")]
+    banned_dids: Option<PathBuf>,
+    /// Address of the admin endpoint (`/health`, `/stats`); `off` disables it.
+    #[arg(long, env = "PUBSEARCH_ADMIN_ADDR", default_value = "127.0.0.1:7070", value_parser = parse_admin_addr)]
+    admin_addr: AdminAddr,
+    /// Most changes committed per transaction.
+    #[arg(long, default_value_t = IngestConfig::default().max_batch)]
+    max_batch: usize,
+    /// Seconds between progress log lines.
+    #[arg(long, default_value_t = 10)]
+    progress_secs: u64,
+    /// Minutes between scheduled snapshot publishes (to DATA_DIR/snapshots); 0 disables.
+    #[arg(long, env = "PUBSEARCH_PUBLISH_MINUTES", default_value_t = 15)]
+    publish_minutes: u64,
+    /// Channel scheduled publishes update.
+    #[arg(long, default_value = "prod")]
+    channel: String,
+}
+
+#[derive(Debug, clap::Args)]
+struct PublishArgs {
+    #[command(subcommand)]
+    action: Option<PublishAction>,
+    /// Directory holding the store (`store.db`).
+    #[arg(
+        long,
+        global = true,
+        env = "PUBSEARCH_DATA_DIR",
+        default_value = "data"
+    )]
+    data_dir: PathBuf,
+    /// Channel whose pointer to update.
+    #[arg(long, global = true, default_value = "prod")]
+    channel: String,
+    /// Publish to this S3/R2 bucket (configured by the AWS_* variables) instead of a directory.
+    #[arg(long, global = true, env = "PUBSEARCH_S3_BUCKET")]
+    s3_bucket: Option<String>,
+    /// Local publish directory (default: DATA_DIR/snapshots).
+    #[arg(long, global = true)]
+    snapshot_dir: Option<PathBuf>,
+    /// Publish even if the build has under half the live build's documents.
+    #[arg(long)]
+    force: bool,
+    /// Old builds to keep besides the live one and its predecessor.
+    #[arg(long, default_value_t = 5)]
+    keep: usize,
+}
+
+#[derive(Debug, Subcommand)]
+enum PublishAction {
+    /// Point the channel back at the build before the live one.
+    Rollback,
+    /// List the channel's published builds, marking the live one.
+    List,
+}
+
+/// An admin listen address, or none.
+#[derive(Debug, Clone, Copy)]
+struct AdminAddr(Option<SocketAddr>);
+
+fn parse_admin_addr(text: &str) -> Result<AdminAddr, String> {
+    if text.eq_ignore_ascii_case("off") {
+        return Ok(AdminAddr(None));
+    }
+    text.parse()
+        .map(|addr| AdminAddr(Some(addr)))
+        .map_err(|e| format!("expected HOST:PORT or `off`: {e}"))
+}
+
 fn parse_param(text: &str) -> Result<(String, String), String> {
     text.split_once('=')
         .map(|(key, value)| (key.to_owned(), value.to_owned()))
@@ -42,6 +165,14 @@ impl Cli {
     /// Runs the chosen subcommand.
     pub fn run(self) -> Result<()> {
         match self.command {
+            Command::Run(args) => run_ingest(*args),
+            Command::Publish(args) => publish(args),
+            Command::GenCorpus {
+                records,
+                seed,
+                malformed_rate,
+                out,
+            } => gen_corpus(records, seed, malformed_rate, &out),
             Command::Search {
                 snapshot,
                 params,
@@ -49,6 +180,123 @@ impl Cli {
             } => search_snapshot(&snapshot, query, params),
         }
     }
+}
+
+fn run_ingest(args: RunArgs) -> Result<()> {
+    let source = match (args.replay, args.source) {
+        (Some(path), _) => Source::Replay(path),
+        (None, SourceKind::Jetstream) => Source::Jetstream(args.jetstream_url),
+        (None, SourceKind::Tap) => Source::Tap(args.tap_url),
+    };
+    let publish = (args.publish_minutes > 0)
+        .then(|| -> Result<run::ScheduledPublish> {
+            Ok(run::ScheduledPublish {
+                every: Duration::from_secs(args.publish_minutes * 60),
+                target: crate::publish::objects::ObjectTarget::local(
+                    &args.data_dir.join("snapshots"),
+                )?,
+                options: crate::publish::PublishOptions {
+                    channel: args.channel.clone(),
+                    force: false,
+                    keep: 5,
+                },
+            })
+        })
+        .transpose()?;
+    let options = RunOptions {
+        publish,
+        data_dir: args.data_dir,
+        source,
+        banned_dids: args.banned_dids,
+        admin_addr: args.admin_addr.0,
+        progress_every: Duration::from_secs(args.progress_secs.max(1)),
+        ingest: IngestConfig {
+            max_batch: args.max_batch,
+            ..IngestConfig::default()
+        },
+    };
+    let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
+    runtime.block_on(run::run(options, CancellationToken::new()))?;
+    Ok(())
+}
+
+fn gen_corpus(records: usize, seed: u64, malformed_rate: f64, out: &std::path::Path) -> Result<()> {
+    use crate::corpus::{CorpusConfig, generate};
+    let config = CorpusConfig {
+        records,
+        seed,
+        malformed_rate: malformed_rate.clamp(0.0, 1.0),
+    };
+    let progress = |events| tracing::info!(events, records, "generating corpus");
+    let summary = if out.as_os_str() == "-" {
+        generate(
+            &config,
+            &mut std::io::BufWriter::new(std::io::stdout().lock()),
+            progress,
+        )
+    } else {
+        let file =
+            std::fs::File::create(out).with_context(|| format!("creating {}", out.display()))?;
+        generate(
+            &config,
+            &mut std::io::BufWriter::with_capacity(1 << 20, file),
+            progress,
+        )
+    }
+    .context("writing the corpus")?;
+    tracing::info!(?summary, "corpus written");
+    Ok(())
+}
+
+fn publish(args: PublishArgs) -> Result<()> {
+    use crate::publish::{self, PublishOptions, objects::ObjectTarget};
+    let target = match &args.s3_bucket {
+        Some(bucket) => ObjectTarget::s3(bucket)?,
+        None => ObjectTarget::local(
+            &args
+                .snapshot_dir
+                .clone()
+                .unwrap_or_else(|| args.data_dir.join("snapshots")),
+        )?,
+    };
+    let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
+    runtime.block_on(async {
+        match args.action {
+            Some(PublishAction::Rollback) => {
+                let manifest = target.rollback(&args.channel).await?;
+                println!("{} now serves build {}", args.channel, manifest.build_id);
+            }
+            Some(PublishAction::List) => {
+                let live = target.current(&args.channel).await?.map(|m| m.build_id);
+                for build in target.builds(&args.channel).await? {
+                    let marker = if live.as_ref() == Some(&build.build_id) {
+                        "*"
+                    } else {
+                        " "
+                    };
+                    println!(
+                        "{marker} {}  {} documents  {} bytes  watermark {}",
+                        build.build_id,
+                        build.counts.documents,
+                        build.byte_size,
+                        build.source_watermark_us
+                    );
+                }
+            }
+            None => {
+                let store = crate::store::Store::open(run::store_path(&args.data_dir))?;
+                let options = PublishOptions {
+                    channel: args.channel.clone(),
+                    force: args.force,
+                    keep: args.keep,
+                };
+                let work_dir = args.data_dir.join("builds");
+                let manifest = publish::publish_once(&store, &work_dir, &target, &options).await?;
+                println!("{}", serde_json::to_string_pretty(&manifest)?);
+            }
+        }
+        anyhow::Ok(())
+    })
 }
 
 fn search_snapshot(path: &PathBuf, query: String, mut params: Vec<(String, String)>) -> Result<()> {
@@ -67,9 +315,9 @@ fn search_snapshot(path: &PathBuf, query: String, mut params: Vec<(String, Strin
     let now = Timestamp::from_unix_millis(now.as_millis() as i64)
         .context("system clock is past year 9999")?;
     let page = search::search(&conn, &request, now)?;
-    println!(
-        "{}",
-        serde_json::to_string_pretty(&page.to_json(request.format()))?
-    );
-    Ok(())
+    let body = serde_json::to_string_pretty(&page.to_json(request.format()))?;
+    match writeln!(std::io::stdout().lock(), "{body}") {
+        Err(error) if error.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+        other => other.context("writing results"),
+    }
 }

@@ -3,9 +3,19 @@
 //!
 //! Data flows one way through these modules, each the single owner of its stage:
 //!
+//! - [`firehose`]: Jetstream, tap and replay consumers decoding frames into events.
+//! - [`ingest`]: events → extraction and policy → a bounded queue → one batching writer thread.
+//! - [`store`]: the local WAL SQLite source of truth; one writer, read-only readers.
+//! - [`admin`]: the local `/health` and `/stats` endpoint.
+//! - [`run`]: the `run` job wiring the above together.
+//! - [`corpus`]: a deterministic synthetic firehose corpus for tests and benchmarks.
 //! - [`cli`]: the command line; one subcommand per job, embedded defaults everywhere.
-//!
-//! Later stages (firehose, store, flow, publish, turso, telemetry) each land as a module of
-//! their own.
 
+pub mod admin;
 pub mod cli;
+pub mod corpus;
+pub mod firehose;
+pub mod ingest;
+pub mod publish;
+pub mod run;
+pub mod store;

@@ -1,0 +1,212 @@
+//! Ingest benchmark: prints a table, asserts nothing (performance targets live here, not in tests).
+//!
+//! 1. End to end: replay a synthetic Jetstream corpus (`native-worker gen-corpus`) through
+//!    decode → extract → queue → batched WAL commits with FTS maintenance.
+//! 2. Ceiling: the same rows, pre-extracted, inserted by a bare rusqlite loop into the same schema.
+//! 3. Search latency on a read connection, idle and while a second corpus is being ingested.
+//!
+//! `cargo bench -p pubsearch-native-worker --bench ingest` (INGEST_BENCH_RECORDS, default 100000).
+
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use pubsearch_native_worker::firehose::{Payload, decode_jetstream};
+use pubsearch_native_worker::run::{self, RunOptions, Source, store_path};
+use pubsearch_native_worker::store::Store;
+use pubsearch_shared::record::{self, Extracted};
+use tokio_util::sync::CancellationToken;
+
+fn generate(records: usize, seed: u64, out: &Path) {
+    let status = Command::new(env!("CARGO_BIN_EXE_native-worker"))
+        .args([
+            "gen-corpus",
+            "--records",
+            &records.to_string(),
+            "--seed",
+            &seed.to_string(),
+            "--out",
+        ])
+        .arg(out)
+        .env("RUST_LOG", "warn")
+        .status()
+        .expect("running native-worker gen-corpus");
+    assert!(status.success(), "gen-corpus failed");
+}
+
+fn replay(data_dir: &Path, file: &Path) -> (Duration, u64) {
+    let options = RunOptions {
+        data_dir: data_dir.to_path_buf(),
+        source: Source::Replay(file.to_path_buf()),
+        banned_dids: None,
+        admin_addr: None,
+        progress_every: Duration::from_secs(3600),
+        ingest: Default::default(),
+        publish: None,
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let started = Instant::now();
+    let summary = runtime
+        .block_on(run::run(options, CancellationToken::new()))
+        .unwrap();
+    (started.elapsed(), summary.applied)
+}
+
+/// The ceiling: pre-extracted documents, bare prepared INSERTs, one transaction per 2,000 rows.
+fn raw_ceiling(data_dir: &Path, file: &Path) -> (Duration, u64) {
+    let documents: Vec<record::Document> = std::fs::read_to_string(file)
+        .unwrap()
+        .lines()
+        .filter_map(|line| decode_jetstream(line).ok())
+        .filter_map(|event| match event.payload {
+            Payload::Commit(commit) => {
+                let body = commit.record?;
+                match record::extract(&event.did, &commit.collection, &commit.rkey, &body).ok()? {
+                    Extracted::Document(document) => Some(document),
+                    Extracted::Publication(_) => None,
+                }
+            }
+            _ => None,
+        })
+        .collect();
+    let store = Store::open(store_path(data_dir)).unwrap();
+    let mut conn = rusqlite::Connection::open(store.path()).unwrap();
+    conn.pragma_update(None, "synchronous", "FULL").unwrap();
+    let started = Instant::now();
+    let mut inserted = 0u64;
+    for chunk in documents.chunks(2_000) {
+        let tx = conn.transaction().unwrap();
+        {
+            let mut insert = tx
+                .prepare(
+                    "INSERT OR REPLACE INTO documents (uri, did, rkey, collection, rev, title, content, tags,
+                                                      searchable, content_hash, indexed_at)
+                     VALUES (?1, ?2, ?3, ?4, 'r', ?5, ?6, '[]', 1, ?7, 1)",
+                )
+                .unwrap();
+            for d in chunk {
+                insert
+                    .execute((
+                        &d.uri,
+                        &d.did,
+                        &d.rkey,
+                        &d.collection,
+                        &d.title,
+                        &d.content,
+                        &d.content_hash,
+                    ))
+                    .unwrap();
+                inserted += 1;
+            }
+        }
+        tx.commit().unwrap();
+    }
+    (started.elapsed(), inserted)
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    sorted[((sorted.len() as f64 * p) as usize).min(sorted.len() - 1)]
+}
+
+/// Runs a query loop on its own read connection until `stop`, returning per-query latencies.
+fn query_loop(store: &Store, stop: &std::sync::atomic::AtomicBool, max: usize) -> Vec<Duration> {
+    let conn = store.reader().unwrap();
+    let words = [
+        "garden", "river", "protocol", "music", "design", "winter", "coffee", "essay",
+    ];
+    let mut latencies = Vec::new();
+    let mut statement = conn
+        .prepare(
+            "SELECT rowid, bm25(documents_fts, 10.0, 1.0) AS score FROM documents_fts
+             WHERE documents_fts MATCH ?1 ORDER BY score LIMIT 20",
+        )
+        .unwrap();
+    while !stop.load(std::sync::atomic::Ordering::Relaxed) && latencies.len() < max {
+        let word = words[latencies.len() % words.len()];
+        let started = Instant::now();
+        let rows = statement
+            .query_map([word], |row| row.get::<_, i64>(0))
+            .unwrap()
+            .count();
+        std::hint::black_box(rows);
+        latencies.push(started.elapsed());
+    }
+    latencies.sort();
+    latencies
+}
+
+fn main() {
+    let records: usize = std::env::var("INGEST_BENCH_RECORDS")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(100_000);
+    let dir = tempfile::tempdir().unwrap();
+    let corpus = dir.path().join("corpus.ndjson");
+    let second = dir.path().join("second.ndjson");
+    let started = Instant::now();
+    generate(records, 1, &corpus);
+    generate(records / 2, 2, &second);
+    let generated_in = started.elapsed();
+    let corpus_bytes = std::fs::metadata(&corpus).unwrap().len();
+
+    let end_to_end_dir = dir.path().join("e2e");
+    let (e2e_time, applied) = replay(&end_to_end_dir, &corpus);
+    let ceiling_dir = dir.path().join("raw");
+    let (raw_time, inserted) = raw_ceiling(&ceiling_dir, &corpus);
+
+    let store = Store::open(store_path(&end_to_end_dir)).unwrap();
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    let idle = query_loop(&store, &stop, 2_000);
+    let (busy, ingest_time) = std::thread::scope(|scope| {
+        let queries = scope.spawn(|| query_loop(&store, &stop, usize::MAX));
+        let (time, _) = replay(&end_to_end_dir, &second);
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        (queries.join().unwrap(), time)
+    });
+
+    let e2e_rate = applied as f64 / e2e_time.as_secs_f64();
+    let raw_rate = inserted as f64 / raw_time.as_secs_f64();
+    println!();
+    println!(
+        "ingest benchmark: {records} records ({:.1} MB NDJSON, generated in {:.1}s), 2 cores",
+        corpus_bytes as f64 / 1e6,
+        generated_in.as_secs_f64()
+    );
+    println!("| measurement                               | value          |");
+    println!("|-------------------------------------------|----------------|");
+    println!("| end to end (replay → store, FTS), docs/s  | {e2e_rate:>14.0} |");
+    println!(
+        "|   rows applied / wall time                | {applied:>6} / {:>5.2}s |",
+        e2e_time.as_secs_f64()
+    );
+    println!("| raw rusqlite insert ceiling, docs/s       | {raw_rate:>14.0} |");
+    println!(
+        "| end to end as % of ceiling                | {:>13.0}% |",
+        100.0 * e2e_rate / raw_rate
+    );
+    println!(
+        "| search p50 idle                           | {:>12.0}µs |",
+        percentile(&idle, 0.50).as_micros()
+    );
+    println!(
+        "| search p99 idle                           | {:>12.0}µs |",
+        percentile(&idle, 0.99).as_micros()
+    );
+    println!(
+        "| search p50 during ingest                  | {:>12.0}µs |",
+        percentile(&busy, 0.50).as_micros()
+    );
+    println!(
+        "| search p99 during ingest                  | {:>12.0}µs |",
+        percentile(&busy, 0.99).as_micros()
+    );
+    println!(
+        "|   queries during {:>5.2}s of ingest         | {:>14} |",
+        ingest_time.as_secs_f64(),
+        busy.len()
+    );
+}

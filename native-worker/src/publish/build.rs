@@ -1,0 +1,290 @@
+//! Building a serving snapshot from the store's read side.
+//!
+//! The whole export runs inside one WAL read transaction, so it sees a single consistent state
+//! while ingest keeps committing; rows are read in keyset-paginated pages, so memory stays bounded
+//! whatever the corpus size. The snapshot holds exactly the policy-passing documents with
+//! `indexed_at <= watermark`, where the watermark is the newest `indexed_at` at build start.
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use pubsearch_shared::manifest::{self, Manifest};
+use pubsearch_shared::snapshot::{SnapshotDocument, SnapshotPublication, SnapshotWriter};
+use pubsearch_shared::{Platform, Timestamp, schema};
+use rusqlite::Connection;
+
+use crate::store::{Store, StoreError};
+
+/// Page size of built snapshots: small pages keep the edge's per-query reads and cache small.
+pub const SNAPSHOT_PAGE_SIZE: u32 = 4096;
+/// Rows read from the store per keyset page.
+const PAGE_ROWS: i64 = 1_000;
+
+/// Why a build failed.
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("reading the store: {0}")]
+    Read(rusqlite::Error),
+    #[error("writing the snapshot {path}: {source}")]
+    Write {
+        path: PathBuf,
+        #[source]
+        source: rusqlite::Error,
+    },
+    #[error("snapshot file {path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("the built snapshot failed its own verification: {0}")]
+    Verify(#[from] manifest::VerifyError),
+}
+
+/// A snapshot file on local disk and the manifest describing it.
+#[derive(Debug, Clone)]
+pub struct BuiltSnapshot {
+    pub path: PathBuf,
+    pub manifest: Manifest,
+}
+
+/// Where documents pass policy: live, searchable, author not banned or deactivated, publication
+/// (if any) discoverable, and the first copy of any cross-posted text.
+const DOCUMENT_POLICY: &str = "
+    d.deleted = 0 AND d.searchable = 1 AND d.indexed_at <= :watermark
+    AND d.did NOT IN (SELECT did FROM banned_dids)
+    AND NOT EXISTS (SELECT 1 FROM accounts a WHERE a.did = d.did AND a.active = 0)
+    AND NOT EXISTS (SELECT 1 FROM publications hidden
+                    WHERE hidden.uri = d.publication_uri AND hidden.deleted = 0 AND hidden.discoverable = 0)";
+
+/// Builds a snapshot of `store` into `out` (replaced if present) and returns it with its manifest.
+/// `progress` is called with the number of documents written so far.
+pub fn build(
+    store: &Store,
+    out: &Path,
+    build_id: &str,
+    channel: &str,
+    mut progress: impl FnMut(u64),
+) -> Result<BuiltSnapshot, BuildError> {
+    let started = Instant::now();
+    let io = |source| BuildError::Io {
+        path: out.to_path_buf(),
+        source,
+    };
+    let write = |source| BuildError::Write {
+        path: out.to_path_buf(),
+        source,
+    };
+    if let Some(dir) = out.parent() {
+        std::fs::create_dir_all(dir).map_err(io)?;
+    }
+    match std::fs::remove_file(out) {
+        Err(error) if error.kind() != std::io::ErrorKind::NotFound => return Err(io(error)),
+        _ => {}
+    }
+
+    let mut source = store.reader()?;
+    let read = source.transaction().map_err(BuildError::Read)?;
+    let watermark: i64 = read
+        .query_row(
+            "SELECT max(coalesce((SELECT max(indexed_at) FROM documents), 0),
+                        coalesce((SELECT max(indexed_at) FROM publications), 0))",
+            [],
+            |row| row.get(0),
+        )
+        .map_err(BuildError::Read)?;
+
+    let mut target = Connection::open(out).map_err(write)?;
+    target
+        .execute_batch(&format!(
+            "PRAGMA page_size = {SNAPSHOT_PAGE_SIZE}; PRAGMA journal_mode = OFF; PRAGMA synchronous = OFF;"
+        ))
+        .map_err(write)?;
+    let mut writer = SnapshotWriter::create(&mut target).map_err(write)?;
+
+    for publication in read_publications(&read, watermark).map_err(BuildError::Read)? {
+        writer.add_publication(&publication).map_err(write)?;
+    }
+    let mut after_id = 0i64;
+    let mut written = 0u64;
+    loop {
+        let page = read_documents(&read, watermark, after_id).map_err(BuildError::Read)?;
+        let Some(last) = page.last() else { break };
+        after_id = last.0;
+        for (_, document) in &page {
+            writer.add_document(document).map_err(write)?;
+        }
+        written += page.len() as u64;
+        progress(written);
+    }
+    writer.finish(watermark).map_err(write)?;
+    drop(read);
+    let sentinel = manifest::choose_sentinel(&target)?;
+    target.execute_batch("VACUUM").map_err(write)?;
+    let counts = pubsearch_shared::snapshot::count(&target).map_err(write)?;
+    drop(target);
+
+    let bytes = std::fs::read(out).map_err(io)?;
+    let manifest = Manifest {
+        build_id: build_id.to_owned(),
+        channel: channel.to_owned(),
+        schema_version: schema::SCHEMA_VERSION,
+        tokenizer: schema::TOKENIZER.to_owned(),
+        scoring_version: schema::SCORING_VERSION,
+        source_watermark_us: watermark,
+        sha256: manifest::ArtifactDigest::of(&bytes),
+        byte_size: bytes.len() as u64,
+        page_size: SNAPSHOT_PAGE_SIZE,
+        counts,
+        sentinel,
+        created_at: now(),
+        builder_version: concat!("native-worker ", env!("CARGO_PKG_VERSION")).to_owned(),
+        artifact: manifest::artifact_key(build_id),
+    };
+    tracing::info!(
+        build_id,
+        documents = counts.documents,
+        publications = counts.publications,
+        bytes = manifest.byte_size,
+        seconds = format!("{:.2}", started.elapsed().as_secs_f64()),
+        "snapshot built"
+    );
+    Ok(BuiltSnapshot {
+        path: out.to_path_buf(),
+        manifest,
+    })
+}
+
+fn now() -> Timestamp {
+    let millis = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|elapsed| elapsed.as_millis() as i64)
+        .unwrap_or_default();
+    Timestamp::from_unix_millis(millis).expect("the clock is within years 1-9999")
+}
+
+fn parse_time(text: Option<String>) -> Option<Timestamp> {
+    text.and_then(|text| Timestamp::parse(&text).ok())
+}
+
+fn micros_to_time(micros: i64) -> Timestamp {
+    Timestamp::from_unix_millis(micros / 1_000).unwrap_or_else(now)
+}
+
+/// The host and path of a `site` URL, as a base path (`example.com/blog`).
+fn base_path_of(url: &str) -> Option<String> {
+    let parsed = url::Url::parse(url).ok()?;
+    let host = parsed.host_str()?;
+    Some(format!("{host}{}", parsed.path().trim_end_matches('/')))
+}
+
+fn read_publications(
+    conn: &Connection,
+    watermark: i64,
+) -> rusqlite::Result<Vec<SnapshotPublication>> {
+    let mut statement = conn.prepare(
+        "SELECT p.uri, p.did, p.rkey, coalesce(p.platform, 'other'), p.name, p.description, p.base_path,
+                p.created_at, p.indexed_at, p.discoverable
+         FROM publications p
+         WHERE p.deleted = 0 AND p.indexed_at <= ?1
+           AND p.did NOT IN (SELECT did FROM banned_dids)
+           AND NOT EXISTS (SELECT 1 FROM accounts a WHERE a.did = p.did AND a.active = 0)
+         ORDER BY p.id",
+    )?;
+    let rows = statement.query_map([watermark], |row| {
+        Ok(SnapshotPublication {
+            uri: row.get(0)?,
+            did: row.get(1)?,
+            rkey: row.get(2)?,
+            platform: row.get::<_, String>(3)?.parse().unwrap_or(Platform::Other),
+            name: row.get(4)?,
+            description: row.get(5)?,
+            base_path: row.get(6)?,
+            created_at: parse_time(row.get(7)?),
+            indexed_at_us: row.get(8)?,
+            discoverable: row.get(9)?,
+        })
+    })?;
+    rows.collect()
+}
+
+fn read_documents(
+    conn: &Connection,
+    watermark: i64,
+    after_id: i64,
+) -> rusqlite::Result<Vec<(i64, SnapshotDocument)>> {
+    let sql = format!(
+        "SELECT d.id, d.uri, d.did, d.rkey, d.collection, d.platform, p.platform, d.site_url, p.base_path,
+                d.title, d.content, d.created_at, d.indexed_at, d.publication_uri, d.path, d.tags, d.cover_image
+         FROM documents d
+         LEFT JOIN publications p ON p.uri = d.publication_uri AND p.deleted = 0
+         WHERE d.id > :after AND {DOCUMENT_POLICY}
+           AND (d.content_hash IS NULL OR d.id = (
+                SELECT min(d2.id) FROM documents d2
+                WHERE d2.content_hash = d.content_hash AND d2.deleted = 0 AND d2.searchable = 1
+                  AND d2.indexed_at <= :watermark))
+         ORDER BY d.id
+         LIMIT :limit"
+    );
+    let mut statement = conn.prepare_cached(&sql)?;
+    let rows = statement.query_map(
+        rusqlite::named_params! {":after": after_id, ":watermark": watermark, ":limit": PAGE_ROWS},
+        |row| {
+            let site_url: Option<String> = row.get(7)?;
+            let own_platform: Option<String> = row.get(5)?;
+            let publication_platform: Option<String> = row.get(6)?;
+            let platform = own_platform
+                .or(publication_platform)
+                .and_then(|name| name.parse().ok())
+                .or_else(|| site_url.as_deref().map(Platform::from_host))
+                .unwrap_or(Platform::Other);
+            let publication_base: Option<String> = row.get(8)?;
+            let indexed_at_us: i64 = row.get(12)?;
+            let tags: String = row.get(15)?;
+            Ok((
+                row.get(0)?,
+                SnapshotDocument {
+                    uri: row.get(1)?,
+                    did: row.get(2)?,
+                    rkey: row.get(3)?,
+                    collection: row.get(4)?,
+                    platform,
+                    base_path: publication_base
+                        .or_else(|| site_url.as_deref().and_then(base_path_of)),
+                    title: row.get(9)?,
+                    content: row.get(10)?,
+                    created_at: parse_time(row.get(11)?)
+                        .unwrap_or_else(|| micros_to_time(indexed_at_us)),
+                    indexed_at_us,
+                    publication_uri: row.get(13)?,
+                    path: row.get(14)?,
+                    tags: serde_json::from_str(&tags).unwrap_or_default(),
+                    cover_image: row.get(16)?,
+                },
+            ))
+        },
+    )?;
+    rows.collect()
+}
+
+/// How many store documents pass policy at `watermark`: what a snapshot at that watermark must
+/// contain exactly. Verification compares this against the built snapshot.
+pub fn expected_document_count(store: &Store, watermark: i64) -> Result<u64, BuildError> {
+    let conn = store.reader()?;
+    let sql = format!(
+        "SELECT count(*) FROM documents d WHERE {DOCUMENT_POLICY}
+           AND (d.content_hash IS NULL OR d.id = (
+                SELECT min(d2.id) FROM documents d2
+                WHERE d2.content_hash = d.content_hash AND d2.deleted = 0 AND d2.searchable = 1
+                  AND d2.indexed_at <= :watermark))"
+    );
+    conn.query_row(
+        &sql,
+        rusqlite::named_params! {":watermark": watermark},
+        |row| row.get::<_, i64>(0),
+    )
+    .map(|n| n as u64)
+    .map_err(BuildError::Read)
+}

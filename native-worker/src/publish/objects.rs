@@ -1,0 +1,245 @@
+//! Published snapshots in an object store: a local directory by default, S3 or R2 when
+//! configured, through one `object_store` API.
+//!
+//! Upload order is the safety argument: the artifact and its manifest go up under
+//! `builds/<build_id>/` first, and the channel pointer is written last in a single PUT (atomic on
+//! S3/R2; write-then-rename on a local directory), so a reader can never follow a pointer to a
+//! partial upload. A resumed upload skips an artifact already present at the right size.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use object_store::aws::AmazonS3Builder;
+use object_store::local::LocalFileSystem;
+use object_store::path::Path as ObjectPath;
+use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
+use pubsearch_shared::manifest::{self, Manifest};
+use tokio::io::AsyncWriteExt;
+
+use super::build::BuiltSnapshot;
+
+/// Why an object-store operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ObjectError {
+    #[error("{operation} {key} on {target}: {source}")]
+    Store {
+        operation: &'static str,
+        key: String,
+        target: String,
+        #[source]
+        source: Box<object_store::Error>,
+    },
+    #[error("uploading {key} to {target}: {source}")]
+    Upload {
+        key: String,
+        target: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{key} on {target} is not a valid manifest: {source}")]
+    Manifest {
+        key: String,
+        target: String,
+        #[source]
+        source: serde_json::Error,
+    },
+    #[error("cannot configure the object store: {0}")]
+    Config(String),
+    #[error("channel {0:?} has no earlier build to roll back to")]
+    NothingToRollBackTo(String),
+}
+
+/// Where snapshots are published.
+#[derive(Clone)]
+pub struct ObjectTarget {
+    store: Arc<dyn ObjectStore>,
+    description: String,
+}
+
+impl std::fmt::Debug for ObjectTarget {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.description)
+    }
+}
+
+impl ObjectTarget {
+    /// A local directory (created if missing): the embedded default.
+    pub fn local(dir: &Path) -> Result<Self, ObjectError> {
+        std::fs::create_dir_all(dir)
+            .map_err(|e| ObjectError::Config(format!("creating {}: {e}", dir.display())))?;
+        let store = LocalFileSystem::new_with_prefix(dir)
+            .map_err(|e| ObjectError::Config(format!("{}: {e}", dir.display())))?;
+        Ok(Self {
+            store: Arc::new(store),
+            description: format!("dir:{}", dir.display()),
+        })
+    }
+
+    /// An S3-compatible bucket (R2, S3, moto), configured by the standard `AWS_*` variables
+    /// (`AWS_ENDPOINT_URL`, `AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`, `AWS_REGION`,
+    /// `AWS_ALLOW_HTTP` for a loopback endpoint).
+    pub fn s3(bucket: &str) -> Result<Self, ObjectError> {
+        let store = AmazonS3Builder::from_env()
+            .with_bucket_name(bucket)
+            .build()
+            .map_err(|e| ObjectError::Config(format!("s3 bucket {bucket}: {e}")))?;
+        Ok(Self {
+            store: Arc::new(store),
+            description: format!("s3:{bucket}"),
+        })
+    }
+
+    fn fail(
+        &self,
+        operation: &'static str,
+        key: &str,
+    ) -> impl FnOnce(object_store::Error) -> ObjectError {
+        let (key, target) = (key.to_owned(), self.description.clone());
+        move |source| ObjectError::Store {
+            operation,
+            key,
+            target,
+            source: Box::new(source),
+        }
+    }
+
+    async fn get_manifest(&self, key: &str) -> Result<Option<Manifest>, ObjectError> {
+        let bytes = match self.store.get(&ObjectPath::from(key)).await {
+            Ok(result) => result.bytes().await.map_err(self.fail("reading", key))?,
+            Err(object_store::Error::NotFound { .. }) => return Ok(None),
+            Err(error) => return Err(self.fail("reading", key)(error)),
+        };
+        serde_json::from_slice(&bytes)
+            .map(Some)
+            .map_err(|source| ObjectError::Manifest {
+                key: key.to_owned(),
+                target: self.description.clone(),
+                source,
+            })
+    }
+
+    /// The manifest the channel's pointer names, if any.
+    pub async fn current(&self, channel: &str) -> Result<Option<Manifest>, ObjectError> {
+        self.get_manifest(&manifest::pointer_key(channel)).await
+    }
+
+    /// Uploads a build's artifact (streamed, multipart where the store supports it) and manifest.
+    pub async fn upload(&self, built: &BuiltSnapshot) -> Result<(), ObjectError> {
+        let key = built.manifest.artifact.clone();
+        let path = ObjectPath::from(key.as_str());
+        let present = match self.store.head(&path).await {
+            Ok(meta) => meta.size == built.manifest.byte_size,
+            Err(object_store::Error::NotFound { .. }) => false,
+            Err(error) => return Err(self.fail("checking", &key)(error)),
+        };
+        if present {
+            tracing::info!(key, "artifact already uploaded; resuming after it");
+        } else {
+            let upload_error = |source| ObjectError::Upload {
+                key: key.clone(),
+                target: self.description.clone(),
+                source,
+            };
+            let mut file = tokio::fs::File::open(&built.path)
+                .await
+                .map_err(upload_error)?;
+            let mut writer = object_store::buffered::BufWriter::new(Arc::clone(&self.store), path);
+            tokio::io::copy(&mut file, &mut writer)
+                .await
+                .map_err(upload_error)?;
+            writer.shutdown().await.map_err(upload_error)?;
+        }
+        let manifest_key = manifest::manifest_key(&built.manifest.build_id);
+        let body = serde_json::to_vec_pretty(&built.manifest).expect("manifests serialise");
+        self.store
+            .put(
+                &ObjectPath::from(manifest_key.as_str()),
+                PutPayload::from(body),
+            )
+            .await
+            .map_err(self.fail("writing", &manifest_key))?;
+        Ok(())
+    }
+
+    /// Points the manifest's channel at it: one atomic PUT, always the last write of a publish.
+    pub async fn set_pointer(&self, manifest: &Manifest) -> Result<(), ObjectError> {
+        let key = manifest::pointer_key(&manifest.channel);
+        let body = serde_json::to_vec_pretty(manifest).expect("manifests serialise");
+        self.store
+            .put(&ObjectPath::from(key.as_str()), PutPayload::from(body))
+            .await
+            .map_err(self.fail("writing", &key))?;
+        Ok(())
+    }
+
+    /// Every build of `channel` with a manifest, oldest first (build ids sort by time).
+    pub async fn builds(&self, channel: &str) -> Result<Vec<Manifest>, ObjectError> {
+        use futures_util::TryStreamExt;
+        let listed: Vec<_> = self
+            .store
+            .list(Some(&ObjectPath::from("builds")))
+            .try_collect()
+            .await
+            .map_err(self.fail("listing", "builds/"))?;
+        let mut builds = Vec::new();
+        for object in listed {
+            if object.location.filename() == Some("manifest.json")
+                && let Some(manifest) = self.get_manifest(object.location.as_ref()).await?
+                && manifest.channel == channel
+            {
+                builds.push(manifest);
+            }
+        }
+        builds.sort_by(|a, b| a.build_id.cmp(&b.build_id));
+        Ok(builds)
+    }
+
+    /// Points `channel` back at the build before the live one; returns it.
+    pub async fn rollback(&self, channel: &str) -> Result<Manifest, ObjectError> {
+        let live = self.current(channel).await?;
+        let builds = self.builds(channel).await?;
+        let previous = builds
+            .iter()
+            .rev()
+            .find(|build| {
+                live.as_ref()
+                    .is_none_or(|live| build.build_id < live.build_id)
+            })
+            .cloned()
+            .ok_or_else(|| ObjectError::NothingToRollBackTo(channel.to_owned()))?;
+        self.set_pointer(&previous).await?;
+        Ok(previous)
+    }
+
+    /// Deletes old builds of `channel`, keeping the newest `keep`, the live one and the one
+    /// before it (the rollback target). Returns how many builds were deleted.
+    pub async fn retain(&self, channel: &str, keep: usize) -> Result<usize, ObjectError> {
+        let live = self
+            .current(channel)
+            .await?
+            .map(|manifest| manifest.build_id);
+        let builds = self.builds(channel).await?;
+        let live_index = live
+            .as_ref()
+            .and_then(|live| builds.iter().position(|build| &build.build_id == live));
+        let mut removed = 0;
+        for (index, build) in builds.iter().enumerate() {
+            let recent = index + keep.max(1) >= builds.len();
+            let protected = live_index.is_some_and(|live| index == live || index + 1 == live);
+            if recent || protected {
+                continue;
+            }
+            for key in [
+                build.artifact.clone(),
+                manifest::manifest_key(&build.build_id),
+            ] {
+                match self.store.delete(&ObjectPath::from(key.as_str())).await {
+                    Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
+                    Err(error) => return Err(self.fail("deleting", &key)(error)),
+                }
+            }
+            removed += 1;
+        }
+        Ok(removed)
+    }
+}

@@ -1,0 +1,114 @@
+//! Verification gates a build passes before it is published, and again on adoption by readers.
+
+use std::path::Path;
+
+use pubsearch_shared::manifest::{self, ArtifactDigest, Manifest, VerifyError};
+use rusqlite::{Connection, OpenFlags};
+
+use super::build::{BuiltSnapshot, expected_document_count};
+use crate::store::Store;
+
+/// Why a build is refused. Every variant names what failed; the workflow fails with it.
+#[derive(Debug, thiserror::Error)]
+pub enum GateError {
+    #[error(transparent)]
+    Snapshot(#[from] VerifyError),
+    #[error(
+        "the snapshot has {actual} documents but the store has {expected} passing policy at the watermark"
+    )]
+    SourceCount { expected: u64, actual: u64 },
+    #[error("{0} documents by banned or deactivated authors leaked into the snapshot")]
+    BannedLeak(u64),
+    #[error("{0} documents of undiscoverable publications leaked into the snapshot")]
+    UndiscoverableLeak(u64),
+    #[error(
+        "the build has {actual} documents, under half of the live build's {previous}; \
+         refusing without --force"
+    )]
+    CountFloor { previous: u64, actual: u64 },
+    #[error("reading {path}: {source}")]
+    Io {
+        path: std::path::PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Build(#[from] super::build::BuildError),
+    #[error("sqlite: {0}")]
+    Sqlite(#[from] rusqlite::Error),
+}
+
+/// Checks an artifact file against its manifest: size and sha256.
+pub fn verify_artifact_file(path: &Path, manifest: &Manifest) -> Result<(), GateError> {
+    use std::io::Read;
+    let io = |source| GateError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    let mut file = std::fs::File::open(path).map_err(io)?;
+    let mut digest = ArtifactDigest::default();
+    let mut buffer = vec![0u8; 1 << 20];
+    loop {
+        let read = file.read(&mut buffer).map_err(io)?;
+        if read == 0 {
+            break;
+        }
+        digest.update(&buffer[..read]);
+    }
+    let bytes = digest.bytes();
+    manifest.check_artifact(bytes, &digest.finish())?;
+    Ok(())
+}
+
+/// Every gate: artifact digest, schema, integrity, exact counts (against the manifest and against
+/// the store at the watermark), FTS sentinel, no banned or undiscoverable leaks, count floor.
+pub fn verify_build(
+    store: &Store,
+    built: &BuiltSnapshot,
+    previous: Option<&Manifest>,
+    force: bool,
+) -> Result<(), GateError> {
+    let manifest = &built.manifest;
+    verify_artifact_file(&built.path, manifest)?;
+    let conn = Connection::open_with_flags(&built.path, OpenFlags::SQLITE_OPEN_READ_ONLY)?;
+    manifest::verify_snapshot(&conn, manifest)?;
+
+    let expected = expected_document_count(store, manifest.source_watermark_us)?;
+    if expected != manifest.counts.documents {
+        return Err(GateError::SourceCount {
+            expected,
+            actual: manifest.counts.documents,
+        });
+    }
+    let source = store.reader().map_err(super::build::BuildError::from)?;
+    let excluded: Vec<String> = source
+        .prepare("SELECT did FROM banned_dids UNION SELECT did FROM accounts WHERE active = 0")?
+        .query_map([], |row| row.get(0))?
+        .collect::<Result<_, _>>()?;
+    let mut leaked = 0u64;
+    let mut by_author = conn.prepare("SELECT count(*) FROM documents WHERE did = ?1")?;
+    for did in &excluded {
+        leaked += by_author.query_row([did], |row| row.get::<_, i64>(0))? as u64;
+    }
+    if leaked > 0 {
+        return Err(GateError::BannedLeak(leaked));
+    }
+    let hidden: i64 = conn.query_row(
+        "SELECT count(*) FROM documents d JOIN publications p ON p.uri = d.publication_uri WHERE p.discoverable = 0",
+        [],
+        |row| row.get(0),
+    )?;
+    if hidden > 0 {
+        return Err(GateError::UndiscoverableLeak(hidden as u64));
+    }
+    if let Some(previous) = previous
+        && !force
+        && manifest.counts.documents * 2 < previous.counts.documents
+    {
+        return Err(GateError::CountFloor {
+            previous: previous.counts.documents,
+            actual: manifest.counts.documents,
+        });
+    }
+    Ok(())
+}

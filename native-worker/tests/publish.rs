@@ -1,0 +1,163 @@
+//! Build → verify → publish to a local directory: gates, pointer, rollback and retention.
+
+mod support;
+
+use pubsearch_native_worker::publish::objects::ObjectTarget;
+use pubsearch_native_worker::publish::{self, PublishOptions, build, verify};
+use pubsearch_native_worker::run::store_path;
+use pubsearch_native_worker::store::{Batch, Change, Store};
+use pubsearch_shared::manifest;
+
+async fn ingested_store(dir: &std::path::Path, events: usize) -> Store {
+    support::replay(dir, &support::jetstream_events(events)).await;
+    Store::open(store_path(dir)).unwrap()
+}
+
+fn options(keep: usize) -> PublishOptions {
+    PublishOptions {
+        channel: "prod".into(),
+        force: false,
+        keep,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn publish_writes_a_verified_build_then_the_pointer() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = ingested_store(dir.path(), 2_000).await;
+    let target_dir = dir.path().join("published");
+    let target = ObjectTarget::local(&target_dir).unwrap();
+    let manifest = publish::publish_once(&store, &dir.path().join("work"), &target, &options(5))
+        .await
+        .unwrap();
+
+    let live = target.current("prod").await.unwrap().unwrap();
+    assert_eq!(live, manifest);
+    assert_eq!(
+        manifest.counts.documents,
+        build::expected_document_count(&store, manifest.source_watermark_us).unwrap()
+    );
+    assert!(manifest.counts.documents > 1_000);
+    let artifact = target_dir.join(&manifest.artifact);
+    verify::verify_artifact_file(&artifact, &manifest).unwrap();
+    let conn = rusqlite::Connection::open(&artifact).unwrap();
+    manifest::verify_snapshot(&conn, &manifest).unwrap();
+    let page_size: u32 = conn
+        .query_row("PRAGMA page_size", [], |row| row.get(0))
+        .unwrap();
+    assert_eq!(page_size, manifest.page_size);
+
+    // One corrupted byte and the artifact is refused.
+    let mut bytes = std::fs::read(&artifact).unwrap();
+    let middle = bytes.len() / 2;
+    bytes[middle] ^= 0x55;
+    std::fs::write(&artifact, &bytes).unwrap();
+    let error = verify::verify_artifact_file(&artifact, &manifest).unwrap_err();
+    assert!(error.to_string().contains("sha256"), "{error}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shrunken_build_is_refused_unless_forced_and_rollback_restores() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = ingested_store(dir.path(), 1_000).await;
+    let target = ObjectTarget::local(&dir.path().join("published")).unwrap();
+    let work = dir.path().join("work");
+    let first = publish::publish_once(&store, &work, &target, &options(5))
+        .await
+        .unwrap();
+
+    // Delete most documents: the next build is under half the live one.
+    let uris: Vec<(String, String)> = store
+        .reader()
+        .unwrap()
+        .prepare("SELECT did, rkey FROM documents WHERE deleted = 0 LIMIT 800")
+        .unwrap()
+        .query_map([], |row| Ok((row.get(0)?, row.get(1)?)))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    let changes = uris
+        .into_iter()
+        .map(|(did, rkey)| Change::Delete {
+            did,
+            collection: "com.whtwnd.blog.entry".into(),
+            rkey,
+            rev: "9zzzzzzzzzzzz".into(),
+        })
+        .collect();
+    store
+        .writer()
+        .unwrap()
+        .apply(&Batch {
+            changes,
+            cursor: None,
+        })
+        .unwrap();
+
+    let error = publish::publish_once(&store, &work, &target, &options(5))
+        .await
+        .unwrap_err();
+    assert!(format!("{error:#}").contains("under half"), "{error:#}");
+    assert_eq!(
+        target.current("prod").await.unwrap().unwrap().build_id,
+        first.build_id,
+        "pointer untouched"
+    );
+
+    let mut forced = options(5);
+    forced.force = true;
+    let second = publish::publish_once(&store, &work, &target, &forced)
+        .await
+        .unwrap();
+    assert!(second.counts.documents < first.counts.documents / 2);
+    assert_eq!(
+        target.current("prod").await.unwrap().unwrap().build_id,
+        second.build_id
+    );
+
+    let restored = target.rollback("prod").await.unwrap();
+    assert_eq!(restored.build_id, first.build_id);
+    assert_eq!(
+        target.current("prod").await.unwrap().unwrap().build_id,
+        first.build_id
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retention_never_deletes_the_live_build_or_its_predecessor() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = ingested_store(dir.path(), 300).await;
+    let target_dir = dir.path().join("published");
+    let target = ObjectTarget::local(&target_dir).unwrap();
+    let work = dir.path().join("work");
+    let mut ids = Vec::new();
+    for _ in 0..4 {
+        ids.push(
+            publish::publish_once(&store, &work, &target, &options(10))
+                .await
+                .unwrap()
+                .build_id,
+        );
+    }
+    // Roll back twice: the live build is now the second one.
+    target.rollback("prod").await.unwrap();
+    target.rollback("prod").await.unwrap();
+    assert_eq!(
+        target.current("prod").await.unwrap().unwrap().build_id,
+        ids[1]
+    );
+    let removed = target.retain("prod", 1).await.unwrap();
+    let left: Vec<String> = target
+        .builds("prod")
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|m| m.build_id)
+        .collect();
+    assert_eq!(
+        removed, 1,
+        "only builds[2] is neither recent, live, nor the rollback target"
+    );
+    assert_eq!(left, [ids[0].clone(), ids[1].clone(), ids[3].clone()]);
+    assert!(!target_dir.join(manifest::artifact_key(&ids[2])).exists());
+}
