@@ -29,6 +29,27 @@ pub struct Cli {
 enum Command {
     /// Ingest the firehose into the local store (embedded defaults: public Jetstream, ./data).
     Run(Box<RunArgs>),
+    /// Copy whole repos from their PDS (listRecords), resuming an interrupted run.
+    Backfill {
+        /// Repos to copy (repeatable).
+        #[arg(long = "did", value_name = "DID")]
+        dids: Vec<String>,
+        /// File of DIDs to copy, one per line.
+        #[arg(long, value_name = "FILE")]
+        dids_file: Option<PathBuf>,
+        /// Use this PDS for every repo instead of resolving DIDs.
+        #[arg(long, value_name = "URL")]
+        pds: Option<Url>,
+        /// PLC directory for resolving did:plc repos.
+        #[arg(long, env = "PLC_URL", default_value = crate::backfill::DEFAULT_PLC_URL)]
+        plc_url: Url,
+        /// Directory holding the store.
+        #[arg(long, env = "PUBSEARCH_DATA_DIR", default_value = "data")]
+        data_dir: PathBuf,
+        /// File of banned DIDs: their records are never stored.
+        #[arg(long, env = "PUBSEARCH_BANNED_DIDS", value_name = "FILE")]
+        banned_dids: Option<PathBuf>,
+    },
     /// Write a deterministic synthetic Jetstream corpus (NDJSON) for tests and benchmarks.
     GenCorpus {
         /// Events to generate.
@@ -167,6 +188,14 @@ impl Cli {
         match self.command {
             Command::Run(args) => run_ingest(*args),
             Command::Publish(args) => publish(args),
+            Command::Backfill {
+                dids,
+                dids_file,
+                pds,
+                plc_url,
+                data_dir,
+                banned_dids,
+            } => backfill(dids, dids_file, pds, plc_url, &data_dir, banned_dids),
             Command::GenCorpus {
                 records,
                 seed,
@@ -217,6 +246,55 @@ fn run_ingest(args: RunArgs) -> Result<()> {
     };
     let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
     runtime.block_on(run::run(options, CancellationToken::new()))?;
+    Ok(())
+}
+
+fn backfill(
+    mut dids: Vec<String>,
+    dids_file: Option<PathBuf>,
+    pds: Option<Url>,
+    plc_url: Url,
+    data_dir: &std::path::Path,
+    banned_dids: Option<PathBuf>,
+) -> Result<()> {
+    use crate::backfill::{BackfillConfig, backfill};
+    if let Some(file) = dids_file {
+        let text = std::fs::read_to_string(&file)
+            .with_context(|| format!("reading {}", file.display()))?;
+        dids.extend(
+            text.lines()
+                .map(str::trim)
+                .filter(|line| !line.is_empty() && !line.starts_with('#'))
+                .map(str::to_owned),
+        );
+    }
+    anyhow::ensure!(
+        !dids.is_empty(),
+        "name at least one repo with --did or --dids-file"
+    );
+    let policy = match banned_dids {
+        Some(path) => crate::ingest::Policy::load(&path)?,
+        None => crate::ingest::Policy::default(),
+    };
+    let store = crate::store::Store::open(run::store_path(data_dir))?;
+    let config = BackfillConfig {
+        pds,
+        plc_url,
+        ..BackfillConfig::default()
+    };
+    let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
+    let report = runtime.block_on(backfill(&store, &dids, &config, policy))?;
+    tracing::info!(
+        repos = report.repos,
+        records = report.records,
+        pages = report.pages,
+        already_done = report.already_done,
+        failed = report.failed_repos.len(),
+        "backfill finished"
+    );
+    for (did, reason) in &report.failed_repos {
+        eprintln!("not backfilled: {did}: {reason}");
+    }
     Ok(())
 }
 

@@ -6,12 +6,14 @@
 //! - [`firehose`]: Jetstream, tap and replay consumers decoding frames into events.
 //! - [`ingest`]: events → extraction and policy → a bounded queue → one batching writer thread.
 //! - [`store`]: the local WAL SQLite source of truth; one writer, read-only readers.
+//! - [`backfill`]: copies whole repos from their PDS through the same pipeline.
 //! - [`admin`]: the local `/health` and `/stats` endpoint.
 //! - [`run`]: the `run` job wiring the above together.
 //! - [`corpus`]: a deterministic synthetic firehose corpus for tests and benchmarks.
 //! - [`cli`]: the command line; one subcommand per job, embedded defaults everywhere.
 
 pub mod admin;
+pub mod backfill;
 pub mod cli;
 pub mod corpus;
 pub mod firehose;

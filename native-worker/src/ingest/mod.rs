@@ -81,6 +81,16 @@ impl Sink {
         self.queue.send(item).await.is_ok()
     }
 
+    /// Queues a change that did not come from an event (backfill progress), in order with the rest.
+    pub async fn send_change(&self, change: crate::store::Change, position: Position) -> bool {
+        let item = Item {
+            change: Some(change),
+            position,
+            time_us: None,
+        };
+        self.queue.send(item).await.is_ok()
+    }
+
     /// Queues a position with no change, for frames that decoded to nothing but must still be
     /// acknowledged (tap) once everything before them is durable.
     pub async fn skip_position(&self, position: Position) -> bool {

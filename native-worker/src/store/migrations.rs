@@ -91,6 +91,17 @@ const MIGRATIONS: &[&str] = &[
         did TEXT PRIMARY KEY
     ) WITHOUT ROWID;
     "#,
+    // 2: resumable backfill progress, one row per repo and collection.
+    r#"
+    CREATE TABLE backfill_progress (
+        did        TEXT NOT NULL,
+        collection TEXT NOT NULL,
+        cursor     TEXT,
+        done       INTEGER NOT NULL DEFAULT 0,
+        records    INTEGER NOT NULL DEFAULT 0,
+        PRIMARY KEY (did, collection)
+    ) WITHOUT ROWID;
+    "#,
 ];
 
 /// The schema version this build writes.

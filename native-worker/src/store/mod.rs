@@ -132,3 +132,19 @@ pub fn read_cursor(conn: &Connection, source: &str) -> rusqlite::Result<Option<i
     )
     .optional()
 }
+
+/// Where a backfill of `did`'s `collection` stands: `None` if never started, else
+/// `(cursor, done)`.
+pub fn read_backfill_progress(
+    conn: &Connection,
+    did: &str,
+    collection: &str,
+) -> rusqlite::Result<Option<(Option<String>, bool)>> {
+    use rusqlite::OptionalExtension;
+    conn.query_row(
+        "SELECT cursor, done FROM backfill_progress WHERE did = ?1 AND collection = ?2",
+        [did, collection],
+        |row| Ok((row.get(0)?, row.get(1)?)),
+    )
+    .optional()
+}

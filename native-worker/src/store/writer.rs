@@ -31,6 +31,15 @@ pub enum Change {
     },
     /// A DID's handle changed.
     Identity { did: String, handle: Option<String> },
+    /// A backfill page is durable: resume `did`'s `collection` from `cursor` (or skip it once
+    /// `done`). Queued after the page's records, so it commits with or after them.
+    BackfillProgress {
+        did: String,
+        collection: String,
+        cursor: Option<String>,
+        done: bool,
+        records: u64,
+    },
 }
 
 /// Changes committed together, and the source position they bring the store up to.
@@ -218,6 +227,19 @@ fn apply_change(tx: &Connection, change: &Change, indexed_at: i64) -> rusqlite::
                                                 updated_at = excluded.updated_at",
             )?
             .execute(params![did, active, status, indexed_at])?,
+        Change::BackfillProgress {
+            did,
+            collection,
+            cursor,
+            done,
+            records,
+        } => tx
+            .prepare_cached(
+                "INSERT INTO backfill_progress (did, collection, cursor, done, records) VALUES (?1, ?2, ?3, ?4, ?5)
+                 ON CONFLICT(did, collection) DO UPDATE SET cursor = excluded.cursor, done = excluded.done,
+                                                           records = records + excluded.records",
+            )?
+            .execute(params![did, collection, cursor, done, *records as i64])?,
         Change::Identity { did, handle } => tx
             .prepare_cached(
                 "INSERT INTO accounts (did, handle, updated_at) VALUES (?1, ?2, ?3)

@@ -1,0 +1,334 @@
+//! Backfill: copy whole repos from their PDS with `com.atproto.repo.listRecords`, for records
+//! written before we followed the firehose.
+//!
+//! Records flow through the same pipeline as live events (extraction, policy, the batching
+//! writer), stamped with the repo's latest revision so anything newer from the firehose wins.
+//! Progress per repo and collection is committed behind each page's records, so an interrupted
+//! backfill resumes at the first page that was not durable.
+
+use std::time::Duration;
+
+use serde::Deserialize;
+use serde_json::Value;
+use url::Url;
+
+use crate::firehose::{Backoff, Commit, Event, Operation, Payload, Position};
+use crate::ingest::{self, IngestConfig, Policy, Sink};
+use crate::store::{self, Change, Store, StoreError};
+
+/// The collections a backfill copies.
+pub const COLLECTIONS: [&str; 5] = [
+    "pub.leaflet.publication",
+    "site.standard.publication",
+    "pub.leaflet.document",
+    "site.standard.document",
+    "com.whtwnd.blog.entry",
+];
+
+/// The public PLC directory, used to find a `did:plc` repo's PDS.
+pub const DEFAULT_PLC_URL: &str = "https://plc.directory";
+
+/// How to reach repos.
+#[derive(Debug, Clone)]
+pub struct BackfillConfig {
+    /// Use this PDS for every repo instead of resolving each DID.
+    pub pds: Option<Url>,
+    pub plc_url: Url,
+    /// Records per `listRecords` page (the PDS caps it at 100).
+    pub page_size: u32,
+    pub request_timeout: Duration,
+    /// Attempts per request for retryable failures (connect errors, timeouts, 5xx, 429).
+    pub max_attempts: u32,
+    pub backoff: Backoff,
+}
+
+impl Default for BackfillConfig {
+    fn default() -> Self {
+        Self {
+            pds: None,
+            plc_url: Url::parse(DEFAULT_PLC_URL).expect("valid URL"),
+            page_size: 100,
+            request_timeout: Duration::from_secs(30),
+            max_attempts: 5,
+            backoff: Backoff::new(Duration::from_millis(200), Duration::from_secs(10)),
+        }
+    }
+}
+
+/// What a backfill did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct BackfillReport {
+    pub repos: usize,
+    pub records: u64,
+    pub pages: u64,
+    /// Collections skipped because an earlier run finished them.
+    pub already_done: usize,
+    /// Repos that could not be read (not found, deactivated), with the reason.
+    pub failed_repos: Vec<(String, String)>,
+}
+
+/// Why a backfill stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum BackfillError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("the ingest pipeline stopped during the backfill")]
+    PipelineStopped,
+    #[error("cannot build the HTTP client: {0}")]
+    Client(reqwest::Error),
+}
+
+/// Why one repo could not be read.
+#[derive(Debug, thiserror::Error)]
+enum RepoError {
+    #[error("cannot resolve {did}: {reason}")]
+    Resolve { did: String, reason: String },
+    #[error("GET {url} failed: {reason}")]
+    Request { url: String, reason: String },
+}
+
+#[derive(Deserialize)]
+struct DidDocument {
+    #[serde(default)]
+    service: Vec<DidService>,
+}
+
+#[derive(Deserialize)]
+struct DidService {
+    id: String,
+    #[serde(rename = "serviceEndpoint")]
+    endpoint: Value,
+}
+
+#[derive(Deserialize)]
+struct LatestCommit {
+    rev: String,
+}
+
+#[derive(Deserialize)]
+struct RecordPage {
+    #[serde(default)]
+    records: Vec<ListedRecord>,
+    cursor: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct ListedRecord {
+    uri: String,
+    value: Value,
+}
+
+/// Backfills `dids` into `store`, resuming whatever an earlier run left unfinished.
+pub async fn backfill(
+    store: &Store,
+    dids: &[String],
+    config: &BackfillConfig,
+    policy: Policy,
+) -> Result<BackfillReport, BackfillError> {
+    let client = reqwest::Client::builder()
+        .timeout(config.request_timeout)
+        .user_agent(concat!(
+            "pubsearch-native-worker/",
+            env!("CARGO_PKG_VERSION")
+        ))
+        .build()
+        .map_err(BackfillError::Client)?;
+    let ingest_config = IngestConfig {
+        cursor_source: "backfill".into(),
+        ..IngestConfig::default()
+    };
+    let (sink, writer) = ingest::spawn_writer(store, &ingest_config, policy, None)?;
+    let reader = store.reader()?;
+    let mut report = BackfillReport::default();
+    for did in dids {
+        report.repos += 1;
+        if let Err(error) = backfill_repo(&client, &sink, &reader, did, config, &mut report).await {
+            match error {
+                RepoFailure::Repo(error) => {
+                    tracing::warn!(did, %error, "skipping repo");
+                    report.failed_repos.push((did.clone(), error.to_string()));
+                }
+                RepoFailure::PipelineStopped => return Err(BackfillError::PipelineStopped),
+            }
+        }
+    }
+    drop(sink);
+    tokio::task::spawn_blocking(move || writer.join())
+        .await
+        .expect("the writer thread panicked")?;
+    Ok(report)
+}
+
+enum RepoFailure {
+    Repo(RepoError),
+    PipelineStopped,
+}
+
+impl From<RepoError> for RepoFailure {
+    fn from(error: RepoError) -> Self {
+        RepoFailure::Repo(error)
+    }
+}
+
+async fn backfill_repo(
+    client: &reqwest::Client,
+    sink: &Sink,
+    reader: &rusqlite::Connection,
+    did: &str,
+    config: &BackfillConfig,
+    report: &mut BackfillReport,
+) -> Result<(), RepoFailure> {
+    let pds = match &config.pds {
+        Some(pds) => pds.clone(),
+        None => resolve_pds(client, did, config).await?,
+    };
+    let mut latest = pds
+        .join("xrpc/com.atproto.sync.getLatestCommit")
+        .expect("valid path");
+    latest.query_pairs_mut().append_pair("did", did);
+    let rev = get_json::<LatestCommit>(client, &latest, config).await?.rev;
+    for collection in COLLECTIONS {
+        let progress = store::read_backfill_progress(reader, did, collection).unwrap_or(None);
+        if let Some((_, true)) = progress {
+            report.already_done += 1;
+            continue;
+        }
+        let mut cursor = progress.and_then(|(cursor, _)| cursor);
+        loop {
+            let mut url = pds
+                .join("xrpc/com.atproto.repo.listRecords")
+                .expect("valid path");
+            url.query_pairs_mut()
+                .append_pair("repo", did)
+                .append_pair("collection", collection)
+                .append_pair("limit", &config.page_size.to_string());
+            if let Some(cursor) = &cursor {
+                url.query_pairs_mut().append_pair("cursor", cursor);
+            }
+            let page: RecordPage = get_json(client, &url, config).await?;
+            report.pages += 1;
+            let count = page.records.len() as u64;
+            for record in page.records {
+                let Some(rkey) = record
+                    .uri
+                    .rsplit('/')
+                    .next()
+                    .filter(|rkey| !rkey.is_empty())
+                else {
+                    continue;
+                };
+                let event = Event {
+                    position: Position::Line(0),
+                    time_us: None,
+                    did: did.to_owned(),
+                    payload: Payload::Commit(Commit {
+                        operation: Operation::Create,
+                        collection: collection.to_owned(),
+                        rkey: rkey.to_owned(),
+                        rev: rev.clone(),
+                        record: Some(record.value),
+                    }),
+                };
+                if !sink.send(event).await {
+                    return Err(RepoFailure::PipelineStopped);
+                }
+            }
+            report.records += count;
+            let done = count == 0 || page.cursor.is_none();
+            let progress = Change::BackfillProgress {
+                did: did.to_owned(),
+                collection: collection.to_owned(),
+                cursor: page.cursor.clone(),
+                done,
+                records: count,
+            };
+            if !sink.send_change(progress, Position::Line(0)).await {
+                return Err(RepoFailure::PipelineStopped);
+            }
+            if done {
+                break;
+            }
+            cursor = page.cursor;
+        }
+        tracing::info!(did, collection, "collection backfilled");
+    }
+    Ok(())
+}
+
+/// Finds a repo's PDS from its DID document (PLC directory for `did:plc`, the host for `did:web`).
+async fn resolve_pds(
+    client: &reqwest::Client,
+    did: &str,
+    config: &BackfillConfig,
+) -> Result<Url, RepoError> {
+    let fail = |reason: String| RepoError::Resolve {
+        did: did.to_owned(),
+        reason,
+    };
+    let document_url = if did.starts_with("did:plc:") {
+        // "./" keeps `did:plc:…` from parsing as a URL with scheme `did`.
+        config
+            .plc_url
+            .join(&format!("./{did}"))
+            .map_err(|e| fail(e.to_string()))?
+    } else if let Some(host) = did.strip_prefix("did:web:") {
+        Url::parse(&format!("https://{host}/.well-known/did.json"))
+            .map_err(|e| fail(e.to_string()))?
+    } else {
+        return Err(fail("only did:plc and did:web are supported".into()));
+    };
+    let document: DidDocument = get_json(client, &document_url, config).await?;
+    document
+        .service
+        .iter()
+        .find(|service| service.id.ends_with("#atproto_pds"))
+        .and_then(|service| service.endpoint.as_str())
+        .and_then(|endpoint| Url::parse(&format!("{}/", endpoint.trim_end_matches('/'))).ok())
+        .ok_or_else(|| fail("its DID document names no #atproto_pds service".into()))
+}
+
+/// GETs JSON with a timeout, retrying retryable failures with jittered backoff.
+async fn get_json<T: for<'de> Deserialize<'de>>(
+    client: &reqwest::Client,
+    url: &Url,
+    config: &BackfillConfig,
+) -> Result<T, RepoError> {
+    let mut backoff = config.backoff.clone();
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        let outcome = match client.get(url.clone()).send().await {
+            Ok(response) if response.status().is_success() => {
+                return response.json::<T>().await.map_err(|e| RepoError::Request {
+                    url: url.to_string(),
+                    reason: format!("unreadable response: {e}"),
+                });
+            }
+            Ok(response) => {
+                let status = response.status();
+                let retryable = status.is_server_error() || status.as_u16() == 429;
+                let body: String = response
+                    .text()
+                    .await
+                    .unwrap_or_default()
+                    .chars()
+                    .take(200)
+                    .collect();
+                (retryable, format!("HTTP {status}: {body}"))
+            }
+            Err(error) => (
+                error.is_timeout() || error.is_connect() || error.is_request(),
+                error.to_string(),
+            ),
+        };
+        let (retryable, reason) = outcome;
+        if !retryable || attempt >= config.max_attempts {
+            return Err(RepoError::Request {
+                url: url.to_string(),
+                reason: format!("{reason} (attempt {attempt})"),
+            });
+        }
+        tracing::debug!(%url, attempt, reason, "retrying");
+        tokio::time::sleep(backoff.next_delay()).await;
+    }
+}

@@ -1,0 +1,287 @@
+//! Backfill against a loopback PDS and PLC directory stand-in: paging, DID resolution,
+//! retries, resumption after an outage, and revision ordering against the firehose.
+
+mod support;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use pubsearch_native_worker::backfill::{self, BackfillConfig};
+use pubsearch_native_worker::firehose::Backoff;
+use pubsearch_native_worker::ingest::Policy;
+use pubsearch_native_worker::store::Store;
+use serde_json::{Value, json};
+
+const REPO_REV: &str = "3lbackfill000";
+
+/// One listRecords request: (did, collection, cursor).
+type ListRequest = (String, String, Option<String>);
+
+/// A PDS serving listRecords pages of 100 and a PLC directory pointing every DID at it.
+#[derive(Clone, Default)]
+struct Pds {
+    records: Arc<HashMap<(String, String), Vec<Value>>>,
+    /// Every listRecords request: (did, collection, cursor).
+    requests: Arc<Mutex<Vec<ListRequest>>>,
+    /// Answer 503 to this many requests before serving (retry path).
+    transient_failures: Arc<AtomicUsize>,
+    /// After this many served listRecords pages, answer 500 to everything (an outage).
+    outage_after: Option<usize>,
+    served: Arc<AtomicUsize>,
+    base: Arc<Mutex<String>>,
+}
+
+fn entries(did: &str, count: usize) -> Vec<Value> {
+    (0..count)
+        .map(|i| {
+            json!({"uri": format!("at://{did}/com.whtwnd.blog.entry/3k{i:08}"), "cid": "bafy",
+                   "value": {"$type": "com.whtwnd.blog.entry", "title": format!("Backfilled {i}"),
+                             "content": format!("old words number {i}"), "visibility": "public"}})
+        })
+        .collect()
+}
+
+fn publication(did: &str) -> Vec<Value> {
+    vec![
+        json!({"uri": format!("at://{did}/pub.leaflet.publication/3kpub"), "cid": "bafy",
+                "value": {"name": "Old blog", "base_path": "old.leaflet.pub"}}),
+    ]
+}
+
+async fn did_document(State(pds): State<Pds>, Path(did): Path<String>) -> Json<Value> {
+    let base = pds.base.lock().unwrap().clone();
+    Json(
+        json!({"id": did, "service": [{"id": "#atproto_pds", "type": "AtprotoPersonalDataServer", "serviceEndpoint": base}]}),
+    )
+}
+
+async fn latest_commit() -> Json<Value> {
+    Json(json!({"cid": "bafyroot", "rev": REPO_REV}))
+}
+
+async fn list_records(
+    State(pds): State<Pds>,
+    Query(query): Query<HashMap<String, String>>,
+) -> Response {
+    if pds.transient_failures.load(Ordering::SeqCst) > 0 {
+        pds.transient_failures.fetch_sub(1, Ordering::SeqCst);
+        return (StatusCode::SERVICE_UNAVAILABLE, "try later").into_response();
+    }
+    if pds
+        .outage_after
+        .is_some_and(|limit| pds.served.load(Ordering::SeqCst) >= limit)
+    {
+        return (StatusCode::INTERNAL_SERVER_ERROR, "down").into_response();
+    }
+    let (did, collection) = (query["repo"].clone(), query["collection"].clone());
+    let cursor = query.get("cursor").cloned();
+    pds.requests
+        .lock()
+        .unwrap()
+        .push((did.clone(), collection.clone(), cursor.clone()));
+    pds.served.fetch_add(1, Ordering::SeqCst);
+    let all = pds
+        .records
+        .get(&(did, collection))
+        .cloned()
+        .unwrap_or_default();
+    let start: usize = cursor.as_deref().map(|c| c.parse().unwrap()).unwrap_or(0);
+    let limit: usize = query["limit"].parse().unwrap();
+    let page: Vec<Value> = all.iter().skip(start).take(limit).cloned().collect();
+    let next = (start + limit < all.len()).then(|| (start + limit).to_string());
+    Json(json!({"records": page, "cursor": next})).into_response()
+}
+
+async fn start(pds: Pds) -> (String, tokio::task::JoinHandle<()>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    *pds.base.lock().unwrap() = base.clone();
+    let app = Router::new()
+        .route("/plc/{did}", get(did_document))
+        .route("/xrpc/com.atproto.sync.getLatestCommit", get(latest_commit))
+        .route("/xrpc/com.atproto.repo.listRecords", get(list_records))
+        .with_state(pds);
+    let server = tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    (base, server)
+}
+
+fn config(base: &str) -> BackfillConfig {
+    BackfillConfig {
+        plc_url: format!("{base}/plc/").parse().unwrap(),
+        request_timeout: Duration::from_secs(5),
+        max_attempts: 3,
+        backoff: Backoff::new(Duration::from_millis(10), Duration::from_millis(50)),
+        ..BackfillConfig::default()
+    }
+}
+
+fn pds_with(repos: &[(&str, usize)]) -> Pds {
+    let mut records = HashMap::new();
+    for (did, count) in repos {
+        records.insert(
+            (did.to_string(), "com.whtwnd.blog.entry".to_string()),
+            entries(did, *count),
+        );
+        records.insert(
+            (did.to_string(), "pub.leaflet.publication".to_string()),
+            publication(did),
+        );
+    }
+    Pds {
+        records: Arc::new(records),
+        ..Pds::default()
+    }
+}
+
+fn count(store: &Store, sql: &str) -> i64 {
+    store
+        .reader()
+        .unwrap()
+        .query_row(sql, [], |row| row.get(0))
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resolves_pages_and_retries() {
+    let pds = pds_with(&[("did:plc:alice", 250), ("did:plc:bob", 7)]);
+    pds.transient_failures.store(2, Ordering::SeqCst);
+    let (base, _server) = start(pds.clone()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path().join("store.db")).unwrap();
+    let dids = vec![
+        "did:plc:alice".to_owned(),
+        "did:plc:bob".to_owned(),
+        "did:key:zunsupported".to_owned(),
+    ];
+    let report = backfill::backfill(&store, &dids, &config(&base), Policy::default())
+        .await
+        .unwrap();
+
+    assert_eq!(report.records, 250 + 7 + 2);
+    assert_eq!(
+        count(
+            &store,
+            "SELECT count(*) FROM documents WHERE did = 'did:plc:alice'"
+        ),
+        250
+    );
+    assert_eq!(count(&store, "SELECT count(*) FROM publications"), 2);
+    assert_eq!(
+        count(&store, "SELECT count(DISTINCT rev) FROM documents"),
+        1,
+        "stamped with the repo rev"
+    );
+    assert_eq!(report.failed_repos.len(), 1, "{:?}", report.failed_repos);
+    assert!(report.failed_repos[0].1.contains("did:plc and did:web"));
+    let alice_pages = pds
+        .requests
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|r| r.0 == "did:plc:alice" && r.1 == "com.whtwnd.blog.entry")
+        .count();
+    assert_eq!(alice_pages, 3, "250 records in pages of 100");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_interrupted_backfill_resumes_without_refetching() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path().join("store.db")).unwrap();
+    let dids = vec!["did:plc:carol".to_owned()];
+
+    // The PDS goes down after five pages: one for each of the four collections before whitewind
+    // (publications, then empty document collections) and the first page of entries.
+    let mut failing = pds_with(&[("did:plc:carol", 450)]);
+    failing.outage_after = Some(5);
+    let (base, server) = start(failing.clone()).await;
+    let report = backfill::backfill(&store, &dids, &config(&base), Policy::default())
+        .await
+        .unwrap();
+    server.abort();
+    assert_eq!(report.failed_repos.len(), 1);
+    assert_eq!(
+        count(&store, "SELECT count(*) FROM documents"),
+        100,
+        "the first page is durable"
+    );
+
+    let healthy = pds_with(&[("did:plc:carol", 450)]);
+    let (base, _server) = start(healthy.clone()).await;
+    let report = backfill::backfill(&store, &dids, &config(&base), Policy::default())
+        .await
+        .unwrap();
+    assert!(report.failed_repos.is_empty(), "{:?}", report.failed_repos);
+    assert_eq!(count(&store, "SELECT count(*) FROM documents"), 450);
+    assert_eq!(
+        report.already_done, 4,
+        "collections finished before the outage are skipped"
+    );
+    let entry_cursors: Vec<Option<String>> = healthy
+        .requests
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|r| r.1 == "com.whtwnd.blog.entry")
+        .map(|r| r.2.clone())
+        .collect();
+    assert_eq!(
+        entry_cursors.first(),
+        Some(&Some("100".to_owned())),
+        "resumed after the durable page: {entry_cursors:?}"
+    );
+    assert_eq!(entry_cursors.len(), 4, "pages at 100, 200, 300, 400");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn newer_firehose_revisions_beat_backfilled_ones() {
+    use pubsearch_native_worker::store::{Batch, Change};
+    use pubsearch_shared::record::{self, Extracted};
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path().join("store.db")).unwrap();
+    let body = json!({"title": "Edited live", "content": "new words", "visibility": "public"});
+    let Extracted::Document(document) =
+        record::extract("did:plc:dan", "com.whtwnd.blog.entry", "3k00000001", &body).unwrap()
+    else {
+        panic!()
+    };
+    let newer = format!("{REPO_REV}z");
+    store
+        .writer()
+        .unwrap()
+        .apply(&Batch {
+            changes: vec![Change::Document {
+                document,
+                rev: newer,
+            }],
+            cursor: None,
+        })
+        .unwrap();
+
+    let (base, _server) = start(pds_with(&[("did:plc:dan", 3)])).await;
+    backfill::backfill(
+        &store,
+        &["did:plc:dan".to_owned()],
+        &config(&base),
+        Policy::default(),
+    )
+    .await
+    .unwrap();
+    let title: String = store
+        .reader()
+        .unwrap()
+        .query_row(
+            "SELECT title FROM documents WHERE rkey = '3k00000001'",
+            [],
+            |row| row.get(0),
+        )
+        .unwrap();
+    assert_eq!(title, "Edited live");
+    assert_eq!(count(&store, "SELECT count(*) FROM documents"), 3);
+}
