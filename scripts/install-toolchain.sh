@@ -17,6 +17,7 @@ apt_packages=()
 command -v clang >/dev/null || apt_packages+=(clang)          # sqlite-wasm-rs compiles SQLite to wasm with it
 command -v node >/dev/null || apt_packages+=(nodejs npm)      # wrangler / workerd
 command -v python3 >/dev/null || apt_packages+=(python3)
+[[ -x /usr/bin/chromium ]] || apt_packages+=(chromium)       # drives the search page in tests
 if ((${#apt_packages[@]})); then
     log "installing Debian packages: ${apt_packages[*]}"
     as_root apt-get update -qq
@@ -50,8 +51,9 @@ if ! python3 -m pip show moto 2>/dev/null | grep -qx "Version: $moto_version"; t
     python3 -m pip install --quiet --root-user-action=ignore "moto[server]==$moto_version"
 fi
 
-if [[ ! -x node_modules/.bin/wrangler ]] || ! node_modules/.bin/wrangler --version 2>/dev/null | grep -q "$(node -p 'require("./package.json").devDependencies.wrangler')"; then
-    log "installing wrangler (workerd) from package-lock.json"
+if [[ ! -x node_modules/.bin/wrangler ]] || [[ ! -d node_modules/playwright-core ]] \
+    || ! node_modules/.bin/wrangler --version 2>/dev/null | grep -q "$(node -p 'require("./package.json").devDependencies.wrangler')"; then
+    log "installing wrangler (workerd, miniflare) and playwright-core from package-lock.json"
     npm ci --no-audit --no-fund --loglevel=error
 fi
 log "toolchain ready"

@@ -1,38 +1,41 @@
-//! The pubsearch edge: a Cloudflare Worker that answers search from a shipped SQLite snapshot.
+//! The pubsearch edge: a Cloudflare Worker that answers search from a published SQLite snapshot.
+//!
+//! - [`snapshot`]: loads the channel's live build from R2, verifies it, swaps it atomically.
+//! - [`routes`]: `/search`, `/document`, `/tags`, `/stats`, `/snapshot`, `/health` and the page.
+//! - [`page`]: the single-page search UI at `/`.
+//! - [`stats`]: per-endpoint request timings for `/stats`.
+//! - [`error`]: every failure as a JSON response with the right status.
 //!
 //! The Worker owns no search logic: ranking, the query language and the snapshot schema all live
 //! in `pubsearch-shared`, so the edge answers exactly what the native side answers.
-//! Later issues add snapshot loading from R2 and the search endpoints; today it answers `/health`.
 
-use serde::Serialize;
-use worker::{Context, Env, Request, Response, Result, Router, event};
+pub mod error;
+pub mod page;
+pub mod routes;
+pub mod snapshot;
+pub mod stats;
 
-/// The `/health` body: enough for a load balancer and for a human checking a deploy.
-#[derive(Serialize)]
-struct Health {
-    status: &'static str,
-    service: &'static str,
-    version: &'static str,
-    schema_version: u32,
-    scoring_version: u32,
-}
+use worker::{Context, Env, Request, Response, Result, event};
 
 #[event(fetch)]
 async fn fetch(request: Request, env: Env, _ctx: Context) -> Result<Response> {
-    Router::new()
-        .get("/health", |_, _| {
-            Response::from_json(&Health {
-                status: "ok",
-                service: "pubsearch-edge",
-                version: env!("CARGO_PKG_VERSION"),
-                schema_version: pubsearch_shared::schema::SCHEMA_VERSION,
-                scoring_version: pubsearch_shared::schema::SCORING_VERSION,
-            })
-        })
-        .or_else_any_method("/*path", |_, _| {
-            let body = serde_json::json!({ "error": "not found" });
-            Ok(Response::from_json(&body)?.with_status(404))
-        })
-        .run(request, env)
-        .await
+    let started = worker::Date::now().as_millis();
+    let endpoint = routes::endpoint(&request.path());
+    let (mut response, failed) = match routes::handle(&request, &env).await {
+        Ok(response) => (response, false),
+        Err(error) => {
+            let failed = error.status() >= 500;
+            (error.into_response()?, failed)
+        }
+    };
+    let headers = response.headers_mut();
+    headers.set("Access-Control-Allow-Origin", "*")?;
+    headers.set("Access-Control-Allow-Methods", "GET, HEAD, OPTIONS")?;
+    headers.set("Access-Control-Max-Age", "86400")?;
+    stats::record(
+        endpoint,
+        (worker::Date::now().as_millis() - started) as f64,
+        failed,
+    );
+    Ok(response)
 }

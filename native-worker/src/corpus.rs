@@ -340,7 +340,7 @@ fn publication_record(
 /// Long-tail length in words: most documents are short, a few are ~100 KB.
 fn body_words(rng: &mut ChaCha8Rng) -> usize {
     let u: f64 = rng.random();
-    (30.0 * (15_000.0f64 / 30.0).powf(u.powi(3))) as usize
+    (30.0 * (15_000.0f64 / 30.0).powf(u.powi(5))) as usize
 }
 
 fn paragraphs(rng: &mut ChaCha8Rng, vocabulary: &Vocabulary, words: usize) -> Vec<String> {

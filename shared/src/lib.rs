@@ -7,6 +7,7 @@
 //! - [`snapshot`]: writes documents and publications into a snapshot (builders and test fixtures).
 //! - [`query`]: turns untrusted user text into a safe FTS5 `MATCH` expression.
 //! - [`search`]: validated search requests, ranking (bm25 top-K, then recency re-rank) and results.
+//! - [`lookup`]: documents by URI and tag counts, for the edge's non-search endpoints.
 //! - [`manifest`]: the contract between a published snapshot and the readers that adopt it.
 //! - [`platform`]: which publishing platform a record belongs to, and its public URL.
 //! - [`timestamp`]: the one timestamp format stored in snapshots and returned to clients.
@@ -14,6 +15,7 @@
 //! Data flows one way: the native worker extracts records, stores them, and builds snapshots with
 //! [`snapshot::SnapshotWriter`]; the edge opens the snapshot read-only and calls [`search::search`].
 
+pub mod lookup;
 pub mod manifest;
 pub mod platform;
 pub mod query;

@@ -557,6 +557,11 @@ fn load_result(
     )
 }
 
+/// HTML-escapes text so it can be inserted into a page as-is.
+pub fn escape_html(text: &str) -> String {
+    render_snippet(&text.replace([MARK_OPEN, MARK_CLOSE], ""))
+}
+
 /// HTML-escapes a snippet and turns the match markers into `<mark>` tags.
 fn render_snippet(raw: &str) -> String {
     let mut html = String::with_capacity(raw.len() + 16);

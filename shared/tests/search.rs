@@ -215,3 +215,31 @@ fn tag_filter_lets_the_fts_index_drive() {
         "{plan:?}"
     );
 }
+
+#[test]
+fn documents_are_looked_up_in_request_order() {
+    use pubsearch_shared::lookup::{self, LookupError};
+    let conn = open_fixture();
+    let uris = vec![
+        "at://did:plc:heidi/site.standard.document/wasm1".to_owned(),
+        "at://did:plc:nobody/site.standard.document/none".to_owned(),
+        "at://did:plc:alice/pub.leaflet.document/own1".to_owned(),
+    ];
+    let found = lookup::documents_by_uri(&conn, &uris).unwrap().unwrap();
+    let rkeys: Vec<&str> = found.documents.iter().map(|d| d.rkey.as_str()).collect();
+    assert_eq!(rkeys, ["wasm1", "own1"]);
+    assert_eq!(found.missing, [uris[1].clone()]);
+    assert_eq!(
+        lookup::documents_by_uri(&conn, &[]).unwrap(),
+        Err(LookupError::NoUris)
+    );
+    let many = vec![uris[0].clone(); lookup::MAX_URIS + 1];
+    assert_eq!(
+        lookup::documents_by_uri(&conn, &many).unwrap(),
+        Err(LookupError::TooMany)
+    );
+
+    let tags = lookup::top_tags(&conn, 3).unwrap();
+    assert_eq!(tags.len(), 3);
+    assert!(tags[0].documents >= tags[1].documents && tags[1].documents >= tags[2].documents);
+}

@@ -1,0 +1,147 @@
+//! The endpoints. Each reads the live snapshot through `shared`, so answers match the native
+//! side exactly; none writes SQL of its own for search.
+
+use pubsearch_shared::lookup::{self, LookupError};
+use pubsearch_shared::search::{self, SearchRequest};
+use pubsearch_shared::{Timestamp, schema};
+use serde_json::json;
+use worker::{Env, Method, Request, Response, Url};
+
+use crate::error::EdgeError;
+use crate::{page, snapshot, stats};
+
+/// How long a CDN may cache a successful answer, and serve it stale while revalidating.
+const CACHE_CONTROL: &str = "public, max-age=60, stale-while-revalidate=300";
+/// Most tags `/tags` returns.
+const MAX_TAGS: u32 = 1000;
+
+/// The endpoint a path belongs to, for timing; unknown paths share one bucket.
+pub fn endpoint(path: &str) -> &'static str {
+    match path {
+        "/" => "page",
+        "/search" => "search",
+        "/document" => "document",
+        "/tags" => "tags",
+        "/stats" => "stats",
+        "/snapshot" => "snapshot",
+        "/health" => "health",
+        _ => "other",
+    }
+}
+
+/// Answers one request.
+pub async fn handle(request: &Request, env: &Env) -> Result<Response, EdgeError> {
+    match request.method() {
+        Method::Get | Method::Head => {}
+        Method::Options => return Ok(Response::empty()?.with_status(204)),
+        _ => return Err(EdgeError::MethodNotAllowed),
+    }
+    let url = request.url()?;
+    match url.path() {
+        "/" => Ok(Response::from_html(page::HTML)?),
+        "/health" => health(),
+        "/search" => search(&url, env).await,
+        "/document" => document(&url, env).await,
+        "/tags" => tags(&url, env).await,
+        "/stats" => stats_response(),
+        "/snapshot" => snapshot_response(env).await,
+        _ => Err(EdgeError::NotFound),
+    }
+}
+
+fn cached(mut response: Response) -> Result<Response, EdgeError> {
+    response.headers_mut().set("Cache-Control", CACHE_CONTROL)?;
+    Ok(response)
+}
+
+fn now() -> Timestamp {
+    Timestamp::from_unix_millis(worker::Date::now().as_millis() as i64)
+        .unwrap_or_else(|| Timestamp::from_unix_millis(0).expect("the epoch is in range"))
+}
+
+fn health() -> Result<Response, EdgeError> {
+    let live = snapshot::peek();
+    let body = json!({
+        "status": "ok",
+        "service": "pubsearch-edge",
+        "version": env!("CARGO_PKG_VERSION"),
+        "schema_version": schema::SCHEMA_VERSION,
+        "scoring_version": schema::SCORING_VERSION,
+        "snapshot": live.as_ref().map(|live| live.manifest.build_id.clone()),
+    });
+    let mut response = Response::from_json(&body)?;
+    response.headers_mut().set("Cache-Control", "no-store")?;
+    Ok(response)
+}
+
+async fn search(url: &Url, env: &Env) -> Result<Response, EdgeError> {
+    // Validate before loading anything: a bad request is a 400 even while starting up.
+    let request = SearchRequest::from_params(url.query_pairs())
+        .map_err(|e| EdgeError::BadRequest(e.to_string()))?;
+    let live = snapshot::current(env).await?;
+    let page = search::search(&live.conn, &request, now())?;
+    cached(Response::from_json(&page.to_json(request.format()))?)
+}
+
+async fn document(url: &Url, env: &Env) -> Result<Response, EdgeError> {
+    let uris: Vec<String> = url
+        .query_pairs()
+        .filter(|(key, _)| key == "uri")
+        .flat_map(|(_, value)| {
+            value
+                .split(',')
+                .map(|uri| uri.trim().to_owned())
+                .collect::<Vec<_>>()
+        })
+        .filter(|uri| !uri.is_empty())
+        .collect();
+    if uris.is_empty() {
+        return Err(EdgeError::BadRequest(LookupError::NoUris.to_string()));
+    }
+    if uris.len() > lookup::MAX_URIS {
+        return Err(EdgeError::BadRequest(LookupError::TooMany.to_string()));
+    }
+    let live = snapshot::current(env).await?;
+    let found = lookup::documents_by_uri(&live.conn, &uris)?
+        .map_err(|e| EdgeError::BadRequest(e.to_string()))?;
+    cached(Response::from_json(&found)?)
+}
+
+async fn tags(url: &Url, env: &Env) -> Result<Response, EdgeError> {
+    let limit = match url.query_pairs().find(|(key, _)| key == "limit") {
+        None => 100,
+        Some((_, value)) => value
+            .parse::<u32>()
+            .ok()
+            .filter(|limit| (1..=MAX_TAGS).contains(limit))
+            .ok_or_else(|| {
+                EdgeError::BadRequest(format!(
+                    "invalid limit: must be a whole number from 1 to {MAX_TAGS}"
+                ))
+            })?,
+    };
+    let live = snapshot::current(env).await?;
+    let tags = lookup::top_tags(&live.conn, limit)?;
+    cached(Response::from_json(&json!({ "tags": tags }))?)
+}
+
+fn stats_response() -> Result<Response, EdgeError> {
+    let live = snapshot::peek();
+    let body = json!({
+        "snapshot": snapshot::status(),
+        "counts": live.as_ref().map(|live| live.manifest.counts),
+        "source_watermark_us": live.as_ref().map(|live| live.manifest.source_watermark_us),
+        "requests": stats::summary(),
+    });
+    let mut response = Response::from_json(&body)?;
+    response.headers_mut().set("Cache-Control", "no-store")?;
+    Ok(response)
+}
+
+async fn snapshot_response(env: &Env) -> Result<Response, EdgeError> {
+    let live = snapshot::current(env).await?;
+    let body = json!({ "manifest": live.manifest, "status": snapshot::status() });
+    let mut response = Response::from_json(&body)?;
+    response.headers_mut().set("Cache-Control", "no-store")?;
+    Ok(response)
+}

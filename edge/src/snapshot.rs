@@ -1,0 +1,268 @@
+//! The live snapshot: loaded from R2, verified, swapped atomically, kept on failure.
+//!
+//! One isolate holds at most one live build. The first request loads it (concurrent first
+//! requests wait on the same load instead of each starting one); afterwards the pointer is
+//! re-read at most every `POINTER_CHECK_SECONDS`, and a new build replaces the live one only after
+//! it passes every check. A failure is recorded for `/stats` and `/snapshot` and the current build
+//! keeps serving (DESIGN.md invariant 2).
+//!
+//! The artifact streams from R2 straight into memory SQLite owns (`sqlite3_malloc64`), hashed on
+//! the way, then opens read-only with `sqlite3_deserialize`: one copy of the bytes, ever.
+
+use std::cell::RefCell;
+use std::ptr::NonNull;
+use std::rc::Rc;
+
+use futures::StreamExt;
+use futures::lock::Mutex;
+use pubsearch_shared::manifest::{self, ArtifactDigest, Manifest, VerifyError};
+use rusqlite::Connection;
+use rusqlite::serialize::OwnedData;
+use worker::{Bucket, Env};
+
+use crate::error::EdgeError;
+
+/// The R2 binding holding published builds.
+pub const BUCKET_BINDING: &str = "SNAPSHOTS";
+/// Page cache per snapshot, in KiB: wasm memory never shrinks, so keep it small.
+const CACHE_KIB: i64 = 2 * 1024;
+/// How soon to retry when no snapshot could be loaded at all.
+const RETRY_EMPTY_MS: f64 = 2_000.0;
+
+/// A verified build, open for queries.
+pub struct Live {
+    pub conn: Connection,
+    pub manifest: Manifest,
+    pub loaded_at_ms: f64,
+}
+
+/// Why a build was not adopted.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    #[error("no pointer at {0}: nothing has been published to this channel")]
+    NoPointer(String),
+    #[error("the pointer names {0}, which is not in the bucket")]
+    MissingArtifact(String),
+    #[error("R2: {0}")]
+    R2(#[from] worker::Error),
+    #[error(transparent)]
+    Verify(#[from] VerifyError),
+    #[error("sqlite cannot allocate {0} bytes for the snapshot")]
+    OutOfMemory(u64),
+    #[error("sqlite: {0}")]
+    Sqlite(#[from] rusqlite::Error),
+}
+
+#[derive(Default)]
+struct State {
+    live: Option<Rc<Live>>,
+    checked_at_ms: Option<f64>,
+    loads: u64,
+    failures: u64,
+    last_failure: Option<String>,
+}
+
+thread_local! {
+    static STATE: RefCell<State> = RefCell::new(State::default());
+    static LOADING: Rc<Mutex<()>> = Rc::new(Mutex::new(()));
+}
+
+/// Where the worker looks for builds.
+pub struct Config {
+    pub channel: String,
+    pub check_every_ms: f64,
+}
+
+impl Config {
+    /// Reads `SNAPSHOT_CHANNEL` (default `prod`) and `POINTER_CHECK_SECONDS` (default 60).
+    pub fn from_env(env: &Env) -> Self {
+        let var = |name: &str| env.var(name).ok().map(|value| value.to_string());
+        Self {
+            channel: var("SNAPSHOT_CHANNEL").unwrap_or_else(|| "prod".into()),
+            check_every_ms: var("POINTER_CHECK_SECONDS")
+                .and_then(|seconds| seconds.parse::<f64>().ok())
+                .unwrap_or(60.0)
+                * 1000.0,
+        }
+    }
+}
+
+/// What `/stats` and `/snapshot` report about loading.
+#[derive(Debug, serde::Serialize)]
+pub struct LoadStatus {
+    pub build_id: Option<String>,
+    pub loads: u64,
+    pub failures: u64,
+    pub last_failure: Option<String>,
+    pub loaded_at_ms: Option<f64>,
+}
+
+/// The current load status.
+pub fn status() -> LoadStatus {
+    STATE.with(|state| {
+        let state = state.borrow();
+        LoadStatus {
+            build_id: state
+                .live
+                .as_ref()
+                .map(|live| live.manifest.build_id.clone()),
+            loads: state.loads,
+            failures: state.failures,
+            last_failure: state.last_failure.clone(),
+            loaded_at_ms: state.live.as_ref().map(|live| live.loaded_at_ms),
+        }
+    })
+}
+
+/// The live build, if one is loaded, without touching R2.
+pub fn peek() -> Option<Rc<Live>> {
+    STATE.with(|state| state.borrow().live.clone())
+}
+
+fn now_ms() -> f64 {
+    worker::Date::now().as_millis() as f64
+}
+
+/// The live build if it was checked recently enough.
+fn fresh(config: &Config) -> Option<Rc<Live>> {
+    STATE.with(|state| {
+        let state = state.borrow();
+        let checked = state.checked_at_ms?;
+        let wait = if state.live.is_some() {
+            config.check_every_ms
+        } else {
+            RETRY_EMPTY_MS
+        };
+        if now_ms() - checked < wait {
+            state.live.clone()
+        } else {
+            None
+        }
+    })
+}
+
+/// The build to answer from: loads or refreshes it when due, and never gives up a working
+/// build because a newer one failed.
+pub async fn current(env: &Env) -> Result<Rc<Live>, EdgeError> {
+    let config = Config::from_env(env);
+    if let Some(live) = fresh(&config) {
+        return Ok(live);
+    }
+    let lock = LOADING.with(Rc::clone);
+    let _guard = lock.lock().await;
+    if let Some(live) = fresh(&config) {
+        return Ok(live);
+    }
+    let result = refresh(env, &config).await;
+    STATE.with(|state| {
+        let mut state = state.borrow_mut();
+        state.checked_at_ms = Some(now_ms());
+        match result {
+            Ok(Some(live)) => {
+                state.loads += 1;
+                worker::console_log!("adopted build {}", live.manifest.build_id);
+                state.live = Some(Rc::new(live));
+            }
+            Ok(None) => {}
+            Err(error) => {
+                state.failures += 1;
+                worker::console_error!("snapshot load failed: {error}");
+                state.last_failure = Some(error.to_string());
+            }
+        }
+        state.live.clone().ok_or_else(|| {
+            EdgeError::Unavailable(
+                state
+                    .last_failure
+                    .clone()
+                    .unwrap_or_else(|| "no snapshot loaded".into()),
+            )
+        })
+    })
+}
+
+/// Reads the pointer; loads and verifies the build it names if that is not the live one.
+/// `Ok(None)` means the live build is still current.
+async fn refresh(env: &Env, config: &Config) -> Result<Option<Live>, LoadError> {
+    let bucket = env.bucket(BUCKET_BINDING)?;
+    let pointer_key = manifest::pointer_key(&config.channel);
+    let pointer = bucket
+        .get(&pointer_key)
+        .execute()
+        .await?
+        .ok_or_else(|| LoadError::NoPointer(pointer_key.clone()))?;
+    let body = pointer
+        .body()
+        .ok_or_else(|| LoadError::NoPointer(pointer_key.clone()))?
+        .bytes()
+        .await?;
+    let manifest = Manifest::parse(&body)?;
+    if peek().is_some_and(|live| live.manifest.build_id == manifest.build_id) {
+        return Ok(None);
+    }
+    let conn = load_artifact(&bucket, &manifest).await?;
+    manifest::verify_snapshot(&conn, &manifest)?;
+    Ok(Some(Live {
+        conn,
+        manifest,
+        loaded_at_ms: now_ms(),
+    }))
+}
+
+/// Streams the artifact into SQLite-owned memory, checking size and digest, and opens it.
+async fn load_artifact(bucket: &Bucket, manifest: &Manifest) -> Result<Connection, LoadError> {
+    let object = bucket
+        .get(&manifest.artifact)
+        .execute()
+        .await?
+        .ok_or_else(|| LoadError::MissingArtifact(manifest.artifact.clone()))?;
+    let size = manifest.byte_size;
+    if object.size() != size {
+        return Err(VerifyError::Size {
+            expected: size,
+            actual: object.size(),
+        }
+        .into());
+    }
+    let mut data = allocate(size)?;
+    let mut stream = object
+        .body()
+        .ok_or_else(|| LoadError::MissingArtifact(manifest.artifact.clone()))?
+        .stream()?;
+    let mut digest = ArtifactDigest::default();
+    let mut offset = 0usize;
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk?;
+        let end = offset + chunk.len();
+        if end as u64 > size {
+            return Err(VerifyError::Size {
+                expected: size,
+                actual: end as u64,
+            }
+            .into());
+        }
+        data[offset..end].copy_from_slice(&chunk);
+        digest.update(&chunk);
+        offset = end;
+    }
+    manifest.check_artifact(digest.bytes(), &digest.finish())?;
+    let mut conn = Connection::open_in_memory()?;
+    conn.deserialize(rusqlite::MAIN_DB, data, true)?;
+    conn.pragma_update(None, "cache_size", -CACHE_KIB)?;
+    Ok(conn)
+}
+
+/// A zeroed buffer of `size` bytes allocated by SQLite, which frees it when the connection closes.
+fn allocate(size: u64) -> Result<OwnedData, LoadError> {
+    if size == 0 {
+        return Err(VerifyError::Integrity("empty artifact".into()).into());
+    }
+    // SAFETY: sqlite3_malloc64 returns null or a block of at least `size` bytes; we check null,
+    // and hand ownership to OwnedData, whose contract is exactly "allocated by sqlite3_malloc64".
+    let pointer = unsafe { rusqlite::ffi::sqlite3_malloc64(size) }.cast::<u8>();
+    let pointer = NonNull::new(pointer).ok_or(LoadError::OutOfMemory(size))?;
+    // SAFETY: the block is `size` bytes long; zeroing it makes every byte initialised before any
+    // slice over it exists, and a short download then leaves zeros, which the digest rejects.
+    unsafe { std::ptr::write_bytes(pointer.as_ptr(), 0, size as usize) };
+    Ok(unsafe { OwnedData::from_raw_nonnull(pointer, size as usize) })
+}

@@ -1,0 +1,81 @@
+//! Snapshot benchmark: build and verify time, and bytes per document, for 10k and 100k
+//! synthetic documents. Prints a table; asserts nothing.
+//!
+//! `cargo bench -p pubsearch-native-worker --bench snapshot` (SNAPSHOT_BENCH_SIZES=10000,100000).
+
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use pubsearch_native_worker::publish::{build, verify};
+use pubsearch_native_worker::run::{self, RunOptions, Source, store_path};
+use pubsearch_native_worker::store::Store;
+use tokio_util::sync::CancellationToken;
+
+fn ingest(records: usize, data_dir: &Path) -> Store {
+    let corpus = data_dir.join("corpus.ndjson");
+    let status = Command::new(env!("CARGO_BIN_EXE_native-worker"))
+        .args([
+            "gen-corpus",
+            "--records",
+            &records.to_string(),
+            "--seed",
+            "11",
+            "--out",
+        ])
+        .arg(&corpus)
+        .env("RUST_LOG", "warn")
+        .status()
+        .expect("running gen-corpus");
+    assert!(status.success());
+    let options = RunOptions {
+        data_dir: data_dir.to_path_buf(),
+        source: Source::Replay(corpus),
+        banned_dids: None,
+        admin_addr: None,
+        progress_every: Duration::from_secs(3600),
+        ingest: Default::default(),
+        publish: None,
+    };
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime
+        .block_on(run::run(options, CancellationToken::new()))
+        .unwrap();
+    Store::open(store_path(data_dir)).unwrap()
+}
+
+fn main() {
+    let sizes: Vec<usize> = std::env::var("SNAPSHOT_BENCH_SIZES")
+        .unwrap_or_else(|_| "10000,100000".into())
+        .split(',')
+        .filter_map(|n| n.trim().parse().ok())
+        .collect();
+    println!();
+    println!(
+        "| corpus events | documents | build s | verify s | total s | snapshot MB | bytes/doc |"
+    );
+    println!(
+        "|---------------|-----------|---------|----------|---------|-------------|-----------|"
+    );
+    for size in sizes {
+        let dir = tempfile::tempdir().unwrap();
+        let store = ingest(size, dir.path());
+        let out = dir.path().join("snapshot.db");
+        let started = Instant::now();
+        let built = build::build(&store, &out, "bench", "bench", |_| {}).unwrap();
+        let build_time = started.elapsed();
+        let started = Instant::now();
+        verify::verify_build(&store, &built, None, false).unwrap();
+        let verify_time = started.elapsed();
+        let manifest = &built.manifest;
+        println!(
+            "| {size:>13} | {:>9} | {:>7.2} | {:>8.2} | {:>7.2} | {:>11.1} | {:>9.0} |",
+            manifest.counts.documents,
+            build_time.as_secs_f64(),
+            verify_time.as_secs_f64(),
+            (build_time + verify_time).as_secs_f64(),
+            manifest.byte_size as f64 / 1e6,
+            manifest.byte_size as f64 / manifest.counts.documents.max(1) as f64,
+        );
+    }
+}
