@@ -79,8 +79,15 @@ async fn search(url: &Url, env: &Env) -> Result<Response, EdgeError> {
     let request = SearchRequest::from_params(url.query_pairs())
         .map_err(|e| EdgeError::BadRequest(e.to_string()))?;
     let live = snapshot::current(env).await?;
+    let started = worker::Date::now().as_millis();
     let page = search::search(&live.conn, &request, now())?;
-    cached(Response::from_json(&page.to_json(request.format()))?)
+    let query_ms = worker::Date::now().as_millis() - started;
+    let mut response = cached(Response::from_json(&page.to_json(request.format()))?)?;
+    // Time spent in the search core alone, for comparing with native (clocks are coarse in production).
+    response
+        .headers_mut()
+        .set("Server-Timing", &format!("search;dur={query_ms}"))?;
+    Ok(response)
 }
 
 async fn document(url: &Url, env: &Env) -> Result<Response, EdgeError> {
@@ -125,6 +132,18 @@ async fn tags(url: &Url, env: &Env) -> Result<Response, EdgeError> {
     cached(Response::from_json(&json!({ "tags": tags }))?)
 }
 
+/// Linear memory the isolate's wasm instance has grown to (it never shrinks).
+fn wasm_memory_bytes() -> u64 {
+    #[cfg(target_arch = "wasm32")]
+    {
+        core::arch::wasm32::memory_size(0) as u64 * 65_536
+    }
+    #[cfg(not(target_arch = "wasm32"))]
+    {
+        0
+    }
+}
+
 fn stats_response() -> Result<Response, EdgeError> {
     let live = snapshot::peek();
     let body = json!({
@@ -132,6 +151,7 @@ fn stats_response() -> Result<Response, EdgeError> {
         "counts": live.as_ref().map(|live| live.manifest.counts),
         "source_watermark_us": live.as_ref().map(|live| live.manifest.source_watermark_us),
         "requests": stats::summary(),
+        "wasm_memory_bytes": wasm_memory_bytes(),
     });
     let mut response = Response::from_json(&body)?;
     response.headers_mut().set("Cache-Control", "no-store")?;

@@ -1,0 +1,81 @@
+// Edge benchmark: prints a table. Run by hand (not in CI):
+//   cargo build --release -p pubsearch-native-worker && worker-build --release --no-opt edge
+//   node edge/bench/bench.mjs [sizes, default 1000,10000,100000]
+//
+// For each corpus size it publishes a real snapshot with the native pipeline, starts the built
+// Worker in workerd (Miniflare, local R2), and measures cold start to first answer, warm /search
+// latency, the Worker's wasm memory, and the native search core's time on the same snapshot.
+import { execFileSync } from "node:child_process";
+import { mkdtempSync, readFileSync, readdirSync, statSync } from "node:fs";
+import { gzipSync } from "node:zlib";
+import { tmpdir } from "node:os";
+import { join, dirname } from "node:path";
+import { fileURLToPath } from "node:url";
+import { Miniflare } from "miniflare";
+
+const ROOT = join(dirname(fileURLToPath(import.meta.url)), "..", "..");
+const NATIVE = join(ROOT, "target", "release", "native-worker");
+const QUERIES = ["ka", "mi lo", "ra ten su", "\"ka lo\"", "vo", "ne shi", "da pe lu", "gor an"];
+const sizes = (process.argv[2] || "1000,10000,100000").split(",").map(Number);
+
+const run = (args) => execFileSync(NATIVE, args, { env: { ...process.env, RUST_LOG: "warn" }, maxBuffer: 1 << 30 });
+const pct = (sorted, p) => sorted[Math.min(sorted.length - 1, Math.floor(sorted.length * p))];
+
+function files(dir, prefix = "") {
+  return readdirSync(join(dir, prefix), { withFileTypes: true }).flatMap((entry) => {
+    const key = prefix ? `${prefix}/${entry.name}` : entry.name;
+    return entry.isDirectory() ? files(dir, key) : [[key, join(dir, key)]];
+  });
+}
+
+async function timed(url) {
+  const started = performance.now();
+  const response = await fetch(url);
+  await response.arrayBuffer();
+  if (!response.ok) throw new Error(`${url}: ${response.status}`);
+  return performance.now() - started;
+}
+
+function nativeQueryUs(snapshot) {
+  const out = execFileSync("cargo", ["bench", "-q", "-p", "pubsearch-shared", "--bench", "search"], {
+    cwd: ROOT, env: { ...process.env, SNAPSHOT: snapshot, QUERIES: QUERIES.join("|"), ROUNDS: "100" },
+  }).toString();
+  const rows = out.trim().split("\n").filter((l) => l.startsWith("{")).map((l) => JSON.parse(l));
+  return rows.reduce((sum, row) => sum + row.p50_us, 0) / rows.length;
+}
+
+const wasm = readFileSync(join(ROOT, "edge", "build", "index_bg.wasm"));
+const js = readFileSync(join(ROOT, "edge", "build", "index.js"));
+console.log(`bundle: wasm ${(wasm.length / 1e6).toFixed(2)} MB raw, ${(gzipSync(wasm).length / 1e6).toFixed(2)} MB gzip; js ${(js.length / 1e3).toFixed(1)} kB`);
+console.log("| documents | snapshot MB | cold start ms | warm p50 ms | warm p99 ms | health p50 ms | worker query ms (p50 search − health) | native query ms | ratio | wasm memory MB |");
+console.log("|---|---|---|---|---|---|---|---|---|---|");
+for (const size of sizes) {
+  const dir = mkdtempSync(join(tmpdir(), "pubsearch-edge-bench-"));
+  const corpus = join(dir, "corpus.ndjson");
+  run(["gen-corpus", "--records", String(size), "--seed", "3", "--out", corpus]);
+  run(["run", "--replay", corpus, "--data-dir", dir, "--admin-addr", "off", "--publish-minutes", "0"]);
+  const manifest = JSON.parse(run(["publish", "--data-dir", dir, "--snapshot-dir", join(dir, "pub"), "--force"]).toString());
+  const mf = new Miniflare({
+    modules: true, scriptPath: join(ROOT, "edge", "build", "index.js"),
+    modulesRules: [{ type: "CompiledWasm", include: ["**/*.wasm"], fallthrough: true }],
+    compatibilityDate: "2026-04-01", r2Buckets: ["SNAPSHOTS"],
+    bindings: { SNAPSHOT_CHANNEL: "prod", POINTER_CHECK_SECONDS: "3600" }, host: "127.0.0.1", port: 0,
+  });
+  const base = (await mf.ready).toString().replace(/\/$/, "");
+  const bucket = await mf.getR2Bucket("SNAPSHOTS");
+  for (const [key, path] of files(join(dir, "pub"))) await bucket.put(key, Uint8Array.from(readFileSync(path)));
+  const cold = await timed(`${base}/search?q=ka`);
+  const warm = [];
+  const health = [];
+  for (let i = 0; i < 400; i++) {
+    warm.push(await timed(`${base}/search?q=${encodeURIComponent(QUERIES[i % QUERIES.length])}`));
+    health.push(await timed(`${base}/health`));
+  }
+  warm.sort((a, b) => a - b);
+  health.sort((a, b) => a - b);
+  const stats = await (await fetch(`${base}/stats`)).json();
+  await mf.dispose();
+  const workerMs = Math.max(0, pct(warm, 0.5) - pct(health, 0.5));
+  const nativeMs = nativeQueryUs(join(dir, "pub", manifest.artifact)) / 1000;
+  console.log(`| ${manifest.counts.documents} | ${(manifest.byte_size / 1e6).toFixed(1)} | ${cold.toFixed(0)} | ${pct(warm, 0.5).toFixed(2)} | ${pct(warm, 0.99).toFixed(2)} | ${pct(health, 0.5).toFixed(2)} | ${workerMs.toFixed(2)} | ${nativeMs.toFixed(2)} | ${(workerMs / nativeMs).toFixed(2)} | ${(stats.wasm_memory_bytes / 1e6).toFixed(1)} |`);
+}
