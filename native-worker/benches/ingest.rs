@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 use pubsearch_native_worker::firehose::{Payload, decode_jetstream};
 use pubsearch_native_worker::run::{self, RunOptions, Source, store_path};
 use pubsearch_native_worker::store::Store;
+use pubsearch_native_worker::telemetry;
 use pubsearch_shared::record::{self, Extracted};
 use tokio_util::sync::CancellationToken;
 
@@ -108,6 +109,40 @@ fn raw_ceiling(data_dir: &Path, file: &Path) -> (Duration, u64) {
     (started.elapsed(), inserted)
 }
 
+/// A minimal OTLP/HTTP sink: reads each request and answers 200 with an empty body.
+fn discard_otlp(listener: std::net::TcpListener) {
+    use std::io::{BufRead, BufReader, Read, Write};
+    for stream in listener.incoming().flatten() {
+        std::thread::spawn(move || {
+            let mut reader = BufReader::new(stream);
+            loop {
+                let mut length = 0usize;
+                let mut line = String::new();
+                loop {
+                    line.clear();
+                    if reader.read_line(&mut line).unwrap_or(0) == 0 {
+                        return;
+                    }
+                    if line == "\r\n" {
+                        break;
+                    }
+                    if let Some(value) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+                        length = value.trim().parse().unwrap_or(0);
+                    }
+                }
+                let mut body = vec![0; length];
+                if reader.read_exact(&mut body).is_err() {
+                    return;
+                }
+                let response = b"HTTP/1.1 200 OK\r\ncontent-type: application/x-protobuf\r\ncontent-length: 0\r\n\r\n";
+                if reader.get_mut().write_all(response).is_err() {
+                    return;
+                }
+            }
+        });
+    }
+}
+
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
     sorted[((sorted.len() as f64 * p) as usize).min(sorted.len() - 1)]
 }
@@ -168,6 +203,34 @@ fn main() {
         (queries.join().unwrap(), time)
     });
 
+    // The same replay with OTLP trace export on (production filter), to a loopback receiver.
+    let (traced_time, traced_applied) = {
+        let receiver = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let endpoint = format!("http://{}/v1/traces", receiver.local_addr().unwrap());
+        std::thread::spawn(move || discard_otlp(receiver));
+        let exporter = {
+            use opentelemetry_otlp::WithExportConfig;
+            opentelemetry_otlp::SpanExporter::builder()
+                .with_http()
+                .with_endpoint(endpoint)
+                .build()
+                .unwrap()
+        };
+        let provider =
+            telemetry::batch_provider(exporter, &telemetry::TraceConfig::default(), "ingest-bench");
+        use tracing_subscriber::Layer;
+        use tracing_subscriber::layer::SubscriberExt;
+        let subscriber = tracing_subscriber::registry().with(
+            telemetry::otel_layer(&provider)
+                .with_filter(tracing_subscriber::EnvFilter::new("info")),
+        );
+        tracing::subscriber::set_global_default(subscriber).unwrap();
+        let result = replay(&dir.path().join("traced"), &corpus);
+        telemetry::shutdown_provider(&provider, Duration::from_secs(5));
+        result
+    };
+    let traced_rate = traced_applied as f64 / traced_time.as_secs_f64();
+
     let e2e_rate = applied as f64 / e2e_time.as_secs_f64();
     let raw_rate = inserted as f64 / raw_time.as_secs_f64();
     println!();
@@ -182,6 +245,11 @@ fn main() {
     println!(
         "|   rows applied / wall time                | {applied:>6} / {:>5.2}s |",
         e2e_time.as_secs_f64()
+    );
+    println!("| end to end with OTLP export on, docs/s    | {traced_rate:>14.0} |");
+    println!(
+        "|   tracing overhead                        | {:>13.1}% |",
+        100.0 * (e2e_rate - traced_rate) / e2e_rate
     );
     println!("| raw rusqlite insert ceiling, docs/s       | {raw_rate:>14.0} |");
     println!(

@@ -48,6 +48,7 @@ pub async fn bind(addr: SocketAddr) -> anyhow::Result<TcpListener> {
         .with_context(|| format!("binding the admin endpoint on {addr}"))
 }
 
+#[tracing::instrument(name = "admin.request", skip_all, fields(path = "/health"))]
 async fn health(State(state): State<AdminState>) -> Json<Value> {
     Json(json!({
         "status": "ok",
@@ -56,6 +57,7 @@ async fn health(State(state): State<AdminState>) -> Json<Value> {
     }))
 }
 
+#[tracing::instrument(name = "admin.request", skip_all, fields(path = "/stats"))]
 async fn stats(State(state): State<AdminState>) -> Json<Value> {
     Json(json!({
         "source": state.source,

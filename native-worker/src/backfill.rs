@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 use serde_json::Value;
+use tracing::Instrument;
 use url::Url;
 
 use crate::firehose::{Backoff, Commit, Event, Operation, Payload, Position};
@@ -205,7 +206,9 @@ async fn backfill_repo(
             if let Some(cursor) = &cursor {
                 url.query_pairs_mut().append_pair("cursor", cursor);
             }
-            let page: RecordPage = get_json(client, &url, config).await?;
+            let page: RecordPage = get_json(client, &url, config)
+                .instrument(tracing::info_span!("backfill.page", did, collection))
+                .await?;
             report.pages += 1;
             let count = page.records.len() as u64;
             for record in page.records {

@@ -10,6 +10,7 @@
 //! - [`admin`]: the local `/health` and `/stats` endpoint.
 //! - [`run`]: the `run` job wiring the above together.
 //! - [`corpus`]: a deterministic synthetic firehose corpus for tests and benchmarks.
+//! - [`telemetry`]: stderr logs and non-blocking OTLP trace export.
 //! - [`cli`]: the command line; one subcommand per job, embedded defaults everywhere.
 
 pub mod admin;
@@ -21,3 +22,4 @@ pub mod ingest;
 pub mod publish;
 pub mod run;
 pub mod store;
+pub mod telemetry;

@@ -202,21 +202,6 @@ async fn banned_authors_are_never_stored() {
     assert_eq!(listed, 1, "the list is mirrored for the snapshot builder");
 }
 
-/// A plain HTTP/1.0 GET over loopback, returning (status, body).
-async fn http_get(addr: std::net::SocketAddr, path: &str) -> (u16, String) {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
-    stream
-        .write_all(format!("GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").as_bytes())
-        .await
-        .unwrap();
-    let mut response = String::new();
-    stream.read_to_string(&mut response).await.unwrap();
-    let (head, body) = response.split_once("\r\n\r\n").unwrap();
-    let status = head.split_whitespace().nth(1).unwrap().parse().unwrap();
-    (status, body.to_owned())
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn admin_endpoint_reports_health_and_progress() {
     let events = support::jetstream_events(400);
@@ -237,7 +222,7 @@ async fn admin_endpoint_reports_health_and_progress() {
         .await
     );
 
-    let (status, body) = http_get(addr, "/health").await;
+    let (status, body) = support::http_get(addr, "/health").await;
     assert_eq!(status, 200);
     let health: serde_json::Value = serde_json::from_str(&body).unwrap();
     assert_eq!(
@@ -245,7 +230,7 @@ async fn admin_endpoint_reports_health_and_progress() {
         (Some("ok"), Some("jetstream"))
     );
 
-    let (status, body) = http_get(addr, "/stats").await;
+    let (status, body) = support::http_get(addr, "/stats").await;
     assert_eq!(status, 200);
     let stats: serde_json::Value = serde_json::from_str(&body).unwrap();
     assert_eq!(stats["ingest"]["events"], 400);
@@ -255,7 +240,7 @@ async fn admin_endpoint_reports_health_and_progress() {
     );
     assert!(stats["ingest"]["batches"].as_u64().unwrap() >= 1);
     assert_eq!(stats["queue_depth"], 0);
-    assert_eq!(http_get(addr, "/nope").await.0, 404);
+    assert_eq!(support::http_get(addr, "/nope").await.0, 404);
 
     shutdown.cancel();
     worker.await.unwrap().unwrap();

@@ -63,7 +63,8 @@ impl Sink {
     /// Returns `false` once the writer has stopped (shutdown or a fatal store error).
     pub async fn send(&self, event: Event) -> bool {
         self.stats.record_event(event.time_us);
-        let change = match classify(&event, &self.policy) {
+        let extract = tracing::debug_span!("ingest.extract", did = %event.did);
+        let change = match extract.in_scope(|| classify(&event, &self.policy)) {
             Ok(change) => Some(change),
             Err(skip) => {
                 self.stats.record_skip(&skip);

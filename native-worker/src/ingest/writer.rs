@@ -74,9 +74,12 @@ pub fn spawn_writer(
                 }
                 batch.cursor = cursor.map(|position| (cursor_source.clone(), position));
                 let started = Instant::now();
-                let outcome = writer.apply(&batch).inspect_err(|error| {
-                    tracing::error!(%error, "ingest commit failed; stopping the writer");
-                })?;
+                let span = tracing::info_span!("ingest.commit", changes = batch.changes.len());
+                let outcome = span
+                    .in_scope(|| writer.apply(&batch))
+                    .inspect_err(|error| {
+                        tracing::error!(%error, "ingest commit failed; stopping the writer");
+                    })?;
                 stats.record_commit(
                     batch.changes.len(),
                     outcome.applied,

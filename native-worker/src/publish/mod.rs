@@ -13,6 +13,7 @@ use std::path::Path;
 
 use anyhow::{Context, Result};
 use pubsearch_shared::manifest::Manifest;
+use tracing::Instrument;
 
 use crate::store::Store;
 
@@ -46,6 +47,7 @@ fn time_now() -> String {
 
 /// Builds, verifies and publishes one snapshot of `store` to `target`; returns its manifest.
 /// Nothing becomes visible unless every gate passes.
+#[tracing::instrument(name = "publish", skip_all, fields(channel = %options.channel))]
 pub async fn publish_once(
     store: &Store,
     work_dir: &Path,
@@ -60,7 +62,9 @@ pub async fn publish_once(
         build_id.clone(),
         options.channel.clone(),
     );
+    let build_span = tracing::info_span!("snapshot.build", build_id);
     let built = tokio::task::spawn_blocking(move || {
+        let _entered = build_span.entered();
         build::build(
             &store_for_build,
             &path_for_build,
@@ -77,7 +81,9 @@ pub async fn publish_once(
     .context("the build task failed")??;
     let previous = target.current(&options.channel).await?;
     let (store_for_verify, built_for_verify, force) = (store.clone(), built.clone(), options.force);
+    let verify_span = tracing::info_span!("snapshot.verify");
     tokio::task::spawn_blocking(move || {
+        let _entered = verify_span.entered();
         verify::verify_build(
             &store_for_verify,
             &built_for_verify,
@@ -88,8 +94,17 @@ pub async fn publish_once(
     .await
     .context("the verify task failed")?
     .with_context(|| format!("build {build_id} failed verification; nothing was published"))?;
-    target.upload(&built).await?;
-    target.set_pointer(&built.manifest).await?;
+    target
+        .upload(&built)
+        .instrument(tracing::info_span!(
+            "snapshot.upload",
+            bytes = built.manifest.byte_size
+        ))
+        .await?;
+    target
+        .set_pointer(&built.manifest)
+        .instrument(tracing::info_span!("snapshot.pointer"))
+        .await?;
     let removed = target.retain(&options.channel, options.keep).await?;
     std::fs::remove_file(&path).ok();
     tracing::info!(
