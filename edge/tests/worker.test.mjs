@@ -54,6 +54,11 @@ test("serves the published build with every endpoint", async () => {
   await seed(objectsUnder(snapshots.published).filter(([key]) => key.startsWith("builds/")));
   await pointTo(first);
 
+  // Concurrent first requests share one load.
+  const burst = await Promise.all(Array.from({ length: 8 }, () => get("/search?q=lo")));
+  assert.deepEqual(burst.map((r) => r.status), Array(8).fill(200));
+  assert.equal((await (await get("/stats")).json()).snapshot.loads, 1, "one load per isolate");
+
   const search = await get("/search?q=ka&format=v2&limit=5");
   assert.equal(search.status, 200);
   assert.equal(search.headers.get("access-control-allow-origin"), "*");

@@ -14,6 +14,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::ingest::{IngestStats, QueueProbe};
+use crate::latency::LatencyHistogram;
 
 /// What the admin endpoint reports on.
 #[derive(Clone)]
@@ -23,6 +24,8 @@ pub struct AdminState {
     pub stats: Arc<IngestStats>,
     pub queue: QueueProbe,
     pub started: Instant,
+    /// Latency of admin requests themselves, proving the endpoint stays fast under load.
+    pub requests: Arc<LatencyHistogram>,
 }
 
 /// Serves the admin endpoint on `listener` until `shutdown`.
@@ -31,10 +34,22 @@ pub async fn serve(
     state: AdminState,
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
+    let requests = Arc::clone(&state.requests);
     let app = Router::new()
         .route("/health", get(health))
         .route("/stats", get(stats))
-        .with_state(state);
+        .with_state(state)
+        .layer(axum::middleware::from_fn(
+            move |request, next: axum::middleware::Next| {
+                let requests = Arc::clone(&requests);
+                async move {
+                    let started = Instant::now();
+                    let response = next.run(request).await;
+                    requests.record(started.elapsed().as_micros() as u64);
+                    response
+                }
+            },
+        ));
     axum::serve(listener, app)
         .with_graceful_shutdown(async move { shutdown.cancelled().await })
         .await
@@ -64,5 +79,6 @@ async fn stats(State(state): State<AdminState>) -> Json<Value> {
         "uptime_seconds": state.started.elapsed().as_secs(),
         "queue_depth": state.queue.depth(),
         "ingest": state.stats.snapshot(),
+        "admin_request_latency": state.requests.summary(),
     }))
 }

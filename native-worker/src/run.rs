@@ -100,6 +100,7 @@ pub async fn run(options: RunOptions, shutdown: CancellationToken) -> Result<Sta
             stats: Arc::clone(&stats),
             queue: sink.queue_probe(),
             started: Instant::now(),
+            requests: Default::default(),
         };
         tokio::spawn(admin::serve(listener, state, background.clone()));
     }

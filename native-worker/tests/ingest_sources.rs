@@ -239,6 +239,22 @@ async fn admin_endpoint_reports_health_and_progress() {
         support::last_time_us(400)
     );
     assert!(stats["ingest"]["batches"].as_u64().unwrap() >= 1);
+    assert_eq!(
+        stats["ingest"]["commit_latency"]["count"],
+        stats["ingest"]["batches"]
+    );
+    assert!(
+        stats["ingest"]["commit_latency"]["p99_us"]
+            .as_u64()
+            .unwrap()
+            <= stats["ingest"]["commit_latency"]["max_us"]
+                .as_u64()
+                .unwrap()
+    );
+    assert!(
+        stats["admin_request_latency"]["count"].as_u64().unwrap() >= 1,
+        "the /health call above was timed"
+    );
     assert_eq!(stats["queue_depth"], 0);
     assert_eq!(support::http_get(addr, "/nope").await.0, 404);
 

@@ -81,6 +81,7 @@ fn admin_under(
         stats: Arc::clone(sink.stats()),
         queue: sink.queue_probe(),
         started: Instant::now(),
+        requests: Default::default(),
     };
     let server = std::thread::spawn(move || {
         tracing::dispatcher::with_default(&dispatch, || {

@@ -5,6 +5,8 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde::Serialize;
 
+use crate::latency::{LatencyHistogram, LatencySummary};
+
 use super::Skip;
 
 /// Live counters for one ingest run.
@@ -25,6 +27,7 @@ pub struct IngestStats {
     max_commit_micros: AtomicU64,
     newest_event_time_us: AtomicI64,
     durable_event_time_us: AtomicI64,
+    commit_latency: LatencyHistogram,
 }
 
 /// A point-in-time copy of [`IngestStats`], as `/stats` serves it.
@@ -49,6 +52,8 @@ pub struct StatsSnapshot {
     pub durable_event_time_us: i64,
     /// How far the durable store is behind wall-clock time, in ms (0 before the first commit).
     pub lag_ms: i64,
+    /// Time per batch commit (one transaction, FTS maintenance and fsync included).
+    pub commit_latency: LatencySummary,
 }
 
 impl IngestStats {
@@ -97,6 +102,7 @@ impl IngestStats {
         self.last_batch_size.store(size as u64, Relaxed);
         self.last_commit_micros.store(micros, Relaxed);
         self.max_commit_micros.fetch_max(micros, Relaxed);
+        self.commit_latency.record(micros);
         if let Some(time_us) = durable_time_us {
             self.durable_event_time_us.fetch_max(time_us, Relaxed);
         }
@@ -140,6 +146,7 @@ impl IngestStats {
             } else {
                 0
             },
+            commit_latency: self.commit_latency.summary(),
         }
     }
 }
