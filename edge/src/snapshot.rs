@@ -1,9 +1,11 @@
 //! The live snapshot: loaded from R2, verified, swapped atomically, kept on failure.
 //!
-//! One isolate holds at most one live build. The first request loads it (concurrent first
-//! requests wait on the same load instead of each starting one); afterwards the pointer is
-//! re-read at most every `POINTER_CHECK_SECONDS`, and a new build replaces the live one only after
-//! it passes every check. A failure is recorded for `/stats` and `/snapshot` and the current build
+//! One isolate holds at most one live build. The first request loads it; concurrent first
+//! requests wait for that load instead of each starting one. They wait on their own timers, not on
+//! a lock the loading request releases: the Workers runtime cancels a request that waits on
+//! another request's I/O as hung. Afterwards the pointer is re-read at most every
+//! `POINTER_CHECK_SECONDS` by one request while the others keep answering from the live build, and
+//! a new build replaces the live one only after it passes every check. A failure is recorded for `/stats` and `/snapshot` and the current build
 //! keeps serving (DESIGN.md invariant 2).
 //!
 //! The artifact streams from R2 straight into memory SQLite owns (`sqlite3_malloc64`), hashed on
@@ -14,7 +16,6 @@ use std::ptr::NonNull;
 use std::rc::Rc;
 
 use futures::StreamExt;
-use futures::lock::Mutex;
 use pubsearch_shared::manifest::{self, ArtifactDigest, Manifest, VerifyError};
 use rusqlite::Connection;
 use rusqlite::serialize::OwnedData;
@@ -28,6 +29,10 @@ pub const BUCKET_BINDING: &str = "SNAPSHOTS";
 const CACHE_KIB: i64 = 2 * 1024;
 /// How soon to retry when no snapshot could be loaded at all.
 const RETRY_EMPTY_MS: f64 = 2_000.0;
+/// A load older than this is presumed abandoned (its request was cancelled) and taken over.
+const LOAD_TIMEOUT_MS: f64 = 30_000.0;
+/// How often a request waiting for another's load checks for it.
+const WAIT_POLL: std::time::Duration = std::time::Duration::from_millis(20);
 
 /// A verified build, open for queries.
 pub struct Live {
@@ -60,11 +65,12 @@ struct State {
     loads: u64,
     failures: u64,
     last_failure: Option<String>,
+    /// When the load in progress started, if one is.
+    loading_since_ms: Option<f64>,
 }
 
 thread_local! {
     static STATE: RefCell<State> = RefCell::new(State::default());
-    static LOADING: Rc<Mutex<()>> = Rc::new(Mutex::new(()));
 }
 
 /// Where the worker looks for builds.
@@ -145,17 +151,46 @@ fn fresh(config: &Config) -> Option<Rc<Live>> {
 /// build because a newer one failed.
 pub async fn current(env: &Env) -> Result<Rc<Live>, EdgeError> {
     let config = Config::from_env(env);
-    if let Some(live) = fresh(&config) {
-        return Ok(live);
+    let started = now_ms();
+    loop {
+        if let Some(live) = fresh(&config) {
+            return Ok(live);
+        }
+        let claimed = STATE.with(|state| {
+            let mut state = state.borrow_mut();
+            let now = now_ms();
+            if state
+                .loading_since_ms
+                .is_some_and(|since| now - since < LOAD_TIMEOUT_MS)
+            {
+                false
+            } else {
+                state.loading_since_ms = Some(now);
+                true
+            }
+        });
+        if claimed {
+            let result = refresh(env, &config).await;
+            return adopt(result);
+        }
+        // Another request is loading: answer from the live build if there is one, else wait.
+        if let Some(live) = peek() {
+            return Ok(live);
+        }
+        if now_ms() - started > LOAD_TIMEOUT_MS {
+            return Err(EdgeError::Unavailable(
+                "the snapshot is still loading".into(),
+            ));
+        }
+        worker::Delay::from(WAIT_POLL).await;
     }
-    let lock = LOADING.with(Rc::clone);
-    let _guard = lock.lock().await;
-    if let Some(live) = fresh(&config) {
-        return Ok(live);
-    }
-    let result = refresh(env, &config).await;
+}
+
+/// Records a load's outcome and returns the build to answer from.
+fn adopt(result: Result<Option<Live>, LoadError>) -> Result<Rc<Live>, EdgeError> {
     STATE.with(|state| {
         let mut state = state.borrow_mut();
+        state.loading_since_ms = None;
         state.checked_at_ms = Some(now_ms());
         match result {
             Ok(Some(live)) => {
