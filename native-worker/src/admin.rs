@@ -26,7 +26,12 @@ pub struct AdminState {
     pub started: Instant,
     /// Latency of admin requests themselves, proving the endpoint stays fast under load.
     pub requests: Arc<LatencyHistogram>,
+    /// The build the publish channel's pointer names, as last seen by scheduled publishing.
+    pub live_build: LiveBuild,
 }
+
+/// The published build in service, shared between scheduled publishing and `/stats`.
+pub type LiveBuild = Arc<std::sync::Mutex<Option<pubsearch_shared::manifest::Manifest>>>;
 
 /// Serves the admin endpoint on `listener` until `shutdown`.
 pub async fn serve(
@@ -80,5 +85,13 @@ async fn stats(State(state): State<AdminState>) -> Json<Value> {
         "queue_depth": state.queue.depth(),
         "ingest": state.stats.snapshot(),
         "admin_request_latency": state.requests.summary(),
+        "snapshot_in_service": state.live_build.lock().ok().and_then(|live| live.as_ref().map(|m| json!({
+            "build_id": m.build_id,
+            "channel": m.channel,
+            "documents": m.counts.documents,
+            "byte_size": m.byte_size,
+            "source_watermark_us": m.source_watermark_us,
+            "created_at": m.created_at,
+        }))),
     }))
 }

@@ -92,6 +92,16 @@ pub async fn run(options: RunOptions, shutdown: CancellationToken) -> Result<Sta
         }
     });
     let background = CancellationToken::new();
+    let live_build: admin::LiveBuild = Default::default();
+    if let Some(schedule) = &options.publish {
+        let current = schedule
+            .target
+            .current(&schedule.options.channel)
+            .await
+            .ok()
+            .flatten();
+        *live_build.lock().expect("not poisoned") = current;
+    }
     if let Some(addr) = options.admin_addr {
         let listener = admin::bind(addr).await?;
         tracing::info!(addr = %listener.local_addr()?, "admin endpoint listening (/health, /stats)");
@@ -101,6 +111,7 @@ pub async fn run(options: RunOptions, shutdown: CancellationToken) -> Result<Sta
             queue: sink.queue_probe(),
             started: Instant::now(),
             requests: Default::default(),
+            live_build: Arc::clone(&live_build),
         };
         tokio::spawn(admin::serve(listener, state, background.clone()));
     }
@@ -116,6 +127,7 @@ pub async fn run(options: RunOptions, shutdown: CancellationToken) -> Result<Sta
             store.clone(),
             work_dir,
             schedule,
+            Arc::clone(&live_build),
             background.clone(),
         ));
     }
@@ -161,6 +173,7 @@ async fn publish_periodically(
     store: Store,
     work_dir: PathBuf,
     schedule: ScheduledPublish,
+    live_build: admin::LiveBuild,
     stop: CancellationToken,
 ) {
     loop {
@@ -174,6 +187,9 @@ async fn publish_periodically(
             .await
             .ok()
             .flatten();
+        if let Ok(mut shown) = live_build.lock() {
+            shown.clone_from(&live);
+        }
         let newest = store
             .reader()
             .ok()
@@ -192,11 +208,16 @@ async fn publish_periodically(
         match crate::publish::publish_once(&store, &work_dir, &schedule.target, &schedule.options)
             .await
         {
-            Ok(manifest) => tracing::info!(
-                build_id = manifest.build_id,
-                documents = manifest.counts.documents,
-                "scheduled publish done"
-            ),
+            Ok(manifest) => {
+                tracing::info!(
+                    build_id = manifest.build_id,
+                    documents = manifest.counts.documents,
+                    "scheduled publish done"
+                );
+                if let Ok(mut shown) = live_build.lock() {
+                    *shown = Some(manifest);
+                }
+            }
             Err(error) => tracing::warn!(
                 error = format!("{error:#}"),
                 "scheduled publish failed; will retry"

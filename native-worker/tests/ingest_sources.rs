@@ -5,6 +5,8 @@ mod support;
 use std::time::Duration;
 
 use pubsearch_native_worker::ingest::IngestConfig;
+use pubsearch_native_worker::publish::PublishOptions;
+use pubsearch_native_worker::publish::objects::ObjectTarget;
 use pubsearch_native_worker::run::{self, RunOptions, Source, store_path};
 use support::firehose::{Faults, JetstreamServer, TapServer};
 use tokio_util::sync::CancellationToken;
@@ -213,6 +215,15 @@ async fn admin_endpoint_reports_health_and_progress() {
         .unwrap();
     let mut options = options(dir.path(), Source::Jetstream(server.url().parse().unwrap()));
     options.admin_addr = Some(addr);
+    options.publish = Some(run::ScheduledPublish {
+        every: Duration::from_millis(300),
+        target: ObjectTarget::local(&dir.path().join("snapshots")).unwrap(),
+        options: PublishOptions {
+            channel: "prod".into(),
+            force: false,
+            keep: 2,
+        },
+    });
     let shutdown = CancellationToken::new();
     let worker = tokio::spawn(run::run(options, shutdown.clone()));
     let store = store_path(dir.path());
@@ -257,6 +268,28 @@ async fn admin_endpoint_reports_health_and_progress() {
     );
     assert_eq!(stats["queue_depth"], 0);
     assert_eq!(support::http_get(addr, "/nope").await.0, 404);
+
+    // Scheduled publishing puts the ingested documents in service and /stats says which build.
+    let mut in_service = serde_json::Value::Null;
+    for _ in 0..100 {
+        let (_, body) = support::http_get(addr, "/stats").await;
+        in_service =
+            serde_json::from_str::<serde_json::Value>(&body).unwrap()["snapshot_in_service"]
+                .clone();
+        if !in_service.is_null() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        in_service["documents"].as_u64().unwrap() > 300,
+        "{in_service}"
+    );
+    assert!(
+        dir.path()
+            .join("snapshots/channels/prod/latest.json")
+            .exists()
+    );
 
     shutdown.cancel();
     worker.await.unwrap().unwrap();

@@ -82,6 +82,7 @@ fn admin_under(
         queue: sink.queue_probe(),
         started: Instant::now(),
         requests: Default::default(),
+        live_build: Default::default(),
     };
     let server = std::thread::spawn(move || {
         tracing::dispatcher::with_default(&dispatch, || {
