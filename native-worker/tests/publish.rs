@@ -161,3 +161,50 @@ async fn retention_never_deletes_the_live_build_or_its_predecessor() {
     assert_eq!(left, [ids[0].clone(), ids[1].clone(), ids[3].clone()]);
     assert!(!target_dir.join(manifest::artifact_key(&ids[2])).exists());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readers_never_see_a_pointer_to_a_partial_build() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = ingested_store(dir.path(), 1_500).await;
+    let target_dir = dir.path().join("published");
+    let target = ObjectTarget::local(&target_dir).unwrap();
+    let work = dir.path().join("work");
+    publish::publish_once(&store, &work, &target, &options(10))
+        .await
+        .unwrap();
+
+    // Readers follow the pointer as fast as they can while builds are published.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let readers: Vec<_> = (0..2)
+        .map(|_| {
+            let (stop, target_dir) = (std::sync::Arc::clone(&stop), target_dir.clone());
+            std::thread::spawn(move || {
+                let mut checked = 0u64;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    let bytes =
+                        std::fs::read(target_dir.join(manifest::pointer_key("prod"))).unwrap();
+                    let live = manifest::Manifest::parse(&bytes)
+                        .expect("the pointer is always a whole manifest");
+                    verify::verify_artifact_file(&target_dir.join(&live.artifact), &live)
+                        .expect("the pointer only ever names a complete, matching artifact");
+                    checked += 1;
+                }
+                checked
+            })
+        })
+        .collect();
+    for _ in 0..4 {
+        publish::publish_once(&store, &work, &target, &options(10))
+            .await
+            .unwrap();
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let checked: u64 = readers
+        .into_iter()
+        .map(|reader| reader.join().unwrap())
+        .sum();
+    assert!(
+        checked > 10,
+        "readers kept reading during the publishes ({checked} reads)"
+    );
+}
