@@ -7,6 +7,7 @@
 //! - [`ingest`]: events → extraction and policy → a bounded queue → one batching writer thread.
 //! - [`store`]: the local WAL SQLite source of truth; one writer, read-only readers.
 //! - [`backfill`]: copies whole repos from their PDS through the same pipeline.
+//! - [`flow`]: durable orchestrations on WAL SQLite for the long jobs (snapshot publishing).
 //! - [`latency`]: lock-free latency histograms behind `/stats`.
 //! - [`admin`]: the local `/health` and `/stats` endpoint.
 //! - [`run`]: the `run` job wiring the above together.
@@ -19,6 +20,7 @@ pub mod backfill;
 pub mod cli;
 pub mod corpus;
 pub mod firehose;
+pub mod flow;
 pub mod ingest;
 pub mod latency;
 pub mod publish;

@@ -1,0 +1,292 @@
+//! The flow database: schema, connections, and the reads clients and the CLI need.
+//!
+//! Tables: `flow_instances` (one row per instance), `flow_history` (the current execution's
+//! entries), `flow_work` (durable pending work, owned by the running engine) and `flow_inbox`
+//! (messages from other processes — the CLI's `cancel` — which the engine moves into its work).
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
+use serde::Serialize;
+
+use super::FlowError;
+use super::history::{Event, Message, ParentRef, Status, WorkItem};
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS flow_instances (
+    id            TEXT PRIMARY KEY,
+    name          TEXT NOT NULL,
+    version       INTEGER NOT NULL,
+    status        TEXT NOT NULL,
+    execution     INTEGER NOT NULL DEFAULT 0,
+    input         TEXT NOT NULL,
+    output        TEXT,
+    error         TEXT,
+    custom_status TEXT,
+    parent        TEXT,
+    created_ms    INTEGER NOT NULL,
+    updated_ms    INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS flow_instances_by_status ON flow_instances(status, updated_ms);
+CREATE TABLE IF NOT EXISTS flow_history (
+    instance  TEXT NOT NULL,
+    execution INTEGER NOT NULL,
+    idx       INTEGER NOT NULL,
+    event     TEXT NOT NULL,
+    PRIMARY KEY (instance, execution, idx)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS flow_work (
+    id            INTEGER PRIMARY KEY,
+    instance      TEXT NOT NULL,
+    kind          INTEGER NOT NULL,
+    visible_at_ms INTEGER NOT NULL,
+    body          TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS flow_work_by_instance ON flow_work(instance);
+CREATE TABLE IF NOT EXISTS flow_inbox (
+    id       INTEGER PRIMARY KEY AUTOINCREMENT,
+    instance TEXT NOT NULL,
+    body     TEXT NOT NULL
+);
+";
+
+const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Opens a read-write connection in WAL mode with durable commits, creating the schema.
+pub(crate) fn open_write(path: &Path, durable: bool) -> Result<Connection, FlowError> {
+    if let Some(dir) = path.parent().filter(|dir| !dir.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).map_err(|source| FlowError::Io {
+            path: dir.to_path_buf(),
+            source,
+        })?;
+    }
+    let conn = Connection::open(path).map_err(|source| open_error(path, source))?;
+    conn.busy_timeout(BUSY_TIMEOUT)?;
+    conn.pragma_update(None, "journal_mode", "WAL")?;
+    conn.pragma_update(None, "synchronous", if durable { "FULL" } else { "OFF" })?;
+    conn.execute_batch(SCHEMA)?;
+    Ok(conn)
+}
+
+/// Opens a read-only connection; readers never wait on the writer (WAL).
+pub(crate) fn open_read(path: &Path) -> Result<Connection, FlowError> {
+    let conn = Connection::open_with_flags(
+        path,
+        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )
+    .map_err(|source| open_error(path, source))?;
+    conn.busy_timeout(BUSY_TIMEOUT)?;
+    Ok(conn)
+}
+
+fn open_error(path: &Path, source: rusqlite::Error) -> FlowError {
+    FlowError::Open {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// One instance as clients see it.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct InstanceInfo {
+    pub id: String,
+    pub name: String,
+    pub version: u32,
+    pub status: Status,
+    /// How many times the instance continued-as-new.
+    pub execution: u64,
+    pub input: String,
+    pub output: Option<String>,
+    pub error: Option<String>,
+    pub custom_status: Option<String>,
+    pub parent: Option<ParentRef>,
+    pub created_ms: i64,
+    pub updated_ms: i64,
+}
+
+const INSTANCE_COLUMNS: &str = "id, name, version, status, execution, input, output, error, \
+                                custom_status, parent, created_ms, updated_ms";
+
+fn instance_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<InstanceInfo> {
+    let status: String = row.get(3)?;
+    let parent: Option<String> = row.get(9)?;
+    Ok(InstanceInfo {
+        id: row.get(0)?,
+        name: row.get(1)?,
+        version: row.get(2)?,
+        status: Status::parse(&status).unwrap_or(Status::Failed),
+        execution: row.get::<_, i64>(4)? as u64,
+        input: row.get(5)?,
+        output: row.get(6)?,
+        error: row.get(7)?,
+        custom_status: row.get(8)?,
+        parent: parent.and_then(|json| serde_json::from_str(&json).ok()),
+        created_ms: row.get(10)?,
+        updated_ms: row.get(11)?,
+    })
+}
+
+/// One instance, if it exists.
+pub fn instance(conn: &Connection, id: &str) -> Result<Option<InstanceInfo>, FlowError> {
+    let sql = format!("SELECT {INSTANCE_COLUMNS} FROM flow_instances WHERE id = ?1");
+    Ok(conn
+        .prepare_cached(&sql)?
+        .query_row([id], instance_from_row)
+        .optional()?)
+}
+
+/// The current execution's history, in order.
+pub fn history(conn: &Connection, id: &str, execution: u64) -> Result<Vec<Event>, FlowError> {
+    let mut statement = conn.prepare_cached(
+        "SELECT event FROM flow_history WHERE instance = ?1 AND execution = ?2 ORDER BY idx",
+    )?;
+    let rows = statement.query_map(params![id, execution as i64], |row| row.get::<_, String>(0))?;
+    let mut events = Vec::new();
+    for row in rows {
+        events.push(serde_json::from_str(&row?)?);
+    }
+    Ok(events)
+}
+
+/// A page of instances in id order, for `flow list`.
+#[derive(Debug, Clone, Serialize)]
+pub struct InstancePage {
+    pub instances: Vec<InstanceInfo>,
+    /// Pass as `after` to get the next page; `None` on the last page.
+    pub next: Option<String>,
+}
+
+/// Lists instances after `after` (keyset pagination), optionally only those in `status`.
+pub fn list(
+    conn: &Connection,
+    status: Option<Status>,
+    after: Option<&str>,
+    limit: usize,
+) -> Result<InstancePage, FlowError> {
+    let limit = limit.clamp(1, 1000);
+    let sql = format!(
+        "SELECT {INSTANCE_COLUMNS} FROM flow_instances
+         WHERE id > ?1 AND (?2 IS NULL OR status = ?2) ORDER BY id LIMIT ?3"
+    );
+    let mut statement = conn.prepare_cached(&sql)?;
+    let rows = statement.query_map(
+        params![
+            after.unwrap_or(""),
+            status.map(Status::as_str),
+            limit as i64 + 1
+        ],
+        instance_from_row,
+    )?;
+    let mut instances = rows.collect::<rusqlite::Result<Vec<_>>>()?;
+    let next = (instances.len() > limit).then(|| {
+        instances.truncate(limit);
+        instances.last().map(|last| last.id.clone())
+    });
+    Ok(InstancePage {
+        instances,
+        next: next.flatten(),
+    })
+}
+
+/// All pending work, oldest first, for recovery after a restart.
+pub(crate) fn pending_work(conn: &Connection) -> Result<Vec<WorkItem>, FlowError> {
+    let mut statement =
+        conn.prepare("SELECT id, instance, kind, visible_at_ms, body FROM flow_work ORDER BY id")?;
+    let rows = statement.query_map([], |row| {
+        Ok((
+            row.get::<_, i64>(0)?,
+            row.get::<_, String>(1)?,
+            row.get::<_, i64>(2)?,
+            row.get::<_, i64>(3)?,
+            row.get::<_, String>(4)?,
+        ))
+    })?;
+    let mut items = Vec::new();
+    for row in rows {
+        let (id, instance, kind, visible_at_ms, body) = row?;
+        items.push(WorkItem {
+            id,
+            instance,
+            visible_at_ms,
+            work: super::history::Work::from_row(kind, &body)?,
+        });
+    }
+    Ok(items)
+}
+
+pub(crate) fn max_work_id(conn: &Connection) -> Result<i64, FlowError> {
+    Ok(
+        conn.query_row("SELECT coalesce(max(id), 0) FROM flow_work", [], |row| {
+            row.get(0)
+        })?,
+    )
+}
+
+/// Messages other processes left for the engine.
+pub(crate) fn inbox(
+    conn: &Connection,
+    limit: usize,
+) -> Result<Vec<(i64, String, Message)>, FlowError> {
+    let mut statement =
+        conn.prepare_cached("SELECT id, instance, body FROM flow_inbox ORDER BY id LIMIT ?1")?;
+    let rows = statement.query_map([limit as i64], |row| {
+        Ok((
+            row.get::<_, i64>(0)?,
+            row.get::<_, String>(1)?,
+            row.get::<_, String>(2)?,
+        ))
+    })?;
+    let mut messages = Vec::new();
+    for row in rows {
+        let (id, instance, body) = row?;
+        messages.push((id, instance, serde_json::from_str(&body)?));
+    }
+    Ok(messages)
+}
+
+/// Leaves a message for the engine from another process (the CLI). The running engine picks
+/// it up within its inbox poll interval; a stopped one on its next start.
+pub fn post_to_inbox(path: &Path, instance: &str, message: &Message) -> Result<(), FlowError> {
+    let conn = open_write(path, true)?;
+    conn.execute(
+        "INSERT INTO flow_inbox (instance, body) VALUES (?1, ?2)",
+        params![instance, serde_json::to_string(message)?],
+    )?;
+    Ok(())
+}
+
+/// Deletes finished instances last updated before `before_ms`, with their history and any
+/// leftover work. Returns how many instances went.
+pub fn purge(conn: &mut Connection, before_ms: i64) -> Result<usize, FlowError> {
+    let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+    tx.execute(
+        "CREATE TEMP TABLE IF NOT EXISTS purge_ids (id TEXT PRIMARY KEY)",
+        [],
+    )?;
+    tx.execute("DELETE FROM purge_ids", [])?;
+    tx.execute(
+        "INSERT INTO purge_ids SELECT id FROM flow_instances
+         WHERE status IN ('completed', 'failed', 'cancelled') AND updated_ms < ?1",
+        [before_ms],
+    )?;
+    tx.execute(
+        "DELETE FROM flow_history WHERE instance IN (SELECT id FROM purge_ids)",
+        [],
+    )?;
+    tx.execute(
+        "DELETE FROM flow_work WHERE instance IN (SELECT id FROM purge_ids)",
+        [],
+    )?;
+    let purged = tx.execute(
+        "DELETE FROM flow_instances WHERE id IN (SELECT id FROM purge_ids)",
+        [],
+    )?;
+    tx.commit()?;
+    Ok(purged)
+}
+
+/// Where a data directory keeps its flow database.
+pub fn flow_path(data_dir: &Path) -> PathBuf {
+    data_dir.join("flow.db")
+}

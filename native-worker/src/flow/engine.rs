@@ -1,0 +1,621 @@
+//! The running engine: instance slots and their cache, the turn and activity dispatchers,
+//! durable timers, the inbox poll, and recovery after a restart.
+//!
+//! Work moves by in-process hand-off: a commit's callback dispatches exactly the work that
+//! commit made durable, so nothing polls the database while the engine runs (the inbox poll
+//! only picks up other processes' messages). An instance has at most one turn in flight; its
+//! next turn waits until the previous one's commit is durable, so state never runs ahead of disk.
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use rusqlite::Connection;
+use tokio::sync::{Semaphore, mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
+
+use super::FlowError;
+use super::client::FlowClient;
+use super::db;
+use super::history::{ActivityWork, Event, Message, ParentRef, Status, Work, WorkItem};
+use super::registry::{ActivityContext, Registry};
+use super::turn::{self, IdSource, Live, TurnOutput};
+use super::writer::{self, CommitReport, WriteOp, Writer, WriterStats};
+
+/// How the engine runs.
+#[derive(Debug, Clone)]
+pub struct EngineOptions {
+    /// Turns running at once (orchestration slots).
+    pub orchestration_slots: usize,
+    /// Activities running at once (activity slots).
+    pub activity_slots: usize,
+    /// Instances kept live in memory between turns; beyond it the least recently used are
+    /// dropped and replayed from history when next needed.
+    pub cache_capacity: usize,
+    /// How often to look for messages left by other processes (the CLI's `cancel`).
+    pub inbox_poll: Duration,
+    /// `synchronous=FULL`: a commit survives power loss. Off only for throwaway databases.
+    pub durable: bool,
+}
+
+impl Default for EngineOptions {
+    fn default() -> Self {
+        EngineOptions {
+            orchestration_slots: 4,
+            activity_slots: 4,
+            cache_capacity: 10_000,
+            inbox_poll: Duration::from_secs(1),
+            durable: true,
+        }
+    }
+}
+
+/// Counters for benchmarks and `/stats`.
+#[derive(Debug, Default)]
+pub struct EngineStats {
+    pub turns: AtomicU64,
+    pub replays: AtomicU64,
+    pub activities: AtomicU64,
+    pub activity_retries: AtomicU64,
+    pub(crate) writer: Arc<WriterStats>,
+}
+
+impl EngineStats {
+    /// Transactions committed by the group-commit writer.
+    pub fn transactions(&self) -> u64 {
+        self.writer.transactions.load(Relaxed)
+    }
+
+    /// Submissions (turns, activity results, client calls) those transactions carried.
+    pub fn submissions(&self) -> u64 {
+        self.writer.submissions.load(Relaxed)
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum SlotState {
+    Idle,
+    Queued,
+    Busy,
+}
+
+struct Slot {
+    inbox: Vec<(i64, Message)>,
+    state: SlotState,
+    live: Option<Box<Live>>,
+    last_used: u64,
+}
+
+pub(crate) struct Shared {
+    pub(crate) registry: Registry,
+    pub(crate) writer: Writer,
+    pub(crate) path: PathBuf,
+    readers: Mutex<Vec<Connection>>,
+    slots: Mutex<HashMap<String, Slot>>,
+    ready: mpsc::UnboundedSender<String>,
+    activities: mpsc::UnboundedSender<WorkItem>,
+    next_work_id: AtomicI64,
+    tick: AtomicU64,
+    waiters: Mutex<HashMap<String, Vec<oneshot::Sender<()>>>>,
+    options: EngineOptions,
+    runtime: tokio::runtime::Handle,
+    pub(crate) shutdown: CancellationToken,
+    pub(crate) stats: Arc<EngineStats>,
+}
+
+impl IdSource for Shared {
+    fn next_id(&self) -> i64 {
+        self.next_work_id.fetch_add(1, Relaxed) + 1
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+pub(crate) fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|elapsed| elapsed.as_millis() as i64)
+        .unwrap_or_default()
+}
+
+impl Shared {
+    /// Runs `read` on a pooled read-only connection.
+    pub(crate) fn read<T>(
+        &self,
+        read: impl FnOnce(&Connection) -> Result<T, FlowError>,
+    ) -> Result<T, FlowError> {
+        let conn = match lock(&self.readers).pop() {
+            Some(conn) => conn,
+            None => db::open_read(&self.path)?,
+        };
+        let result = read(&conn);
+        lock(&self.readers).push(conn);
+        result
+    }
+
+    /// Hands durable work on: a message to its instance's inbox, an activity to a slot; work
+    /// that is not yet due waits on a timer.
+    pub(crate) fn dispatch(self: &Arc<Self>, item: WorkItem) {
+        let delay = item.visible_at_ms - now_ms();
+        if delay > 0 {
+            let shared = Arc::clone(self);
+            self.runtime.spawn(async move {
+                tokio::select! {
+                    () = tokio::time::sleep(Duration::from_millis(delay as u64)) => shared.dispatch_now(item),
+                    () = shared.shutdown.cancelled() => {}
+                }
+            });
+        } else {
+            self.dispatch_now(item);
+        }
+    }
+
+    fn dispatch_now(&self, item: WorkItem) {
+        match item.work {
+            Work::Message(message) => {
+                let mut slots = lock(&self.slots);
+                let slot = slots.entry(item.instance.clone()).or_insert_with(|| Slot {
+                    inbox: Vec::new(),
+                    state: SlotState::Idle,
+                    live: None,
+                    last_used: 0,
+                });
+                slot.inbox.push((item.id, message));
+                if slot.state == SlotState::Idle {
+                    slot.state = SlotState::Queued;
+                    let _ = self.ready.send(item.instance);
+                }
+            }
+            Work::Activity(_) => {
+                let _ = self.activities.send(item);
+            }
+        }
+    }
+
+    /// Commits ops and dispatches `items` once they are durable.
+    pub(crate) fn commit_and_dispatch(self: &Arc<Self>, ops: Vec<WriteOp>, items: Vec<WorkItem>) {
+        let shared = Arc::clone(self);
+        self.writer.submit(
+            ops,
+            Box::new(move |result| match result {
+                Ok(_) => items.into_iter().for_each(|item| shared.dispatch(item)),
+                Err(error) => shared.fail(&error),
+            }),
+        );
+    }
+
+    /// A commit failed: memory may be ahead of disk, so stop; a restart recovers from disk.
+    fn fail(&self, error: &str) {
+        tracing::error!(error, "flow engine stopping: a commit failed");
+        self.shutdown.cancel();
+    }
+
+    /// Registers interest in `instance` reaching a terminal state.
+    pub(crate) fn watch(&self, instance: &str) -> oneshot::Receiver<()> {
+        let (notify, wait) = oneshot::channel();
+        lock(&self.waiters)
+            .entry(instance.to_string())
+            .or_default()
+            .push(notify);
+        wait
+    }
+
+    async fn run_turn(self: Arc<Self>, id: String) {
+        let (messages, cached) = {
+            let mut slots = lock(&self.slots);
+            let Some(slot) = slots.get_mut(&id) else {
+                return;
+            };
+            slot.state = SlotState::Busy;
+            (std::mem::take(&mut slot.inbox), slot.live.take())
+        };
+        let mut live = match cached {
+            Some(live) => Some(live),
+            None => {
+                self.stats.replays.fetch_add(1, Relaxed);
+                let loaded = self.read(|conn| {
+                    turn::load(
+                        db::instance(conn, &id)?,
+                        |info| db::history(conn, &id, info.execution),
+                        &self.registry,
+                    )
+                });
+                match loaded {
+                    Ok(live) => live,
+                    Err(error) => {
+                        self.fail(&format!("loading instance {id}: {error}"));
+                        return;
+                    }
+                }
+            }
+        };
+        self.stats.turns.fetch_add(1, Relaxed);
+        let output = turn::run_turn(live.as_deref_mut(), messages, &self.registry, &*self);
+        self.commit_turn(id, live, output);
+    }
+
+    fn commit_turn(self: &Arc<Self>, id: String, live: Option<Box<Live>>, output: TurnOutput) {
+        let TurnOutput {
+            ops,
+            dispatch,
+            child_starts,
+            terminal,
+        } = output;
+        let shared = Arc::clone(self);
+        self.writer.submit(
+            ops,
+            Box::new(move |result: Result<CommitReport, String>| {
+                let report = match result {
+                    Ok(report) => report,
+                    Err(error) => return shared.fail(&error),
+                };
+                for item in dispatch {
+                    shared.dispatch(item);
+                }
+                for ((start, parent), created) in child_starts.into_iter().zip(report.created) {
+                    if created {
+                        shared.dispatch(start);
+                    } else {
+                        shared.child_id_taken(&start, &parent);
+                    }
+                }
+                if terminal.is_some() {
+                    for waiter in lock(&shared.waiters).remove(&id).unwrap_or_default() {
+                        let _ = waiter.send(());
+                    }
+                }
+                shared.release(id, live);
+            }),
+        );
+    }
+
+    /// A child instance id was already in use: the parent's step fails rather than adopt
+    /// someone else's instance.
+    fn child_id_taken(self: &Arc<Self>, start: &WorkItem, parent: &ParentRef) {
+        tracing::warn!(child = %start.instance, parent = %parent.instance, "child instance id already in use");
+        let item = turn::message_item(
+            &**self,
+            &parent.instance,
+            Some(parent.execution),
+            Event::ChildFailed {
+                seq: parent.seq,
+                error: format!("instance id `{}` is already in use", start.instance),
+            },
+            0,
+        );
+        self.commit_and_dispatch(vec![WriteOp::InsertWork(item.clone())], vec![item]);
+    }
+
+    /// The turn is durable: park the live instance and run the next turn if messages came in.
+    fn release(&self, id: String, live: Option<Box<Live>>) {
+        let mut slots = lock(&self.slots);
+        let Some(slot) = slots.get_mut(&id) else {
+            return;
+        };
+        slot.last_used = self.tick.fetch_add(1, Relaxed);
+        let finished = live.as_ref().is_none_or(|live| live.status.is_terminal());
+        if slot.inbox.is_empty() {
+            if finished {
+                slots.remove(&id);
+                return;
+            }
+            slot.state = SlotState::Idle;
+            slot.live = live;
+        } else {
+            slot.state = SlotState::Queued;
+            slot.live = live;
+            let _ = self.ready.send(id);
+        }
+        if slots.len() > self.options.cache_capacity {
+            evict(&mut slots, self.options.cache_capacity);
+        }
+    }
+
+    async fn run_activity(
+        self: Arc<Self>,
+        item: WorkItem,
+        slot: tokio::sync::OwnedSemaphorePermit,
+    ) {
+        let Work::Activity(work) = &item.work else {
+            return;
+        };
+        self.stats.activities.fetch_add(1, Relaxed);
+        let result = self.call_activity(&item.instance, work).await;
+        drop(slot);
+        let (ops, next) = match result {
+            Ok(output) => self.activity_answer(
+                &item,
+                Event::ActivityCompleted {
+                    seq: work.seq,
+                    output,
+                },
+            ),
+            Err(ActivityFailure { error, retryable }) => {
+                match work.retry.delay_after(work.attempt).filter(|_| retryable) {
+                    Some(delay) => {
+                        self.stats.activity_retries.fetch_add(1, Relaxed);
+                        tracing::debug!(instance = %item.instance, activity = %work.name, attempt = work.attempt, %error, "activity failed; retrying");
+                        let mut retry = item.clone();
+                        retry.visible_at_ms = now_ms() + delay.as_millis() as i64;
+                        retry.work = Work::Activity(ActivityWork {
+                            attempt: work.attempt + 1,
+                            ..work.clone()
+                        });
+                        (vec![WriteOp::InsertWork(retry.clone())], retry)
+                    }
+                    None => self.activity_answer(
+                        &item,
+                        Event::ActivityFailed {
+                            seq: work.seq,
+                            error: format!(
+                                "activity `{}` failed after {} attempt(s): {error}",
+                                work.name, work.attempt
+                            ),
+                        },
+                    ),
+                }
+            }
+        };
+        self.commit_and_dispatch(ops, vec![next]);
+    }
+
+    fn activity_answer(&self, item: &WorkItem, event: Event) -> (Vec<WriteOp>, WorkItem) {
+        let Work::Activity(work) = &item.work else {
+            unreachable!("only activities are answered");
+        };
+        let answer = turn::message_item(self, &item.instance, Some(work.execution), event, 0);
+        (
+            vec![
+                WriteOp::DeleteWork(item.id),
+                WriteOp::InsertWork(answer.clone()),
+            ],
+            answer,
+        )
+    }
+
+    async fn call_activity(
+        &self,
+        instance: &str,
+        work: &ActivityWork,
+    ) -> Result<String, ActivityFailure> {
+        let Some(run) = self.registry.activity_fn(&work.name) else {
+            return Err(ActivityFailure {
+                error: format!("activity `{}` is not registered", work.name),
+                retryable: false,
+            });
+        };
+        let ctx = ActivityContext {
+            instance: instance.to_string(),
+            name: work.name.clone(),
+            attempt: work.attempt,
+            seq: work.seq,
+        };
+        let mut task = self.runtime.spawn(run(ctx, work.input.clone()));
+        let joined = match work.retry.timeout_ms {
+            Some(limit) => {
+                match tokio::time::timeout(Duration::from_millis(limit), &mut task).await {
+                    Ok(joined) => joined,
+                    Err(_) => {
+                        task.abort();
+                        return Err(ActivityFailure {
+                            error: format!("attempt timed out after {limit} ms"),
+                            retryable: true,
+                        });
+                    }
+                }
+            }
+            None => task.await,
+        };
+        match joined {
+            Ok(Ok(output)) => Ok(output),
+            Ok(Err(error)) => Err(ActivityFailure {
+                error,
+                retryable: true,
+            }),
+            Err(join) if join.is_panic() => Err(ActivityFailure {
+                error: format!("panicked: {}", turn::panic_message(&join.into_panic())),
+                retryable: true,
+            }),
+            Err(join) => Err(ActivityFailure {
+                error: join.to_string(),
+                retryable: true,
+            }),
+        }
+    }
+
+    /// Moves messages other processes left in the inbox into durable work.
+    async fn drain_inbox(self: &Arc<Self>) -> Result<(), FlowError> {
+        let messages = self.read(|conn| db::inbox(conn, 1000))?;
+        if messages.is_empty() {
+            return Ok(());
+        }
+        let mut ops = Vec::with_capacity(messages.len() * 2);
+        let mut items = Vec::with_capacity(messages.len());
+        for (inbox_id, instance, message) in messages {
+            let item = WorkItem {
+                id: self.next_id(),
+                instance,
+                visible_at_ms: 0,
+                work: Work::Message(message),
+            };
+            ops.push(WriteOp::DeleteInbox(inbox_id));
+            ops.push(WriteOp::InsertWork(item.clone()));
+            items.push(item);
+        }
+        self.writer.commit(ops).await?;
+        items.into_iter().for_each(|item| self.dispatch(item));
+        Ok(())
+    }
+}
+
+struct ActivityFailure {
+    error: String,
+    retryable: bool,
+}
+
+/// Drops the least recently used idle instances until the cache is back under 90% of capacity.
+fn evict(slots: &mut HashMap<String, Slot>, capacity: usize) {
+    let target = capacity * 9 / 10;
+    let mut idle: Vec<(u64, String)> = slots
+        .iter()
+        .filter(|(_, slot)| slot.state == SlotState::Idle && slot.inbox.is_empty())
+        .map(|(id, slot)| (slot.last_used, id.clone()))
+        .collect();
+    idle.sort_unstable();
+    let excess = slots.len().saturating_sub(target);
+    for (_, id) in idle.into_iter().take(excess) {
+        slots.remove(&id);
+    }
+}
+
+/// A running engine. Dropping it without [`Engine::shutdown`] leaves background tasks to
+/// the runtime; shut it down to stop them and flush the writer.
+pub struct Engine {
+    shared: Arc<Shared>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+    _lock: File,
+}
+
+impl Engine {
+    /// Opens (creating) the flow database at `path`, recovers pending work and starts running.
+    /// Only one engine may own a database: a second gets [`FlowError::Locked`].
+    pub async fn start(
+        path: impl AsRef<Path>,
+        registry: Registry,
+        options: EngineOptions,
+    ) -> Result<Engine, FlowError> {
+        let path = path.as_ref().to_path_buf();
+        let conn = db::open_write(&path, options.durable)?;
+        let lock_path = path.with_extension("lock");
+        let lock_file = File::create(&lock_path).map_err(|source| FlowError::Io {
+            path: lock_path.clone(),
+            source,
+        })?;
+        if lock_file.try_lock().is_err() {
+            return Err(FlowError::Locked(path));
+        }
+        let pending = db::pending_work(&conn)?;
+        let next_work_id = db::max_work_id(&conn)?;
+        let stats = Arc::new(EngineStats::default());
+        let writer = writer::spawn(conn, Arc::clone(&stats.writer))?;
+        let (ready, ready_rx) = mpsc::unbounded_channel();
+        let (activities, activities_rx) = mpsc::unbounded_channel();
+        let shared = Arc::new(Shared {
+            registry,
+            writer,
+            path,
+            readers: Mutex::new(Vec::new()),
+            slots: Mutex::new(HashMap::new()),
+            ready,
+            activities,
+            next_work_id: AtomicI64::new(next_work_id),
+            tick: AtomicU64::new(0),
+            waiters: Mutex::new(HashMap::new()),
+            options: options.clone(),
+            runtime: tokio::runtime::Handle::current(),
+            shutdown: CancellationToken::new(),
+            stats,
+        });
+        let recovered = pending.len();
+        for item in pending {
+            shared.dispatch(item);
+        }
+        if recovered > 0 {
+            tracing::info!(recovered, "flow engine resumed pending work");
+        }
+        let tasks = vec![
+            tokio::spawn(dispatch_turns(Arc::clone(&shared), ready_rx)),
+            tokio::spawn(dispatch_activities(Arc::clone(&shared), activities_rx)),
+            tokio::spawn(poll_inbox(Arc::clone(&shared))),
+        ];
+        Ok(Engine {
+            shared,
+            tasks,
+            _lock: lock_file,
+        })
+    }
+
+    /// A client for starting, signalling and inspecting instances.
+    pub fn client(&self) -> FlowClient {
+        FlowClient::new(Arc::clone(&self.shared))
+    }
+
+    /// The engine's counters.
+    pub fn stats(&self) -> Arc<EngineStats> {
+        Arc::clone(&self.shared.stats)
+    }
+
+    /// Resolves when the engine stops on its own (a failed commit).
+    pub async fn stopped(&self) {
+        self.shared.shutdown.cancelled().await
+    }
+
+    /// Stops dispatching, lets queued commits finish and joins the writer. Activities still
+    /// running are abandoned and run again on the next start (at-least-once).
+    pub async fn shutdown(mut self) {
+        self.shared.shutdown.cancel();
+        for task in self.tasks.drain(..) {
+            let _ = task.await;
+        }
+        self.shared.writer.close().await;
+    }
+}
+
+async fn dispatch_turns(shared: Arc<Shared>, mut ready: mpsc::UnboundedReceiver<String>) {
+    let slots = Arc::new(Semaphore::new(shared.options.orchestration_slots.max(1)));
+    loop {
+        let id = tokio::select! {
+            id = ready.recv() => match id { Some(id) => id, None => return },
+            () = shared.shutdown.cancelled() => return,
+        };
+        let Ok(permit) = Arc::clone(&slots).acquire_owned().await else {
+            return;
+        };
+        let shared = Arc::clone(&shared);
+        tokio::spawn(async move {
+            shared.run_turn(id).await;
+            drop(permit);
+        });
+    }
+}
+
+async fn dispatch_activities(shared: Arc<Shared>, mut queue: mpsc::UnboundedReceiver<WorkItem>) {
+    let slots = Arc::new(Semaphore::new(shared.options.activity_slots.max(1)));
+    loop {
+        let permit = tokio::select! {
+            permit = Arc::clone(&slots).acquire_owned() => match permit { Ok(permit) => permit, Err(_) => return },
+            () = shared.shutdown.cancelled() => return,
+        };
+        let item = tokio::select! {
+            item = queue.recv() => match item { Some(item) => item, None => return },
+            () = shared.shutdown.cancelled() => return,
+        };
+        tokio::spawn(Arc::clone(&shared).run_activity(item, permit));
+    }
+}
+
+async fn poll_inbox(shared: Arc<Shared>) {
+    let mut interval = tokio::time::interval(shared.options.inbox_poll);
+    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = interval.tick() => {}
+            () = shared.shutdown.cancelled() => return,
+        }
+        if let Err(error) = shared.drain_inbox().await {
+            tracing::warn!(%error, "reading the flow inbox failed");
+        }
+    }
+}
+
+/// Status values the client and CLI filter on.
+pub fn parse_status(text: &str) -> Result<Status, FlowError> {
+    Status::parse(text).ok_or_else(|| FlowError::BadStatus(text.to_string()))
+}
