@@ -1,0 +1,271 @@
+//! Crash recovery: a child process runs many orchestrations and is killed with SIGKILL at
+//! random points, again and again, then restarted to finish. Afterwards every orchestration has
+//! completed, every step's result is the one its activity recorded last (a recorded result is
+//! never recomputed), each step was applied exactly once, and re-executions stay bounded by
+//! what the kills could have interrupted.
+//!
+//! The child is this test binary re-run with `FLOW_CRASH_CHILD` set (see `crash_child`).
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use futures_util::future::join_all;
+use pubsearch_native_worker::flow::{
+    Engine, EngineOptions, Event, OrchestrationContext, Registry, RetryPolicy, Status, db,
+};
+use rand::{Rng, SeedableRng};
+use rusqlite::{Connection, params};
+use serde::{Deserialize, Serialize};
+
+const INSTANCES: usize = 400;
+const CHAIN: u64 = 4;
+const FAN: u64 = 3;
+const KILLS: usize = 10;
+const ACTIVITY_SLOTS: usize = 2;
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Step {
+    instance: String,
+    step: u64,
+    value: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Applied {
+    value: u64,
+    token: String,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct Output {
+    value: u64,
+    tokens: Vec<(u64, String)>,
+}
+
+/// Every activity execution is appended to the ledger, durably, before it returns.
+fn ledger(path: &Path) -> Connection {
+    let conn = Connection::open(path).unwrap();
+    conn.busy_timeout(Duration::from_secs(10)).unwrap();
+    conn.pragma_update(None, "journal_mode", "WAL").unwrap();
+    conn.pragma_update(None, "synchronous", "FULL").unwrap();
+    conn.execute_batch(
+        "CREATE TABLE IF NOT EXISTS executions (
+             id INTEGER PRIMARY KEY, instance TEXT, step INTEGER, token TEXT)",
+    )
+    .unwrap();
+    conn
+}
+
+fn registry(ledger_path: PathBuf) -> Registry {
+    let conn = std::sync::Arc::new(std::sync::Mutex::new(ledger(&ledger_path)));
+    let mut registry = Registry::new();
+    registry
+        .activity("apply", move |_, step: Step| {
+            let conn = std::sync::Arc::clone(&conn);
+            async move {
+                tokio::time::sleep(Duration::from_millis(1)).await;
+                let token = uuid::Uuid::new_v4().to_string();
+                conn.lock()
+                    .unwrap()
+                    .execute(
+                        "INSERT INTO executions (instance, step, token) VALUES (?1, ?2, ?3)",
+                        params![step.instance, step.step as i64, token],
+                    )
+                    .map_err(|error| error.to_string())?;
+                Ok(Applied {
+                    value: step.value + 1,
+                    token,
+                })
+            }
+        })
+        .orchestration("chain", 1, |ctx: OrchestrationContext, ()| async move {
+            let instance = ctx.instance_id().to_string();
+            let mut tokens = Vec::new();
+            let mut value = 0;
+            for step in 0..CHAIN {
+                let applied: Applied = ctx
+                    .activity_with_retry(
+                        "apply",
+                        &Step {
+                            instance: instance.clone(),
+                            step,
+                            value,
+                        },
+                        RetryPolicy::default(),
+                    )
+                    .await?;
+                value = applied.value;
+                tokens.push((step, applied.token));
+            }
+            ctx.sleep(Duration::from_millis(5)).await?;
+            let fanned = join_all((CHAIN..CHAIN + FAN).map(|step| {
+                ctx.activity::<_, Applied>(
+                    "apply",
+                    &Step {
+                        instance: instance.clone(),
+                        step,
+                        value: 0,
+                    },
+                )
+            }))
+            .await;
+            for (step, applied) in (CHAIN..).zip(fanned) {
+                let applied = applied?;
+                value += applied.value;
+                tokens.push((step, applied.token));
+            }
+            Ok(Output { value, tokens })
+        });
+    registry
+}
+
+/// The child process: start every instance (idempotently) and wait for all of them.
+#[test]
+#[ignore = "run by flow_crash_recovery as its child process"]
+fn crash_child() {
+    let Ok(dir) = std::env::var("FLOW_CRASH_CHILD") else {
+        return;
+    };
+    let dir = PathBuf::from(dir);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let options = EngineOptions {
+            orchestration_slots: 2,
+            activity_slots: ACTIVITY_SLOTS,
+            ..EngineOptions::default()
+        };
+        let engine = Engine::start(
+            dir.join("flow.db"),
+            registry(dir.join("ledger.db")),
+            options,
+        )
+        .await
+        .unwrap();
+        let client = engine.client();
+        for i in 0..INSTANCES {
+            client
+                .start("chain", &format!("job-{i:03}"), &())
+                .await
+                .unwrap();
+        }
+        for i in 0..INSTANCES {
+            let info = client
+                .wait(&format!("job-{i:03}"), Duration::from_secs(60))
+                .await
+                .unwrap();
+            assert_eq!(info.status, Status::Completed, "{info:?}");
+        }
+        engine.shutdown().await;
+    });
+}
+
+fn child(dir: &Path) -> std::process::Child {
+    Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--exact",
+            "crash_child",
+            "--ignored",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env("FLOW_CRASH_CHILD", dir)
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap()
+}
+
+#[test]
+fn flow_crash_recovery() {
+    let dir = tempfile::tempdir().unwrap();
+    let seed: u64 = std::env::var("FLOW_CRASH_SEED")
+        .ok()
+        .and_then(|seed| seed.parse().ok())
+        .unwrap_or_else(rand::random);
+    eprintln!("flow_crash_recovery seed {seed} (rerun with FLOW_CRASH_SEED={seed})");
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+    let mut kills = 0;
+    for _ in 0..KILLS {
+        let mut process = child(dir.path());
+        std::thread::sleep(Duration::from_millis(rng.random_range(20..200)));
+        if process.try_wait().unwrap().is_some() {
+            break;
+        }
+        process.kill().unwrap();
+        process.wait().unwrap();
+        kills += 1;
+    }
+    let started = Instant::now();
+    let status = child(dir.path()).wait().unwrap();
+    assert!(status.success(), "the final run failed: {status}");
+    eprintln!(
+        "{kills} kills; the final run finished in {:?}",
+        started.elapsed()
+    );
+
+    let flow = Connection::open(dir.path().join("flow.db")).unwrap();
+    let executions = executions(&ledger(&dir.path().join("ledger.db")));
+    let mut reexecuted = 0;
+    for i in 0..INSTANCES {
+        let id = format!("job-{i:03}");
+        let info = db::instance(&flow, &id).unwrap().expect("instance exists");
+        assert_eq!(info.status, Status::Completed, "{info:?}");
+        let output: Output = serde_json::from_str(info.output.as_deref().unwrap()).unwrap();
+        // Each chained step added exactly one; each fanned step contributed exactly one.
+        assert_eq!(output.value, CHAIN + FAN, "{id}: {output:?}");
+        assert_eq!(output.tokens.len() as u64, CHAIN + FAN);
+        for (step, token) in &output.tokens {
+            let ran = &executions[&(id.clone(), *step)];
+            assert_eq!(
+                ran.last(),
+                Some(token),
+                "{id} step {step}: the result used is not the last one recorded ({ran:?})"
+            );
+            reexecuted += ran.len() - 1;
+        }
+        // One scheduling and one answer per step: nothing was applied twice.
+        let history = db::history(&flow, &id, info.execution).unwrap();
+        let mut answered = std::collections::HashSet::new();
+        for event in &history {
+            if let Event::ActivityCompleted { seq, .. } = event {
+                assert!(answered.insert(*seq), "{id}: step {seq} answered twice");
+            }
+        }
+        assert_eq!(answered.len() as u64, CHAIN + FAN);
+    }
+    let leftover: i64 = flow
+        .query_row("SELECT count(*) FROM flow_work", [], |row| row.get(0))
+        .unwrap();
+    assert_eq!(leftover, 0, "work left behind after everything completed");
+    // A kill can interrupt at most the activities running or awaiting their commit.
+    let bound = kills * ACTIVITY_SLOTS * 4;
+    eprintln!("{reexecuted} activity re-executions after {kills} kills (bound {bound})");
+    assert!(reexecuted <= bound, "{reexecuted} re-executions > {bound}");
+}
+
+fn executions(conn: &Connection) -> HashMap<(String, u64), Vec<String>> {
+    let mut statement = conn
+        .prepare("SELECT instance, step, token FROM executions ORDER BY id")
+        .unwrap();
+    let mut map: HashMap<(String, u64), Vec<String>> = HashMap::new();
+    let rows = statement
+        .query_map([], |row| {
+            Ok((
+                row.get::<_, String>(0)?,
+                row.get::<_, i64>(1)? as u64,
+                row.get::<_, String>(2)?,
+            ))
+        })
+        .unwrap();
+    for row in rows {
+        let (instance, step, token) = row.unwrap();
+        map.entry((instance, step)).or_default().push(token);
+    }
+    map
+}
