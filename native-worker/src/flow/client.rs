@@ -7,8 +7,9 @@ use serde::Serialize;
 
 use super::FlowError;
 use super::db::{self, InstanceInfo, InstancePage};
-use super::engine::{Shared, now_ms};
+use super::engine::Shared;
 use super::history::{Event, Message, Status, Work, WorkItem};
+use super::now_ms;
 use super::turn::IdSource;
 use super::writer::WriteOp;
 

@@ -14,12 +14,13 @@ use std::marker::PhantomData;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll, Waker};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use super::history::Event;
+use super::now_ms;
 use super::retry::RetryPolicy;
 
 /// The outcome of a step: the JSON output, or an error message.
@@ -228,13 +229,6 @@ fn same_step(recorded: &Event, fresh: &Event) -> bool {
         | (Event::SystemValue { .. }, Event::SystemValue { .. }) => true,
         _ => false,
     }
-}
-
-fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|elapsed| elapsed.as_millis() as i64)
-        .unwrap_or_default()
 }
 
 /// What an orchestration uses for every side effect. Cheap to clone; all clones drive the same

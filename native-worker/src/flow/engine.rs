@@ -21,6 +21,7 @@ use super::FlowError;
 use super::client::FlowClient;
 use super::db;
 use super::history::{ActivityWork, Event, Message, ParentRef, Status, Work, WorkItem};
+use super::now_ms;
 use super::registry::{ActivityContext, Registry};
 use super::turn::{self, IdSource, Live, TurnOutput};
 use super::writer::{self, CommitReport, WriteOp, Writer, WriterStats};
@@ -116,13 +117,6 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     mutex
         .lock()
         .unwrap_or_else(|poisoned| poisoned.into_inner())
-}
-
-pub(crate) fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|elapsed| elapsed.as_millis() as i64)
-        .unwrap_or_default()
 }
 
 impl Shared {

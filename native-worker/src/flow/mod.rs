@@ -39,6 +39,14 @@ pub use history::{Event, Status};
 pub use registry::{ActivityContext, Registry};
 pub use retry::{Backoff, RetryPolicy};
 
+/// Wall-clock Unix milliseconds: timer deadlines and instance timestamps.
+pub(crate) fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|elapsed| elapsed.as_millis() as i64)
+        .unwrap_or_default()
+}
+
 /// Why a flow operation failed.
 #[derive(Debug, thiserror::Error)]
 pub enum FlowError {

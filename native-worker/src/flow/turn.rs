@@ -12,6 +12,7 @@ use std::task::{Context, Poll};
 use super::context::{Action, Core, OrchestrationContext};
 use super::db::InstanceInfo;
 use super::history::{ActivityWork, Event, Message, ParentRef, Status, Work, WorkItem};
+use super::now_ms;
 use super::registry::{BoxFuture, Registry};
 use super::writer::WriteOp;
 
@@ -55,13 +56,6 @@ pub(crate) struct TurnOutput {
     pub child_starts: Vec<(WorkItem, ParentRef)>,
     /// The instance reached a terminal state; waiters are told after the commit.
     pub terminal: Option<Status>,
-}
-
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|elapsed| elapsed.as_millis() as i64)
-        .unwrap_or_default()
 }
 
 impl Live {

@@ -1,5 +1,7 @@
 //! Command-line interface: one subcommand per job, all with embedded defaults.
 
+mod flow;
+
 use std::io::Write;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -67,6 +69,8 @@ enum Command {
     },
     /// Build, verify and publish a snapshot now; `rollback` and `list` manage published builds.
     Publish(PublishArgs),
+    /// Inspect and steer durable orchestrations: list, show, cancel, purge.
+    Flow(flow::FlowArgs),
     /// Search a snapshot file exactly as the edge would, printing the JSON response.
     Search {
         /// The snapshot SQLite file.
@@ -188,6 +192,7 @@ impl Cli {
         match self.command {
             Command::Run(args) => run_ingest(*args),
             Command::Publish(args) => publish(args),
+            Command::Flow(args) => flow::run(args),
             Command::Backfill {
                 dids,
                 dids_file,

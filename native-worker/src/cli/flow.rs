@@ -1,0 +1,127 @@
+//! `native-worker flow`: inspect and steer durable orchestrations from another process.
+//!
+//! Reads go straight to the flow database (WAL: they never wait on the running worker);
+//! `cancel` leaves a message in the engine's inbox, which the running worker applies within a
+//! second (or on its next start).
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, bail};
+use clap::Subcommand;
+
+use crate::flow::{self, Event, Status, db, history::Message};
+
+#[derive(Debug, clap::Args)]
+pub(super) struct FlowArgs {
+    #[command(subcommand)]
+    action: FlowAction,
+    /// Directory holding the flow database (`flow.db`).
+    #[arg(
+        long,
+        global = true,
+        env = "PUBSEARCH_DATA_DIR",
+        default_value = "data"
+    )]
+    data_dir: PathBuf,
+}
+
+#[derive(Debug, Subcommand)]
+enum FlowAction {
+    /// List instances in id order, a page at a time.
+    List {
+        /// Only instances in this state: running, completed, failed or cancelled.
+        #[arg(long, value_parser = parse_status)]
+        status: Option<Status>,
+        /// Start after this instance id (the `next` of the previous page).
+        #[arg(long)]
+        after: Option<String>,
+        #[arg(long, default_value_t = 50)]
+        limit: usize,
+    },
+    /// Show one instance and its current history as JSON.
+    Show { instance: String },
+    /// Cancel a running instance (and its running children).
+    Cancel {
+        instance: String,
+        #[arg(long, default_value = "cancelled from the command line")]
+        reason: String,
+    },
+    /// Delete finished instances (and their history) last updated longer ago than this.
+    Purge {
+        #[arg(long, default_value_t = 168)]
+        older_than_hours: u64,
+    },
+}
+
+fn parse_status(text: &str) -> Result<Status, String> {
+    flow::parse_status(text).map_err(|error| error.to_string())
+}
+
+fn existing_db(data_dir: &Path) -> Result<PathBuf> {
+    let path = db::flow_path(data_dir);
+    if !path.exists() {
+        bail!(
+            "no flow database at {} (the worker creates it on its first `run`)",
+            path.display()
+        );
+    }
+    Ok(path)
+}
+
+pub(super) fn run(args: FlowArgs) -> Result<()> {
+    let path = existing_db(&args.data_dir)?;
+    let read = || db::open_read(&path).context("opening the flow database");
+    match args.action {
+        FlowAction::List {
+            status,
+            after,
+            limit,
+        } => {
+            let page = db::list(&read()?, status, after.as_deref(), limit)?;
+            for info in &page.instances {
+                println!(
+                    "{:<40} {:<24} v{:<3} {:<10} {}",
+                    info.id,
+                    info.name,
+                    info.version,
+                    info.status,
+                    info.custom_status.as_deref().unwrap_or("")
+                );
+            }
+            match page.next {
+                Some(next) => eprintln!("more: --after {next}"),
+                None => eprintln!("{} instance(s)", page.instances.len()),
+            }
+        }
+        FlowAction::Show { instance } => {
+            let conn = read()?;
+            let info = db::instance(&conn, &instance)?
+                .with_context(|| format!("no flow instance `{instance}`"))?;
+            let history = db::history(&conn, &instance, info.execution)?;
+            let shown = serde_json::json!({ "instance": info, "history": history });
+            println!("{}", serde_json::to_string_pretty(&shown)?);
+        }
+        FlowAction::Cancel { instance, reason } => {
+            let info = db::instance(&read()?, &instance)?
+                .with_context(|| format!("no flow instance `{instance}`"))?;
+            if info.status.is_terminal() {
+                bail!("instance `{instance}` is already {}", info.status);
+            }
+            let message = Message {
+                execution: None,
+                event: Event::CancelRequested { reason },
+            };
+            db::post_to_inbox(&path, &instance, &message)?;
+            println!(
+                "cancellation of `{instance}` queued; the running worker applies it within a second"
+            );
+        }
+        FlowAction::Purge { older_than_hours } => {
+            let mut conn = db::open_write(&path, true)?;
+            let cutoff = flow::now_ms() - older_than_hours as i64 * 3_600_000;
+            let purged = db::purge(&mut conn, cutoff)?;
+            println!("purged {purged} finished instance(s)");
+        }
+    }
+    Ok(())
+}
