@@ -12,12 +12,15 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use url::Url;
 
+use tracing::Instrument;
+
 use crate::admin::{self, AdminState};
 use crate::firehose::jetstream::{self, JetstreamConfig};
 use crate::firehose::replay;
 use crate::firehose::tap::{self, TapConfig};
 use crate::ingest::{self, IngestConfig, IngestStats, Policy, StatsSnapshot};
 use crate::store::Store;
+use crate::{flow, publish};
 
 /// Where events come from.
 #[derive(Debug, Clone)]
@@ -83,6 +86,16 @@ pub async fn run(options: RunOptions, shutdown: CancellationToken) -> Result<Sta
         .with_context(|| format!("starting the store writer on {}", store.path().display()))?;
     let stats = Arc::clone(sink.stats());
     tracing::info!(store = %store.path().display(), source = options.source.name(), "ingest starting");
+    let mut workflows = flow::Registry::new();
+    publish::workflow::register(
+        &mut workflows,
+        store.clone(),
+        publish::work_dir(&options.data_dir),
+    );
+    let flow_db = flow::flow_path(&options.data_dir);
+    let engine = flow::Engine::start(&flow_db, workflows, flow::EngineOptions::default())
+        .await
+        .with_context(|| format!("starting the workflow engine on {}", flow_db.display()))?;
 
     let interrupt = shutdown.clone();
     tokio::spawn(async move {
@@ -122,10 +135,9 @@ pub async fn run(options: RunOptions, shutdown: CancellationToken) -> Result<Sta
         background.clone(),
     ));
     if let Some(schedule) = options.publish.clone() {
-        let work_dir = options.data_dir.join("builds");
         tokio::spawn(publish_periodically(
+            engine.client(),
             store.clone(),
-            work_dir,
             schedule,
             Arc::clone(&live_build),
             background.clone(),
@@ -153,6 +165,7 @@ pub async fn run(options: RunOptions, shutdown: CancellationToken) -> Result<Sta
         .await
         .context("the writer thread failed")?;
     background.cancel();
+    engine.shutdown().await;
     writer_result.context("the store writer stopped with an error")?;
     source_result?;
     let summary = stats.snapshot();
@@ -167,11 +180,12 @@ pub async fn run(options: RunOptions, shutdown: CancellationToken) -> Result<Sta
     Ok(summary)
 }
 
-/// Publishes a snapshot every `schedule.every` when the store has changed since the live build.
-/// A failed publish is logged and retried next time; it never disturbs ingest.
+/// Publishes a snapshot every `schedule.every` when the store has changed since the live build,
+/// through the durable publish workflow (an interrupted one is resumed first). A failed publish
+/// is logged and retried next time; it never disturbs ingest.
 async fn publish_periodically(
+    workflows: flow::FlowClient,
     store: Store,
-    work_dir: PathBuf,
     schedule: ScheduledPublish,
     live_build: admin::LiveBuild,
     stop: CancellationToken,
@@ -205,9 +219,18 @@ async fn publish_periodically(
             (Some(newest), Some(live)) if newest <= live.source_watermark_us => continue,
             _ => {}
         }
-        match crate::publish::publish_once(&store, &work_dir, &schedule.target, &schedule.options)
-            .await
-        {
+        let span = tracing::info_span!("publish", channel = %schedule.options.channel);
+        let published = async {
+            let request = publish::workflow::PublishRequest::new(
+                schedule.target.spec().clone(),
+                &schedule.options,
+            );
+            publish::workflow::publish_and_wait(&workflows, &request, publish::PUBLISH_TIMEOUT)
+                .await
+        }
+        .instrument(span)
+        .await;
+        match published {
             Ok(manifest) => {
                 tracing::info!(
                     build_id = manifest.build_id,

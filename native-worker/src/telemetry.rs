@@ -157,3 +157,27 @@ impl Drop for Telemetry {
         }
     }
 }
+
+/// The current span's trace context as a W3C `traceparent`, so work that runs later or in
+/// another task — a durable workflow's activities, possibly after a restart — joins the trace of
+/// whoever asked for it. `None` when tracing is off.
+pub fn current_traceparent() -> Option<String> {
+    use opentelemetry::propagation::TextMapPropagator;
+    use tracing_opentelemetry::OpenTelemetrySpanExt;
+    let mut carrier = std::collections::HashMap::new();
+    opentelemetry_sdk::propagation::TraceContextPropagator::new()
+        .inject_context(&tracing::Span::current().context(), &mut carrier);
+    carrier.remove("traceparent")
+}
+
+/// Makes `span` a child of the span a [`current_traceparent`] string names.
+pub fn adopt_traceparent(span: &tracing::Span, traceparent: &str) {
+    use opentelemetry::propagation::TextMapPropagator;
+    use tracing_opentelemetry::OpenTelemetrySpanExt;
+    let carrier =
+        std::collections::HashMap::from([("traceparent".to_string(), traceparent.to_string())]);
+    let parent = opentelemetry_sdk::propagation::TraceContextPropagator::new().extract(&carrier);
+    if let Err(error) = span.set_parent(parent) {
+        tracing::debug!(?error, "span not linked to its workflow's trace");
+    }
+}

@@ -373,8 +373,8 @@ fn publish(args: PublishArgs) -> Result<()> {
                     force: args.force,
                     keep: args.keep,
                 };
-                let work_dir = args.data_dir.join("builds");
-                let manifest = publish::publish_once(&store, &work_dir, &target, &options).await?;
+                let manifest =
+                    publish::publish_once(&store, &args.data_dir, &target, &options).await?;
                 println!("{}", serde_json::to_string_pretty(&manifest)?);
             }
         }

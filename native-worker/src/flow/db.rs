@@ -70,7 +70,7 @@ pub(crate) fn open_write(path: &Path, durable: bool) -> Result<Connection, FlowE
 }
 
 /// Opens a read-only connection; readers never wait on the writer (WAL).
-pub(crate) fn open_read(path: &Path) -> Result<Connection, FlowError> {
+pub fn open_read(path: &Path) -> Result<Connection, FlowError> {
     let conn = Connection::open_with_flags(
         path,
         OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
@@ -254,6 +254,51 @@ pub fn post_to_inbox(path: &Path, instance: &str, message: &Message) -> Result<(
         params![instance, serde_json::to_string(message)?],
     )?;
     Ok(())
+}
+
+/// Asks the engine owning `path` to start orchestration `name` as `instance` (idempotent, like
+/// [`super::FlowClient::start`]), from another process.
+pub fn post_start<I: Serialize>(
+    path: &Path,
+    instance: &str,
+    name: &str,
+    version: u32,
+    input: &I,
+) -> Result<(), FlowError> {
+    let message = Message {
+        execution: Some(0),
+        event: Event::Started {
+            name: name.to_string(),
+            version,
+            input: serde_json::to_string(input)?,
+        },
+    };
+    post_to_inbox(path, instance, &message)
+}
+
+/// Waits, from another process, until `instance` is finished: polls every 200 ms.
+pub async fn wait_finished(
+    path: &Path,
+    instance: &str,
+    timeout: Duration,
+) -> Result<InstanceInfo, FlowError> {
+    let deadline = tokio::time::Instant::now() + timeout;
+    let conn = open_read(path)?;
+    loop {
+        let status = match self::instance(&conn, instance)? {
+            Some(info) if info.status.is_terminal() => return Ok(info),
+            Some(info) => info.status,
+            // Not created yet: the owner has not drained its inbox.
+            None => Status::Running,
+        };
+        if tokio::time::Instant::now() >= deadline {
+            return Err(FlowError::Timeout {
+                instance: instance.to_string(),
+                status,
+            });
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }
 
 /// Deletes finished instances last updated before `before_ms`, with their history and any

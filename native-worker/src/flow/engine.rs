@@ -432,19 +432,49 @@ impl Shared {
         }
         let mut ops = Vec::with_capacity(messages.len() * 2);
         let mut items = Vec::with_capacity(messages.len());
+        let mut starts = Vec::new();
         for (inbox_id, instance, message) in messages {
+            ops.push(WriteOp::DeleteInbox(inbox_id));
+            let start = match &message.event {
+                Event::Started {
+                    name,
+                    version,
+                    input,
+                } => Some((name.clone(), *version, input.clone())),
+                _ => None,
+            };
             let item = WorkItem {
                 id: self.next_id(),
-                instance,
+                instance: instance.clone(),
                 visible_at_ms: 0,
                 work: Work::Message(message),
             };
-            ops.push(WriteOp::DeleteInbox(inbox_id));
-            ops.push(WriteOp::InsertWork(item.clone()));
-            items.push(item);
+            match start {
+                Some((name, version, input)) => {
+                    ops.push(WriteOp::CreateInstance {
+                        id: instance,
+                        name,
+                        version,
+                        input,
+                        parent: None,
+                        now_ms: now_ms(),
+                        start: item.clone(),
+                    });
+                    starts.push(item);
+                }
+                None => {
+                    ops.push(WriteOp::InsertWork(item.clone()));
+                    items.push(item);
+                }
+            }
         }
-        self.writer.commit(ops).await?;
+        let report = self.writer.commit(ops).await?;
         items.into_iter().for_each(|item| self.dispatch(item));
+        for (start, created) in starts.into_iter().zip(report.created) {
+            if created {
+                self.dispatch(start);
+            }
+        }
         Ok(())
     }
 }

@@ -44,7 +44,7 @@ pub enum BuildError {
 }
 
 /// A snapshot file on local disk and the manifest describing it.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct BuiltSnapshot {
     pub path: PathBuf,
     pub manifest: Manifest,

@@ -4,18 +4,22 @@
 //! - [`verify`]: the gates a build must pass before anyone can see it.
 //! - [`objects`]: upload to an object store (a local directory by default, S3/R2 when
 //!   configured), the pointer written last; rollback and retention.
+//! - [`workflow`]: the steps as a durable [`crate::flow`] orchestration, resumable after a crash.
 
 pub mod build;
 pub mod objects;
 pub mod verify;
+pub mod workflow;
 
 use std::path::Path;
+use std::time::Duration;
 
-use anyhow::{Context, Result};
 use pubsearch_shared::manifest::Manifest;
 use tracing::Instrument;
 
+use crate::flow::{self, Engine, EngineOptions, FlowError, Registry};
 use crate::store::Store;
+pub use workflow::PublishError;
 
 /// Options for one publish run.
 #[derive(Debug, Clone)]
@@ -27,91 +31,45 @@ pub struct PublishOptions {
     pub keep: usize,
 }
 
-/// A new build id: UTC time (sortable) plus a random suffix (unique across workers).
-pub fn new_build_id() -> String {
-    use rand::Rng;
-    let now = time_now();
-    let suffix: u32 = rand::rng().random();
-    format!("{}-{suffix:08x}", now.replace([':', '-', '.'], ""))
+/// How long a publish may take before the caller stops waiting (the workflow itself goes on).
+pub const PUBLISH_TIMEOUT: Duration = Duration::from_secs(3600);
+
+/// Where a data directory keeps snapshot builds in progress.
+pub fn work_dir(data_dir: &Path) -> std::path::PathBuf {
+    data_dir.join("builds")
 }
 
-fn time_now() -> String {
-    let millis = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|elapsed| elapsed.as_millis() as i64)
-        .unwrap_or_default();
-    pubsearch_shared::Timestamp::from_unix_millis(millis)
-        .expect("the clock is within years 1-9999")
-        .to_rfc3339()
-}
-
-/// Builds, verifies and publishes one snapshot of `store` to `target`; returns its manifest.
-/// Nothing becomes visible unless every gate passes.
-#[tracing::instrument(name = "publish", skip_all, fields(channel = %options.channel))]
+/// Builds, verifies and publishes one snapshot of `store` to `target` through the durable
+/// publish workflow, and returns its manifest. Nothing becomes visible unless every gate passes.
+///
+/// Runs the workflow engine on `data_dir`'s flow database; if a running worker already owns
+/// it, asks that worker instead and waits. An interrupted publish of the same channel (a crash,
+/// a kill) is resumed and awaited rather than started over.
 pub async fn publish_once(
     store: &Store,
-    work_dir: &Path,
+    data_dir: &Path,
     target: &objects::ObjectTarget,
     options: &PublishOptions,
-) -> Result<Manifest> {
-    let build_id = new_build_id();
-    let path = work_dir.join(format!("{build_id}.db"));
-    let (store_for_build, path_for_build, id, channel) = (
-        store.clone(),
-        path.clone(),
-        build_id.clone(),
-        options.channel.clone(),
-    );
-    let build_span = tracing::info_span!("snapshot.build", build_id);
-    let built = tokio::task::spawn_blocking(move || {
-        let _entered = build_span.entered();
-        build::build(
-            &store_for_build,
-            &path_for_build,
-            &id,
-            &channel,
-            |written| {
-                if written % 50_000 == 0 {
-                    tracing::info!(written, "building snapshot");
-                }
-            },
-        )
-    })
+) -> Result<Manifest, PublishError> {
+    let span = tracing::info_span!("publish", channel = %options.channel);
+    async {
+        let request = workflow::PublishRequest::new(target.spec().clone(), options);
+        let mut registry = Registry::new();
+        workflow::register(&mut registry, store.clone(), work_dir(data_dir));
+        let flow_db = flow::flow_path(data_dir);
+        match Engine::start(&flow_db, registry, EngineOptions::default()).await {
+            Ok(engine) => {
+                let result = workflow::publish_and_wait(&engine.client(), &request, PUBLISH_TIMEOUT).await;
+                engine.shutdown().await;
+                result
+            }
+            Err(FlowError::Locked(_)) => {
+                tracing::info!(db = %flow_db.display(), "a running worker owns the workflows; asking it to publish");
+                workflow::request_from_running_worker(&flow_db, &request, PUBLISH_TIMEOUT).await
+            }
+            Err(error) => Err(error.into()),
+        }
+    }
+    .instrument(span)
     .await
-    .context("the build task failed")??;
-    let previous = target.current(&options.channel).await?;
-    let (store_for_verify, built_for_verify, force) = (store.clone(), built.clone(), options.force);
-    let verify_span = tracing::info_span!("snapshot.verify");
-    tokio::task::spawn_blocking(move || {
-        let _entered = verify_span.entered();
-        verify::verify_build(
-            &store_for_verify,
-            &built_for_verify,
-            previous.as_ref(),
-            force,
-        )
-    })
-    .await
-    .context("the verify task failed")?
-    .with_context(|| format!("build {build_id} failed verification; nothing was published"))?;
-    target
-        .upload(&built)
-        .instrument(tracing::info_span!(
-            "snapshot.upload",
-            bytes = built.manifest.byte_size
-        ))
-        .await?;
-    target
-        .set_pointer(&built.manifest)
-        .instrument(tracing::info_span!("snapshot.pointer"))
-        .await?;
-    let removed = target.retain(&options.channel, options.keep).await?;
-    std::fs::remove_file(&path).ok();
-    tracing::info!(
-        build_id,
-        channel = options.channel,
-        removed_builds = removed,
-        "snapshot published"
-    );
-    Ok(built.manifest)
 }

@@ -49,11 +49,33 @@ pub enum ObjectError {
     NothingToRollBackTo(String),
 }
 
+/// Where to publish, as configuration: durable in a workflow's input, so a resumed publish goes
+/// where it was asked to.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum TargetSpec {
+    /// A local directory: the embedded default.
+    Dir { path: std::path::PathBuf },
+    /// An S3-compatible bucket, credentials from the `AWS_*` environment of the worker.
+    S3 { bucket: String },
+}
+
+impl TargetSpec {
+    /// Connects to the target.
+    pub fn open(&self) -> Result<ObjectTarget, ObjectError> {
+        match self {
+            TargetSpec::Dir { path } => ObjectTarget::local(path),
+            TargetSpec::S3 { bucket } => ObjectTarget::s3(bucket),
+        }
+    }
+}
+
 /// Where snapshots are published.
 #[derive(Clone)]
 pub struct ObjectTarget {
     store: Arc<dyn ObjectStore>,
     description: String,
+    spec: TargetSpec,
 }
 
 impl std::fmt::Debug for ObjectTarget {
@@ -67,11 +89,18 @@ impl ObjectTarget {
     pub fn local(dir: &Path) -> Result<Self, ObjectError> {
         std::fs::create_dir_all(dir)
             .map_err(|e| ObjectError::Config(format!("creating {}: {e}", dir.display())))?;
+        // Absolute, so the spec means the same directory to any process that reads it.
+        let dir = &dir
+            .canonicalize()
+            .map_err(|e| ObjectError::Config(format!("resolving {}: {e}", dir.display())))?;
         let store = LocalFileSystem::new_with_prefix(dir)
             .map_err(|e| ObjectError::Config(format!("{}: {e}", dir.display())))?;
         Ok(Self {
             store: Arc::new(store),
             description: format!("dir:{}", dir.display()),
+            spec: TargetSpec::Dir {
+                path: dir.to_path_buf(),
+            },
         })
     }
 
@@ -86,7 +115,15 @@ impl ObjectTarget {
         Ok(Self {
             store: Arc::new(store),
             description: format!("s3:{bucket}"),
+            spec: TargetSpec::S3 {
+                bucket: bucket.to_string(),
+            },
         })
+    }
+
+    /// The configuration this target was opened from.
+    pub fn spec(&self) -> &TargetSpec {
+        &self.spec
     }
 
     fn fail(
