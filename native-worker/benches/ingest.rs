@@ -8,7 +8,6 @@
 //! `cargo bench -p pubsearch-native-worker --bench ingest` (INGEST_BENCH_RECORDS, default 100000).
 
 use std::path::Path;
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use pubsearch_native_worker::firehose::{Payload, decode_jetstream};
@@ -19,32 +18,11 @@ use pubsearch_shared::record::{self, Extracted};
 use tokio_util::sync::CancellationToken;
 
 fn generate(records: usize, seed: u64, out: &Path) {
-    let status = Command::new(env!("CARGO_BIN_EXE_native-worker"))
-        .args([
-            "gen-corpus",
-            "--records",
-            &records.to_string(),
-            "--seed",
-            &seed.to_string(),
-            "--out",
-        ])
-        .arg(out)
-        .env("RUST_LOG", "warn")
-        .status()
-        .expect("running native-worker gen-corpus");
-    assert!(status.success(), "gen-corpus failed");
+    pubsearch_native_worker::corpus::write_file(out, records, seed).expect("writing the corpus");
 }
 
 fn replay(data_dir: &Path, file: &Path) -> (Duration, u64) {
-    let options = RunOptions {
-        data_dir: data_dir.to_path_buf(),
-        source: Source::Replay(file.to_path_buf()),
-        banned_dids: None,
-        admin_addr: None,
-        progress_every: Duration::from_secs(3600),
-        ingest: Default::default(),
-        publish: None,
-    };
+    let options = RunOptions::new(data_dir, Source::Replay(file.to_path_buf()));
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()

@@ -4,8 +4,7 @@
 //! `cargo bench -p pubsearch-native-worker --bench snapshot` (SNAPSHOT_BENCH_SIZES=10000,100000).
 
 use std::path::Path;
-use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use pubsearch_native_worker::publish::{build, verify};
 use pubsearch_native_worker::run::{self, RunOptions, Source, store_path};
@@ -14,29 +13,8 @@ use tokio_util::sync::CancellationToken;
 
 fn ingest(records: usize, data_dir: &Path) -> Store {
     let corpus = data_dir.join("corpus.ndjson");
-    let status = Command::new(env!("CARGO_BIN_EXE_native-worker"))
-        .args([
-            "gen-corpus",
-            "--records",
-            &records.to_string(),
-            "--seed",
-            "11",
-            "--out",
-        ])
-        .arg(&corpus)
-        .env("RUST_LOG", "warn")
-        .status()
-        .expect("running gen-corpus");
-    assert!(status.success());
-    let options = RunOptions {
-        data_dir: data_dir.to_path_buf(),
-        source: Source::Replay(corpus),
-        banned_dids: None,
-        admin_addr: None,
-        progress_every: Duration::from_secs(3600),
-        ingest: Default::default(),
-        publish: None,
-    };
+    pubsearch_native_worker::corpus::write_file(&corpus, records, 11).expect("writing the corpus");
+    let options = RunOptions::new(data_dir, Source::Replay(corpus));
     let runtime = tokio::runtime::Runtime::new().unwrap();
     runtime
         .block_on(run::run(options, CancellationToken::new()))

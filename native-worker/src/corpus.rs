@@ -138,6 +138,20 @@ struct LiveDocument {
     rkey: String,
 }
 
+/// Writes `records` well-formed events generated from `seed` to the file `path`: the corpus
+/// tests and benchmarks replay.
+pub fn write_file(path: &std::path::Path, records: usize, seed: u64) -> io::Result<CorpusSummary> {
+    let config = CorpusConfig {
+        records,
+        seed,
+        malformed_rate: 0.0,
+    };
+    let mut out = io::BufWriter::with_capacity(1 << 20, std::fs::File::create(path)?);
+    let summary = generate(&config, &mut out, |_| {})?;
+    out.flush()?;
+    Ok(summary)
+}
+
 /// Writes the corpus to `out` as NDJSON; `progress` is called every 100,000 events.
 pub fn generate(
     config: &CorpusConfig,

@@ -55,6 +55,22 @@ pub struct RunOptions {
     pub publish: Option<ScheduledPublish>,
 }
 
+impl RunOptions {
+    /// Ingest from `source` into `data_dir` with defaults: no admin endpoint, no publishing,
+    /// progress logged hourly (tests, benchmarks, embedding).
+    pub fn new(data_dir: impl Into<PathBuf>, source: Source) -> Self {
+        RunOptions {
+            data_dir: data_dir.into(),
+            source,
+            banned_dids: None,
+            admin_addr: None,
+            progress_every: Duration::from_secs(3600),
+            ingest: IngestConfig::default(),
+            publish: None,
+        }
+    }
+}
+
 /// Periodic snapshot publishing alongside ingest.
 #[derive(Debug, Clone)]
 pub struct ScheduledPublish {

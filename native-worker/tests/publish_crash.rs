@@ -32,22 +32,9 @@ fn publish_command(data: &Path, published: &Path) -> Command {
 async fn ingest(data: &Path, records: usize) {
     std::fs::create_dir_all(data).unwrap();
     let corpus = data.join("corpus.ndjson");
-    let status = Command::new(env!("CARGO_BIN_EXE_native-worker"))
-        .args([
-            "gen-corpus",
-            "--records",
-            &records.to_string(),
-            "--seed",
-            "5",
-            "--out",
-        ])
-        .arg(&corpus)
-        .env("RUST_LOG", "warn")
-        .status()
-        .unwrap();
-    assert!(status.success());
+    pubsearch_native_worker::corpus::write_file(&corpus, records, 5).unwrap();
     run::run(
-        support::run_options(data, Source::Replay(corpus)),
+        run::RunOptions::new(data, Source::Replay(corpus)),
         CancellationToken::new(),
     )
     .await

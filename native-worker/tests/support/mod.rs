@@ -149,15 +149,7 @@ pub async fn wait_for(timeout: Duration, mut condition: impl FnMut() -> bool) ->
 
 /// Run options for ingesting from `source` into `data_dir`, with no admin endpoint or publishing.
 pub fn run_options(data_dir: &Path, source: Source) -> RunOptions {
-    RunOptions {
-        data_dir: data_dir.to_path_buf(),
-        source,
-        banned_dids: None,
-        admin_addr: None,
-        progress_every: Duration::from_secs(3600),
-        ingest: Default::default(),
-        publish: None,
-    }
+    RunOptions::new(data_dir, source)
 }
 
 /// Writes `events` to a file in `data_dir` and replays it into the store there, uninterrupted.
