@@ -8,6 +8,7 @@
 //! - [`store`]: the local WAL SQLite source of truth; one writer, read-only readers.
 //! - [`backfill`]: copies whole repos from their PDS through the same pipeline.
 //! - [`flow`]: durable orchestrations on WAL SQLite for the long jobs (snapshot publishing).
+//! - [`turso`]: Hrana client, write-through of ingest batches, and sync down by watermark.
 //! - [`latency`]: lock-free latency histograms behind `/stats`.
 //! - [`admin`]: the local `/health` and `/stats` endpoint.
 //! - [`run`]: the `run` job wiring the above together.
@@ -27,3 +28,4 @@ pub mod publish;
 pub mod run;
 pub mod store;
 pub mod telemetry;
+pub mod turso;

@@ -2,6 +2,7 @@
 #![allow(dead_code)]
 
 pub mod firehose;
+pub mod hrana_server;
 
 use std::path::Path;
 use std::time::{Duration, Instant};
