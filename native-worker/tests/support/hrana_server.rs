@@ -245,19 +245,36 @@ fn park(inner: &Inner, mut stream: Stream, closed: bool) -> Option<String> {
     Some(baton)
 }
 
+/// Decodes a request body, applies auth and faults, and finds its stream.
+async fn accept<R: serde::de::DeserializeOwned>(
+    inner: &Inner,
+    headers: &HeaderMap,
+    body: &[u8],
+    baton: impl Fn(&R) -> Option<&str>,
+) -> Result<(R, Stream), Box<Response>> {
+    let request: R = serde_json::from_slice(body).map_err(|error| {
+        Box::new(error_response(
+            StatusCode::BAD_REQUEST,
+            &error.to_string(),
+            "PROTOCOL",
+        ))
+    })?;
+    admit(inner, headers, baton(&request))
+        .await
+        .map_err(|rejection| Box::new(rejection.into_response()))?;
+    let stream = take_stream(inner, baton(&request))
+        .map_err(|rejection| Box::new(rejection.into_response()))?;
+    Ok((request, stream))
+}
+
 async fn pipeline(State(inner): State<Arc<Inner>>, headers: HeaderMap, body: Bytes) -> Response {
-    let request: PipelineRequest = match serde_json::from_slice(&body) {
-        Ok(request) => request,
-        Err(error) => {
-            return error_response(StatusCode::BAD_REQUEST, &error.to_string(), "PROTOCOL");
-        }
-    };
-    if let Err(rejection) = admit(&inner, &headers, request.baton.as_deref()).await {
-        return rejection.into_response();
-    }
-    let mut stream = match take_stream(&inner, request.baton.as_deref()) {
-        Ok(stream) => stream,
-        Err(rejection) => return rejection.into_response(),
+    let (request, mut stream) = match accept(&inner, &headers, &body, |r: &PipelineRequest| {
+        r.baton.as_deref()
+    })
+    .await
+    {
+        Ok(accepted) => accepted,
+        Err(response) => return *response,
     };
     let worker = Arc::clone(&inner);
     let (stream, results, closed) = tokio::task::spawn_blocking(move || {
@@ -548,18 +565,13 @@ struct CursorRequest {
 }
 
 async fn cursor(State(inner): State<Arc<Inner>>, headers: HeaderMap, body: Bytes) -> Response {
-    let request: CursorRequest = match serde_json::from_slice(&body) {
-        Ok(request) => request,
-        Err(error) => {
-            return error_response(StatusCode::BAD_REQUEST, &error.to_string(), "PROTOCOL");
-        }
-    };
-    if let Err(rejection) = admit(&inner, &headers, request.baton.as_deref()).await {
-        return rejection.into_response();
-    }
-    let mut stream = match take_stream(&inner, request.baton.as_deref()) {
-        Ok(stream) => stream,
-        Err(rejection) => return rejection.into_response(),
+    let (request, mut stream) = match accept(&inner, &headers, &body, |r: &CursorRequest| {
+        r.baton.as_deref()
+    })
+    .await
+    {
+        Ok(accepted) => accepted,
+        Err(response) => return *response,
     };
     let worker = Arc::clone(&inner);
     let (stream, lines) = tokio::task::spawn_blocking(move || {
