@@ -245,7 +245,7 @@ async fn backfill_repo(
                 done,
                 records: count,
             };
-            if !sink.send_change(progress, Position::Line(0)).await {
+            if !sink.send_change(progress, Position::Untracked).await {
                 return Err(RepoFailure::PipelineStopped);
             }
             if done {

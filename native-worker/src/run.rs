@@ -53,6 +53,8 @@ pub struct RunOptions {
     pub ingest: IngestConfig,
     /// Build and publish a snapshot this often while ingesting; `None` disables it.
     pub publish: Option<ScheduledPublish>,
+    /// Write through to and sync down from Turso; `None` keeps the store local only.
+    pub turso: Option<crate::turso::Replication>,
 }
 
 impl RunOptions {
@@ -67,6 +69,7 @@ impl RunOptions {
             progress_every: Duration::from_secs(3600),
             ingest: IngestConfig::default(),
             publish: None,
+            turso: None,
         }
     }
 }
@@ -98,7 +101,11 @@ pub async fn run(options: RunOptions, shutdown: CancellationToken) -> Result<Sta
         }
         _ => (None, None),
     };
-    let (sink, writer) = ingest::spawn_writer(&store, &options.ingest, policy, ack_sender)
+    let ingest_config = IngestConfig {
+        write_through: options.turso.is_some(),
+        ..options.ingest.clone()
+    };
+    let (sink, writer) = ingest::spawn_writer(&store, &ingest_config, policy, ack_sender)
         .with_context(|| format!("starting the store writer on {}", store.path().display()))?;
     let stats = Arc::clone(sink.stats());
     tracing::info!(store = %store.path().display(), source = options.source.name(), "ingest starting");
@@ -160,6 +167,12 @@ pub async fn run(options: RunOptions, shutdown: CancellationToken) -> Result<Sta
         ));
     }
 
+    let replication_stop = CancellationToken::new();
+    let replication = match &options.turso {
+        Some(turso) => start_replication(&store, &sink, turso, &replication_stop)?,
+        None => Vec::new(),
+    };
+
     let source_result = match options.source {
         Source::Jetstream(url) => {
             jetstream::run(JetstreamConfig::new(url), sink, shutdown.clone()).await;
@@ -176,6 +189,11 @@ pub async fn run(options: RunOptions, shutdown: CancellationToken) -> Result<Sta
             replayed.map(drop)
         }
     };
+    // Replication holds sink clones: stop it (one last upstream flush) before the writer.
+    replication_stop.cancel();
+    for task in replication {
+        let _ = task.await;
+    }
     // Every sink clone is gone now: the writer commits what is queued and stops.
     let writer_result = tokio::task::spawn_blocking(move || writer.join())
         .await
@@ -194,6 +212,35 @@ pub async fn run(options: RunOptions, shutdown: CancellationToken) -> Result<Sta
         "ingest stopped; everything received is committed"
     );
     Ok(summary)
+}
+
+/// Starts write-through and sync down; both stop on `stop`.
+fn start_replication(
+    store: &Store,
+    sink: &ingest::Sink,
+    turso: &crate::turso::Replication,
+    stop: &CancellationToken,
+) -> Result<Vec<tokio::task::JoinHandle<()>>> {
+    use crate::turso::{TursoClient, sync, upstream};
+    let client = TursoClient::new(turso.config.clone()).context("configuring the Turso client")?;
+    tracing::info!(url = %client.url(), "replicating with Turso: write-through and sync down");
+    Ok(vec![
+        tokio::spawn(upstream::drain(
+            store.clone(),
+            client.clone(),
+            sink.clone(),
+            turso.upstream.clone(),
+            Arc::clone(&turso.stats),
+            stop.clone(),
+        )),
+        tokio::spawn(sync::run(
+            store.clone(),
+            client,
+            sink.clone(),
+            turso.sync.clone(),
+            stop.clone(),
+        )),
+    ])
 }
 
 /// Publishes a snapshot every `schedule.every` when the store has changed since the live build,

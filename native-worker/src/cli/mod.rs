@@ -128,6 +128,16 @@ struct RunArgs {
     /// Channel scheduled publishes update.
     #[arg(long, default_value = "prod")]
     channel: String,
+    /// Turso database (`libsql://…`): write every batch through to it and sync other writers'
+    /// rows down. Unset: the local store is the source of truth.
+    #[arg(long, env = "TURSO_URL")]
+    turso_url: Option<String>,
+    /// Turso auth token (a database token from `turso db tokens create`).
+    #[arg(long, env = "TURSO_AUTH_TOKEN", hide_env_values = true)]
+    turso_auth_token: Option<String>,
+    /// Seconds between incremental syncs down from Turso.
+    #[arg(long, default_value_t = 30)]
+    turso_sync_secs: u64,
 }
 
 #[derive(Debug, clap::Args)]
@@ -237,7 +247,18 @@ fn run_ingest(args: RunArgs) -> Result<()> {
             })
         })
         .transpose()?;
+    let turso = args
+        .turso_url
+        .as_deref()
+        .map(|url| -> Result<crate::turso::Replication> {
+            let config = crate::turso::TursoConfig::new(url, args.turso_auth_token.clone())?;
+            let mut replication = crate::turso::Replication::new(config);
+            replication.sync.every = Duration::from_secs(args.turso_sync_secs.max(1));
+            Ok(replication)
+        })
+        .transpose()?;
     let options = RunOptions {
+        turso,
         publish,
         data_dir: args.data_dir,
         source,

@@ -16,6 +16,8 @@ pub enum Position {
     TapId(u64),
     /// A replayed file line; replays keep no cursor.
     Line(u64),
+    /// A change from outside the firehose (backfill, Turso): no cursor or ack to advance.
+    Untracked,
 }
 
 /// One firehose event, normalised across sources.

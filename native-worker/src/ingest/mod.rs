@@ -30,6 +30,8 @@ pub struct IngestConfig {
     pub queue_capacity: usize,
     /// The cursor name Jetstream positions are stored under.
     pub cursor_source: String,
+    /// Queue each batch's changed rows for Turso in the batch's transaction (`TURSO_URL` set).
+    pub write_through: bool,
 }
 
 impl Default for IngestConfig {
@@ -38,6 +40,7 @@ impl Default for IngestConfig {
             max_batch: 2_000,
             queue_capacity: 16_384,
             cursor_source: "jetstream".into(),
+            write_through: false,
         }
     }
 }

@@ -35,6 +35,9 @@ pub fn spawn_writer(
 ) -> Result<(Sink, WriterHandle), StoreError> {
     let mut writer = store.writer()?;
     writer.replace_banned_dids(&policy.banned_dids())?;
+    if config.write_through {
+        writer.enable_write_through();
+    }
     let stats = Arc::new(IngestStats::default());
     if let Some(position) = crate::store::read_cursor(&store.reader()?, &config.cursor_source)? {
         stats.set_durable_event_time_us(position);
@@ -67,7 +70,7 @@ pub fn spawn_writer(
                     match item.position {
                         Position::TimeUs(time_us) => cursor = cursor.max(Some(time_us)),
                         Position::TapId(id) => tap_ids.push(id),
-                        Position::Line(_) => {}
+                        Position::Line(_) | Position::Untracked => {}
                     }
                     newest_time = newest_time.max(item.time_us);
                     batch.changes.extend(item.change);

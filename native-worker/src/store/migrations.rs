@@ -102,6 +102,16 @@ const MIGRATIONS: &[&str] = &[
         PRIMARY KEY (did, collection)
     ) WITHOUT ROWID;
     "#,
+    // 3: write-through to Turso: row images of each committed batch, queued in its transaction
+    // and deleted once Turso has them.
+    r#"
+    CREATE TABLE upstream_queue (
+        id          INTEGER PRIMARY KEY,
+        rows        TEXT NOT NULL,
+        row_count   INTEGER NOT NULL,
+        enqueued_at INTEGER NOT NULL
+    );
+    "#,
 ];
 
 /// The schema version this build writes.

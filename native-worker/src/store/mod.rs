@@ -9,6 +9,7 @@
 //! leave a tombstone that remembers the revision, so replays and redeliveries are harmless.
 
 mod migrations;
+pub mod replica;
 mod writer;
 
 use std::path::{Path, PathBuf};

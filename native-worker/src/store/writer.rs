@@ -5,6 +5,8 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use pubsearch_shared::record::{Document, Publication, is_publication_collection};
 use rusqlite::{Connection, params};
 
+use super::replica::{RowImage, Stamp, Table};
+
 /// One change to the store, already extracted and policy-checked.
 #[derive(Debug, Clone)]
 pub enum Change {
@@ -31,6 +33,13 @@ pub enum Change {
     },
     /// A DID's handle changed.
     Identity { did: String, handle: Option<String> },
+    /// A row replicated from Turso (sync down): applied if newer, never queued back up.
+    Replica(RowImage),
+    /// A position in some source other than the firehose (Turso sync watermarks), queued after
+    /// the rows it covers so it commits with or after them.
+    Cursor { source: String, position: i64 },
+    /// Turso has every queued upstream batch up to and including this id.
+    UpstreamDrained { through_id: i64 },
     /// A backfill page is durable: resume `did`'s `collection` from `cursor` (or skip it once
     /// `done`). Queued after the page's records, so it commits with or after them.
     BackfillProgress {
@@ -65,6 +74,7 @@ pub struct BatchOutcome {
 pub struct StoreWriter {
     conn: Connection,
     last_indexed_at: i64,
+    write_through: bool,
 }
 
 fn now_us() -> i64 {
@@ -85,7 +95,13 @@ impl StoreWriter {
         Ok(Self {
             conn,
             last_indexed_at,
+            write_through: false,
         })
+    }
+
+    /// Queues, with every batch, images of the rows it changed for Turso (`upstream_queue`).
+    pub fn enable_write_through(&mut self) {
+        self.write_through = true;
     }
 
     /// Applies a batch and its cursor in one durable transaction. Either all of it lands or none.
@@ -99,13 +115,25 @@ impl StoreWriter {
             indexed_at,
             ..BatchOutcome::default()
         };
+        let mut upstream = Vec::new();
         for change in &batch.changes {
             let changed = apply_change(&tx, change, indexed_at)?;
-            if changed {
+            if matches!(
+                change,
+                Change::Cursor { .. } | Change::UpstreamDrained { .. }
+            ) {
+                // Bookkeeping, not data: neither applied nor stale.
+            } else if changed {
                 outcome.applied += 1;
+                if self.write_through {
+                    upstream.extend(replicated_row(change));
+                }
             } else {
                 outcome.stale += 1;
             }
+        }
+        if !upstream.is_empty() {
+            queue_upstream(&tx, upstream, indexed_at)?;
         }
         if let Some((source, position)) = &batch.cursor {
             tx.prepare_cached(
@@ -130,8 +158,68 @@ impl StoreWriter {
     }
 }
 
+/// The replicated row a change touched, if any.
+fn replicated_row(change: &Change) -> Option<(Table, String)> {
+    match change {
+        Change::Document { document, .. } => Some((Table::Documents, document.uri.clone())),
+        Change::Publication { publication, .. } => {
+            Some((Table::Publications, publication.uri.clone()))
+        }
+        Change::Delete {
+            did,
+            collection,
+            rkey,
+            ..
+        } => {
+            let table = if is_publication_collection(collection) {
+                Table::Publications
+            } else {
+                Table::Documents
+            };
+            Some((table, format!("at://{did}/{collection}/{rkey}")))
+        }
+        Change::Account { did, .. } | Change::Identity { did, .. } => {
+            Some((Table::Accounts, did.clone()))
+        }
+        _ => None,
+    }
+}
+
+/// Queues the images of the rows a batch changed, in the batch's own transaction.
+fn queue_upstream(
+    tx: &Connection,
+    mut rows: Vec<(Table, String)>,
+    indexed_at: i64,
+) -> rusqlite::Result<()> {
+    rows.sort();
+    rows.dedup();
+    let mut images = Vec::with_capacity(rows.len());
+    for (table, key) in rows {
+        images.extend(RowImage::read(tx, table, &key)?);
+    }
+    tx.prepare_cached(
+        "INSERT INTO upstream_queue (rows, row_count, enqueued_at) VALUES (?1, ?2, ?3)",
+    )?
+    .execute(params![
+        serde_json::to_string(&images).expect("row images serialise"),
+        images.len() as i64,
+        indexed_at
+    ])?;
+    Ok(())
+}
+
 fn apply_change(tx: &Connection, change: &Change, indexed_at: i64) -> rusqlite::Result<bool> {
     let changed = match change {
+        Change::Replica(image) => return image.apply(tx, Stamp::Local(indexed_at)),
+        Change::Cursor { source, position } => tx
+            .prepare_cached(
+                "INSERT INTO cursors (source, position) VALUES (?1, ?2)
+                 ON CONFLICT(source) DO UPDATE SET position = max(position, excluded.position)",
+            )?
+            .execute(params![source, position])?,
+        Change::UpstreamDrained { through_id } => tx
+            .prepare_cached("DELETE FROM upstream_queue WHERE id <= ?1")?
+            .execute([through_id])?,
         Change::Document { document: d, rev } => tx
             .prepare_cached(
                 "INSERT INTO documents (uri, did, rkey, collection, rev, deleted, title, content, description,

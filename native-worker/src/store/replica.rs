@@ -1,0 +1,245 @@
+//! The tables the store shares with Turso, and whole-row images of them.
+//!
+//! Replication ships rows, not events: after a batch commits locally, the rows it changed are
+//! captured as [`RowImage`]s (in the same transaction, into `upstream_queue`) and upserted into
+//! Turso; rows other writers put in Turso come back down the same way. Every upsert keeps the
+//! newest revision, so replays, redeliveries and echoes of our own writes change nothing.
+//!
+//! The watermark column (`indexed_at`, or `updated_at` for accounts) is stamped by whoever
+//! applies the row: Turso's clock upstream — so rows drained late after an outage still sort
+//! after every earlier sync — and the local writer's clock locally, so snapshot watermarks keep
+//! cutting cleanly between local commits.
+
+use rusqlite::Connection;
+use serde::{Deserialize, Serialize};
+
+use crate::turso::hrana::Value;
+
+/// A replicated table.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Table {
+    Documents,
+    Publications,
+    Accounts,
+}
+
+const DOCUMENT_COLUMNS: &[&str] = &[
+    "uri",
+    "did",
+    "rkey",
+    "collection",
+    "rev",
+    "deleted",
+    "title",
+    "content",
+    "description",
+    "tags",
+    "created_at",
+    "updated_at",
+    "publication_uri",
+    "site_url",
+    "path",
+    "cover_image",
+    "platform",
+    "searchable",
+    "content_hash",
+    "indexed_at",
+];
+
+const PUBLICATION_COLUMNS: &[&str] = &[
+    "uri",
+    "did",
+    "rkey",
+    "collection",
+    "rev",
+    "deleted",
+    "name",
+    "description",
+    "base_path",
+    "platform",
+    "discoverable",
+    "created_at",
+    "indexed_at",
+];
+
+const ACCOUNT_COLUMNS: &[&str] = &["did", "handle", "active", "status", "updated_at"];
+
+/// Who stamps the watermark column of an upserted row.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stamp {
+    /// The database's own clock, in Unix µs (Turso).
+    ServerClock,
+    /// This value (the local writer's batch time).
+    Local(i64),
+}
+
+impl Table {
+    pub const ALL: [Table; 3] = [Table::Publications, Table::Documents, Table::Accounts];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Table::Documents => "documents",
+            Table::Publications => "publications",
+            Table::Accounts => "accounts",
+        }
+    }
+
+    /// Replicated columns, in row-image order (the local rowid is not one of them).
+    pub fn columns(self) -> &'static [&'static str] {
+        match self {
+            Table::Documents => DOCUMENT_COLUMNS,
+            Table::Publications => PUBLICATION_COLUMNS,
+            Table::Accounts => ACCOUNT_COLUMNS,
+        }
+    }
+
+    /// The unique key; always the first column.
+    pub fn key(self) -> &'static str {
+        self.columns()[0]
+    }
+
+    /// The column incremental sync pages by; always the last column.
+    pub fn watermark(self) -> &'static str {
+        self.columns()[self.columns().len() - 1]
+    }
+
+    /// Which copy of a row is newer.
+    fn version(self) -> &'static str {
+        match self {
+            Table::Documents | Table::Publications => "rev",
+            Table::Accounts => "updated_at",
+        }
+    }
+
+    /// The table as Turso holds it: the replicated columns, keyed, indexed by watermark.
+    pub fn remote_ddl(self) -> String {
+        let columns = self
+            .columns()
+            .iter()
+            .map(|column| match *column {
+                column if column == self.key() => format!("{column} TEXT PRIMARY KEY"),
+                column if column == self.watermark() => format!("{column} INTEGER NOT NULL"),
+                column => column.to_string(),
+            })
+            .collect::<Vec<_>>()
+            .join(", ");
+        format!(
+            "CREATE TABLE IF NOT EXISTS {name} ({columns});
+             CREATE INDEX IF NOT EXISTS {name}_by_{watermark} ON {name}({watermark}, {key})",
+            name = self.name(),
+            watermark = self.watermark(),
+            key = self.key(),
+        )
+    }
+
+    /// SQL selecting one row's image by key.
+    pub fn select_sql(self) -> String {
+        format!(
+            "SELECT {} FROM {} WHERE {} = ?1",
+            self.columns().join(", "),
+            self.name(),
+            self.key()
+        )
+    }
+
+    /// SQL paging rows after `(watermark, key)` in watermark order: `?1` watermark, `?2` key,
+    /// `?3` page size.
+    pub fn page_sql(self) -> String {
+        format!(
+            "SELECT {columns} FROM {name} WHERE ({watermark}, {key}) > (?1, ?2)
+             ORDER BY {watermark}, {key} LIMIT ?3",
+            columns = self.columns().join(", "),
+            name = self.name(),
+            watermark = self.watermark(),
+            key = self.key(),
+        )
+    }
+}
+
+/// One replicated row: every column of [`Table::columns`], in order.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RowImage {
+    pub table: Table,
+    pub values: Vec<Value>,
+}
+
+impl RowImage {
+    /// The row's key value.
+    pub fn key(&self) -> Option<&str> {
+        self.values.first().and_then(Value::as_str)
+    }
+
+    /// The row's watermark value.
+    pub fn watermark(&self) -> Option<i64> {
+        self.values.last().and_then(Value::as_i64)
+    }
+
+    /// An upsert that keeps the newer copy, with its arguments: the watermark column is
+    /// stamped per `stamp`.
+    pub fn upsert(&self, stamp: Stamp) -> (String, Vec<Value>) {
+        let table = self.table;
+        let columns = table.columns();
+        let mut args = Vec::with_capacity(columns.len());
+        let placeholders: Vec<String> = columns
+            .iter()
+            .zip(&self.values)
+            .map(
+                |(column, value)| match (*column == table.watermark(), stamp) {
+                    (true, Stamp::ServerClock) => {
+                        "CAST(unixepoch('subsec') * 1000000 AS INTEGER)".to_string()
+                    }
+                    (true, Stamp::Local(at)) => {
+                        args.push(Value::from(at));
+                        "?".to_string()
+                    }
+                    (false, _) => {
+                        args.push(value.clone());
+                        "?".to_string()
+                    }
+                },
+            )
+            .collect();
+        let updates = columns[1..]
+            .iter()
+            .map(|column| format!("{column} = excluded.{column}"))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let sql = format!(
+            "INSERT INTO {name} ({columns}) VALUES ({placeholders})
+             ON CONFLICT({key}) DO UPDATE SET {updates}
+             WHERE excluded.{version} > {name}.{version}",
+            name = table.name(),
+            columns = columns.join(", "),
+            placeholders = placeholders.join(", "),
+            key = table.key(),
+            version = table.version(),
+        );
+        (sql, args)
+    }
+
+    /// Reads the current image of `table`'s row `key` from a local connection.
+    pub fn read(conn: &Connection, table: Table, key: &str) -> rusqlite::Result<Option<Self>> {
+        use rusqlite::OptionalExtension;
+        let mut statement = conn.prepare_cached(&table.select_sql())?;
+        statement
+            .query_row([key], |row| {
+                let values = (0..table.columns().len())
+                    .map(|index| row.get::<_, rusqlite::types::Value>(index).map(Value::from))
+                    .collect::<rusqlite::Result<Vec<_>>>()?;
+                Ok(RowImage { table, values })
+            })
+            .optional()
+    }
+
+    /// Applies the image to a local connection (newest revision wins); returns whether it
+    /// changed anything.
+    pub fn apply(&self, conn: &Connection, stamp: Stamp) -> rusqlite::Result<bool> {
+        let (sql, args) = self.upsert(stamp);
+        let args = args.into_iter().map(rusqlite::types::Value::from);
+        Ok(conn
+            .prepare_cached(&sql)?
+            .execute(rusqlite::params_from_iter(args))?
+            > 0)
+    }
+}
