@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 
 use pubsearch_native_worker::run::{self, RunOptions, Source, store_path};
 use pubsearch_native_worker::store::replica::Table;
+use pubsearch_native_worker::turso::upstream::UpstreamStats;
 use pubsearch_native_worker::turso::{Replication, TursoConfig};
 use rusqlite::Connection;
 use support::firehose::{Faults, JetstreamServer};
@@ -80,33 +81,65 @@ impl Worker {
     }
 }
 
+/// A Hrana server over `turso.db` and a worker ingesting a firehose of `events` with
+/// replication; `prepare` runs before the worker starts.
+struct Setup {
+    _dir: tempfile::TempDir,
+    _firehose: JetstreamServer,
+    remote: std::path::PathBuf,
+    server: HranaServer,
+    store: std::path::PathBuf,
+    stats: std::sync::Arc<UpstreamStats>,
+    worker: Worker,
+}
+
+impl Setup {
+    async fn start(
+        events: usize,
+        prepare: impl FnOnce(&HranaServer, &Path, &mut Replication),
+    ) -> Setup {
+        let dir = tempfile::tempdir().unwrap();
+        let remote = dir.path().join("turso.db");
+        let server = HranaServer::start(&remote, Some(TOKEN)).await;
+        let mut replication = replication(&server);
+        prepare(&server, &remote, &mut replication);
+        let firehose =
+            JetstreamServer::start(support::jetstream_events(events), Faults::default()).await;
+        let data = dir.path().join("data");
+        let stats = std::sync::Arc::clone(&replication.stats);
+        let source = Source::Jetstream(firehose.url().parse().unwrap());
+        let worker = Worker::start(&data, source, replication);
+        Setup {
+            store: store_path(&data),
+            _dir: dir,
+            _firehose: firehose,
+            remote,
+            server,
+            stats,
+            worker,
+        }
+    }
+
+    /// Waits until the worker has committed all `events` locally.
+    async fn ingested(&self, events: usize) {
+        assert!(
+            support::wait_for(Duration::from_secs(60), || support::cursor(&self.store)
+                == Some(support::last_time_us(events)))
+            .await,
+            "local ingest did not finish"
+        );
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn write_through_under_latency_does_not_hold_ingest_to_round_trip_speed() {
-    let dir = tempfile::tempdir().unwrap();
-    let remote = dir.path().join("turso.db");
-    let server = HranaServer::start(&remote, Some(TOKEN)).await;
     let latency = Duration::from_millis(500);
-    server.set_latency(latency);
-    let events = support::jetstream_events(2_000);
-    let firehose = JetstreamServer::start(events, Faults::default()).await;
-    let data = dir.path().join("data");
-    let replication = replication(&server);
-    let stats = std::sync::Arc::clone(&replication.stats);
-
     let started = Instant::now();
-    let worker = Worker::start(
-        &data,
-        Source::Jetstream(firehose.url().parse().unwrap()),
-        replication,
-    );
-    let store = store_path(&data);
-    assert!(
-        support::wait_for(Duration::from_secs(60), || support::cursor(&store)
-            == Some(support::last_time_us(2_000)))
-        .await
-    );
+    let setup = Setup::start(2_000, |server, _, _| server.set_latency(latency)).await;
+    let (remote, store, stats) = (&setup.remote, &setup.store, &setup.stats);
+    setup.ingested(2_000).await;
     let local_done = started.elapsed();
-    let local = documents(&support::read_store(&store));
+    let local = documents(&support::read_store(store));
     // One document per round trip would take local.len() × 500 ms ≈ 15 minutes.
     assert!(
         local_done < Duration::from_secs(20),
@@ -115,7 +148,7 @@ async fn write_through_under_latency_does_not_hold_ingest_to_round_trip_speed() 
     );
 
     assert!(
-        support::wait_for(Duration::from_secs(60), || remote_documents(&remote)
+        support::wait_for(Duration::from_secs(60), || remote_documents(remote)
             == local)
         .await,
         "Turso never caught up"
@@ -130,37 +163,19 @@ async fn write_through_under_latency_does_not_hold_ingest_to_round_trip_speed() 
         "rows were not batched: {rows} rows in {pipelines} pipelines"
     );
     assert!(
-        support::wait_for(Duration::from_secs(10), || queued(&store) == 0).await,
+        support::wait_for(Duration::from_secs(10), || queued(store) == 0).await,
         "drained batches are removed from the queue"
     );
-    worker.stop().await;
+    setup.worker.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_turso_outage_during_ingest_loses_and_duplicates_nothing() {
-    let dir = tempfile::tempdir().unwrap();
-    let remote = dir.path().join("turso.db");
-    let server = HranaServer::start(&remote, Some(TOKEN)).await;
-    server.set_down(true);
-    let events = support::jetstream_events(1_500);
-    let firehose = JetstreamServer::start(events, Faults::default()).await;
-    let data = dir.path().join("data");
-    let replication = replication(&server);
-    let stats = std::sync::Arc::clone(&replication.stats);
-
-    let worker = Worker::start(
-        &data,
-        Source::Jetstream(firehose.url().parse().unwrap()),
-        replication,
-    );
-    let store = store_path(&data);
+    let setup = Setup::start(1_500, |server, _, _| server.set_down(true)).await;
+    let (remote, store, stats, server) = (&setup.remote, &setup.store, &setup.stats, &setup.server);
     // Ingest completes and the cursor advances while Turso is down.
-    assert!(
-        support::wait_for(Duration::from_secs(60), || support::cursor(&store)
-            == Some(support::last_time_us(1_500)))
-        .await
-    );
-    assert!(queued(&store) > 0, "batches wait in the durable queue");
+    setup.ingested(1_500).await;
+    assert!(queued(store) > 0, "batches wait in the durable queue");
     assert!(
         support::wait_for(Duration::from_secs(10), || stats
             .failures
@@ -168,20 +183,20 @@ async fn a_turso_outage_during_ingest_loses_and_duplicates_nothing() {
             >= 2)
         .await
     );
-    assert!(remote_documents(&remote).is_empty());
+    assert!(remote_documents(remote).is_empty());
 
     // Turso comes back, fails a few more requests, then stays up.
     server.set_down(false);
     server.fail_next(3);
-    let local = documents(&support::read_store(&store));
+    let local = documents(&support::read_store(store));
     assert!(
-        support::wait_for(Duration::from_secs(60), || remote_documents(&remote)
+        support::wait_for(Duration::from_secs(60), || remote_documents(remote)
             == local)
         .await,
         "Turso never caught up after the outage"
     );
-    assert!(support::wait_for(Duration::from_secs(10), || queued(&store) == 0).await);
-    let distinct: i64 = connect(&remote)
+    assert!(support::wait_for(Duration::from_secs(10), || queued(store) == 0).await);
+    let distinct: i64 = connect(remote)
         .query_row(
             "SELECT count(DISTINCT uri) - count(*) FROM documents",
             [],
@@ -189,7 +204,7 @@ async fn a_turso_outage_during_ingest_loses_and_duplicates_nothing() {
         )
         .unwrap();
     assert_eq!(distinct, 0, "no duplicate rows");
-    worker.stop().await;
+    setup.worker.stop().await;
 }
 
 fn insert_foreign(conn: &Connection, index: usize, indexed_at: i64) {
@@ -227,38 +242,28 @@ fn foreign_count(store: &Path) -> i64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rows_another_writer_puts_in_turso_reach_the_local_store_page_by_page() {
-    let dir = tempfile::tempdir().unwrap();
-    let remote = dir.path().join("turso.db");
-    let server = HranaServer::start(&remote, Some(TOKEN)).await;
-    {
-        let conn = connect(&remote);
+    let setup = Setup::start(200, |_, remote, replication| {
+        let conn = connect(remote);
         for table in Table::ALL {
             conn.execute_batch(&table.remote_ddl()).unwrap();
         }
         for index in 0..230 {
             insert_foreign(&conn, index, 1_000 + index as i64);
         }
-    }
-    let firehose = JetstreamServer::start(support::jetstream_events(200), Faults::default()).await;
-    let data = dir.path().join("data");
-    let mut replication = replication(&server);
-    replication.sync.every = Duration::from_millis(200);
-    replication.sync.page = 50;
-    let worker = Worker::start(
-        &data,
-        Source::Jetstream(firehose.url().parse().unwrap()),
-        replication,
-    );
-    let store = store_path(&data);
+        replication.sync.every = Duration::from_millis(200);
+        replication.sync.page = 50;
+    })
+    .await;
+    let (remote, store) = (&setup.remote, &setup.store);
 
     // The first sync is a full copy, five pages of 50.
     assert!(
-        support::wait_for(Duration::from_secs(30), || foreign_count(&store) == 230).await,
+        support::wait_for(Duration::from_secs(30), || foreign_count(store) == 230).await,
         "the full copy did not arrive: {}",
-        foreign_count(&store)
+        foreign_count(store)
     );
     let watermark = || {
-        support::read_store(&store)
+        support::read_store(store)
             .query_row(
                 "SELECT position FROM cursors WHERE source = 'turso:documents'",
                 [],
@@ -269,19 +274,19 @@ async fn rows_another_writer_puts_in_turso_reach_the_local_store_page_by_page() 
     assert!(watermark() >= 1_229, "the watermark covers the copy");
 
     // A later write by the other worker arrives incrementally, stamped by Turso's clock.
-    connect(&remote)
+    connect(remote)
         .execute_batch(
             "UPDATE documents SET rev = '3zz0000000002', title = 'Foreign post, edited',
                     indexed_at = CAST(unixepoch('subsec') * 1000000 AS INTEGER)
              WHERE rkey = '00007'",
         )
         .unwrap();
-    insert_foreign(&connect(&remote), 999, i64::MAX / 2);
+    insert_foreign(&connect(remote), 999, i64::MAX / 2);
     assert!(
-        support::wait_for(Duration::from_secs(30), || foreign_count(&store) == 231).await,
+        support::wait_for(Duration::from_secs(30), || foreign_count(store) == 231).await,
         "the incremental sync did not arrive"
     );
-    let local = support::read_store(&store);
+    let local = support::read_store(store);
     let edited: String = local
         .query_row(
             "SELECT title FROM documents WHERE uri LIKE '%/00007'",
@@ -310,10 +315,10 @@ async fn rows_another_writer_puts_in_turso_reach_the_local_store_page_by_page() 
     assert_eq!(echoed, 0);
     // Our own firehose documents went up meanwhile, and the stale echo of them changed nothing.
     assert!(
-        support::wait_for(Duration::from_secs(30), || remote_documents(&remote).len()
+        support::wait_for(Duration::from_secs(30), || remote_documents(remote).len()
             as i64
             == documents(&local).len() as i64)
         .await
     );
-    worker.stop().await;
+    setup.worker.stop().await;
 }
