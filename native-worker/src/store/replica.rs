@@ -175,6 +175,20 @@ impl RowImage {
         self.values.last().and_then(Value::as_i64)
     }
 
+    /// Roughly how many bytes the row takes on the wire.
+    pub fn approx_bytes(&self) -> usize {
+        self.values
+            .iter()
+            .map(|value| {
+                16 + match value {
+                    Value::Text { value } => value.len(),
+                    Value::Blob { value } => value.len() * 4 / 3,
+                    _ => 8,
+                }
+            })
+            .sum()
+    }
+
     /// An upsert that keeps the newer copy, with its arguments: the watermark column is
     /// stamped per `stamp`.
     pub fn upsert(&self, stamp: Stamp) -> (String, Vec<Value>) {

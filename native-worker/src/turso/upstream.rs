@@ -27,6 +27,8 @@ use crate::store::{Change, Store};
 pub struct UpstreamConfig {
     /// Most rows per pipeline (one Turso transaction).
     pub max_rows: usize,
+    /// Most bytes of row data per pipeline, keeping request bodies well under server limits.
+    pub max_bytes: usize,
     /// How often to look for new queue entries while idle.
     pub idle_poll: Duration,
     /// Longest wait between attempts while Turso is failing.
@@ -37,6 +39,7 @@ impl Default for UpstreamConfig {
     fn default() -> Self {
         UpstreamConfig {
             max_rows: 1_000,
+            max_bytes: 4 << 20,
             idle_poll: Duration::from_millis(200),
             max_backoff: Duration::from_secs(30),
         }
@@ -79,30 +82,98 @@ pub async fn ensure_schema(client: &TursoClient) -> Result<(), TursoError> {
     }
 }
 
-/// Queue entries after `after`, up to about `max_rows` rows: `(last id, images)`.
-fn next_entries(
-    store: &Store,
-    after: i64,
-    max_rows: usize,
-) -> anyhow::Result<Option<(i64, Vec<RowImage>)>> {
-    let conn = store.reader()?;
-    let mut statement = conn.prepare_cached(
-        "SELECT id, rows, row_count FROM upstream_queue WHERE id > ?1 ORDER BY id LIMIT 256",
-    )?;
-    let mut rows = statement.query(params![after])?;
-    let mut last = None;
-    let mut images = Vec::new();
-    while let Some(row) = rows.next()? {
-        let count: i64 = row.get(2)?;
-        if !images.is_empty() && images.len() + count as usize > max_rows {
-            break;
-        }
-        last = Some(row.get::<_, i64>(0)?);
-        images.extend(serde_json::from_str::<Vec<RowImage>>(
-            &row.get::<_, String>(1)?,
-        )?);
+/// Queued entries read ahead of the drain, and how far into the first one the drain is.
+///
+/// A pipeline takes rows from the front, up to the row and byte limits, splitting an entry
+/// that is larger than one pipeline; an entry is reported drained only once its last row is
+/// in a committed pipeline.
+#[derive(Default)]
+struct Backlog {
+    entries: std::collections::VecDeque<(i64, Vec<RowImage>)>,
+    /// Rows of the front entry already committed upstream.
+    offset: usize,
+    loaded_through: i64,
+}
+
+/// What a pipeline took from the backlog.
+struct Chunk {
+    images: Vec<RowImage>,
+    /// Entries completed by this chunk, and rows taken from the one after them.
+    entries_done: usize,
+    offset: usize,
+}
+
+impl Backlog {
+    fn rows(&self) -> usize {
+        self.entries
+            .iter()
+            .map(|(_, images)| images.len())
+            .sum::<usize>()
+            - self.offset
     }
-    Ok(last.map(|last| (last, images)))
+
+    /// Reads more entries until about `target` rows are buffered.
+    fn refill(&mut self, store: &Store, target: usize) -> anyhow::Result<()> {
+        let conn = store.reader()?;
+        let mut statement = conn.prepare_cached(
+            "SELECT id, rows FROM upstream_queue WHERE id > ?1 ORDER BY id LIMIT 64",
+        )?;
+        while self.rows() < target {
+            let mut rows = statement.query(params![self.loaded_through])?;
+            let mut read = 0;
+            while let Some(row) = rows.next()? {
+                let id: i64 = row.get(0)?;
+                let images: Vec<RowImage> = serde_json::from_str(&row.get::<_, String>(1)?)?;
+                self.loaded_through = id;
+                self.entries.push_back((id, images));
+                read += 1;
+            }
+            if read == 0 {
+                break;
+            }
+        }
+        Ok(())
+    }
+
+    /// The next pipeline's rows: at most `max_rows`, and at most about `max_bytes` unless a
+    /// single row is larger.
+    fn chunk(&self, max_rows: usize, max_bytes: usize) -> Option<Chunk> {
+        let mut images = Vec::new();
+        let mut bytes = 0;
+        let (mut entries_done, mut offset) = (0, self.offset);
+        for (_, entry) in &self.entries {
+            for image in &entry[offset..] {
+                let size = image.approx_bytes();
+                if !images.is_empty() && (images.len() == max_rows || bytes + size > max_bytes) {
+                    return Some(Chunk {
+                        images,
+                        entries_done,
+                        offset,
+                    });
+                }
+                bytes += size;
+                images.push(image.clone());
+                offset += 1;
+            }
+            entries_done += 1;
+            offset = 0;
+        }
+        (!images.is_empty()).then_some(Chunk {
+            images,
+            entries_done,
+            offset,
+        })
+    }
+
+    /// Drops what a committed chunk covered; returns the last entry id now fully drained.
+    fn advance(&mut self, chunk: &Chunk) -> Option<i64> {
+        let mut drained = None;
+        for _ in 0..chunk.entries_done {
+            drained = self.entries.pop_front().map(|(id, _)| id);
+        }
+        self.offset = chunk.offset;
+        drained
+    }
 }
 
 /// Sends one transaction of rows; `Ok(())` once Turso committed it.
@@ -139,7 +210,7 @@ pub async fn drain(
     stats: Arc<UpstreamStats>,
     stop: CancellationToken,
 ) {
-    let mut sent_through = 0i64;
+    let mut backlog = Backlog::default();
     let mut backoff = Duration::from_millis(250);
     let mut schema_ready = false;
     loop {
@@ -153,26 +224,24 @@ pub async fn drain(
                 }
             }
         }
-        let next = match next_entries(&store, sent_through, config.max_rows) {
-            Ok(next) => next,
-            Err(error) => {
-                tracing::error!(
-                    error = format!("{error:#}"),
-                    "reading the upstream queue failed"
-                );
-                None
-            }
-        };
-        let wait = match next {
-            Some((last, images)) if schema_ready => match send(&client, &images).await {
+        if let Err(error) = backlog.refill(&store, config.max_rows * 2) {
+            tracing::error!(
+                error = format!("{error:#}"),
+                "reading the upstream queue failed"
+            );
+        }
+        let chunk = backlog.chunk(config.max_rows, config.max_bytes);
+        let wait = match chunk {
+            Some(chunk) if schema_ready => match send(&client, &chunk.images).await {
                 Ok(()) => {
-                    sent_through = last;
                     stats.pipelines.fetch_add(1, Relaxed);
-                    stats.rows.fetch_add(images.len() as u64, Relaxed);
+                    stats.rows.fetch_add(chunk.images.len() as u64, Relaxed);
                     backoff = Duration::from_millis(250);
-                    let drained = Change::UpstreamDrained { through_id: last };
-                    if !sink.send_change(drained, Position::Untracked).await {
-                        return;
+                    if let Some(through_id) = backlog.advance(&chunk) {
+                        let drained = Change::UpstreamDrained { through_id };
+                        if !sink.send_change(drained, Position::Untracked).await {
+                            return;
+                        }
                     }
                     Duration::ZERO
                 }
@@ -198,5 +267,85 @@ pub async fn drain(
                 () = stop.cancelled() => {}
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::turso::hrana::Value;
+
+    fn image(key: &str, bytes: usize) -> RowImage {
+        RowImage {
+            table: Table::Accounts,
+            values: vec![Value::from(key), Value::from("x".repeat(bytes))],
+        }
+    }
+
+    fn backlog(entries: &[(i64, usize, usize)]) -> Backlog {
+        Backlog {
+            entries: entries
+                .iter()
+                .map(|&(id, rows, bytes)| {
+                    (
+                        id,
+                        (0..rows)
+                            .map(|n| image(&format!("{id}/{n}"), bytes))
+                            .collect(),
+                    )
+                })
+                .collect(),
+            offset: 0,
+            loaded_through: entries.last().map_or(0, |entry| entry.0),
+        }
+    }
+
+    fn keys(chunk: &Chunk) -> Vec<String> {
+        chunk
+            .images
+            .iter()
+            .map(|image| image.key().unwrap().to_string())
+            .collect()
+    }
+
+    #[test]
+    fn small_entries_share_a_pipeline_and_are_drained_together() {
+        let mut backlog = backlog(&[(1, 2, 10), (2, 3, 10), (3, 1, 10)]);
+        let chunk = backlog.chunk(100, 1 << 20).unwrap();
+        assert_eq!(chunk.images.len(), 6);
+        assert_eq!(backlog.advance(&chunk), Some(3));
+        assert!(backlog.chunk(100, 1 << 20).is_none());
+    }
+
+    #[test]
+    fn a_large_entry_is_split_and_drained_only_after_its_last_row() {
+        let mut backlog = backlog(&[(7, 5, 10), (8, 1, 10)]);
+        let first = backlog.chunk(2, 1 << 20).unwrap();
+        assert_eq!(keys(&first), ["7/0", "7/1"]);
+        assert_eq!(backlog.advance(&first), None, "entry 7 is not done yet");
+        let second = backlog.chunk(2, 1 << 20).unwrap();
+        assert_eq!(keys(&second), ["7/2", "7/3"]);
+        assert_eq!(backlog.advance(&second), None);
+        let third = backlog.chunk(2, 1 << 20).unwrap();
+        assert_eq!(keys(&third), ["7/4", "8/0"]);
+        assert_eq!(backlog.advance(&third), Some(8));
+    }
+
+    #[test]
+    fn the_byte_limit_bounds_a_pipeline_but_never_strands_a_big_row() {
+        let backlog = backlog(&[(1, 4, 1_000)]);
+        let chunk = backlog.chunk(100, 2_500).unwrap();
+        assert_eq!(chunk.images.len(), 2);
+        let backlog_big = self::backlog(&[(1, 1, 10_000)]);
+        assert_eq!(backlog_big.chunk(100, 2_500).unwrap().images.len(), 1);
+    }
+
+    #[test]
+    fn a_failed_pipeline_leaves_the_backlog_as_it_was() {
+        let backlog = backlog(&[(1, 3, 10)]);
+        let first = backlog.chunk(2, 1 << 20).unwrap();
+        // Not advanced (the send failed): the same rows come again.
+        let again = backlog.chunk(2, 1 << 20).unwrap();
+        assert_eq!(keys(&first), keys(&again));
     }
 }

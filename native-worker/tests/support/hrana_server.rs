@@ -30,6 +30,9 @@ use rusqlite::Connection;
 use rusqlite::types::ValueRef;
 use serde_json::json;
 
+/// Largest request body accepted; bigger ones get HTTP 413.
+pub const MAX_REQUEST_BYTES: usize = 8 << 20;
+
 struct Stream {
     conn: Connection,
     sqls: HashMap<i32, String>,
@@ -97,6 +100,8 @@ impl HranaServer {
             .route("/v2/pipeline", post(pipeline))
             .route("/v3/pipeline", post(pipeline))
             .route("/v3/cursor", post(cursor))
+            // Like a real server, refuse oversized requests (axum's default is 2 MiB).
+            .layer(axum::extract::DefaultBodyLimit::max(MAX_REQUEST_BYTES))
             .with_state(Arc::clone(&inner));
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
