@@ -28,6 +28,8 @@ pub struct AdminState {
     pub requests: Arc<LatencyHistogram>,
     /// The build the publish channel's pointer names, as last seen by scheduled publishing.
     pub live_build: LiveBuild,
+    /// Turso write-through progress, when replicating.
+    pub upstream: Option<Arc<crate::turso::upstream::UpstreamStats>>,
 }
 
 /// The published build in service, shared between scheduled publishing and `/stats`.
@@ -85,6 +87,11 @@ async fn stats(State(state): State<AdminState>) -> Json<Value> {
         "queue_depth": state.queue.depth(),
         "ingest": state.stats.snapshot(),
         "admin_request_latency": state.requests.summary(),
+        "turso_write_through": state.upstream.as_ref().map(|upstream| json!({
+            "pipelines": upstream.pipelines.load(std::sync::atomic::Ordering::Relaxed),
+            "rows": upstream.rows.load(std::sync::atomic::Ordering::Relaxed),
+            "failures": upstream.failures.load(std::sync::atomic::Ordering::Relaxed),
+        })),
         "snapshot_in_service": state.live_build.lock().ok().and_then(|live| live.as_ref().map(|m| json!({
             "build_id": m.build_id,
             "channel": m.channel,

@@ -148,6 +148,7 @@ pub async fn run(options: RunOptions, shutdown: CancellationToken) -> Result<Sta
             started: Instant::now(),
             requests: Default::default(),
             live_build: Arc::clone(&live_build),
+            upstream: options.turso.as_ref().map(|turso| Arc::clone(&turso.stats)),
         };
         tokio::spawn(admin::serve(listener, state, background.clone()));
     }

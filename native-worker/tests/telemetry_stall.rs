@@ -83,6 +83,7 @@ fn admin_under(
         started: Instant::now(),
         requests: Default::default(),
         live_build: Default::default(),
+        upstream: None,
     };
     let server = std::thread::spawn(move || {
         tracing::dispatcher::with_default(&dispatch, || {

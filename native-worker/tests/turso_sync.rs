@@ -67,9 +67,15 @@ struct Worker {
 }
 
 impl Worker {
-    fn start(data: &Path, source: Source, replication: Replication) -> Worker {
+    fn start(
+        data: &Path,
+        source: Source,
+        replication: Replication,
+        admin: std::net::SocketAddr,
+    ) -> Worker {
         let mut options = RunOptions::new(data, source);
         options.turso = Some(replication);
+        options.admin_addr = Some(admin);
         let stop = CancellationToken::new();
         let task = tokio::spawn(run::run(options, stop.clone()));
         Worker { stop, task }
@@ -90,6 +96,7 @@ struct Setup {
     server: HranaServer,
     store: std::path::PathBuf,
     stats: std::sync::Arc<UpstreamStats>,
+    admin: std::net::SocketAddr,
     worker: Worker,
 }
 
@@ -108,8 +115,13 @@ impl Setup {
         let data = dir.path().join("data");
         let stats = std::sync::Arc::clone(&replication.stats);
         let source = Source::Jetstream(firehose.url().parse().unwrap());
-        let worker = Worker::start(&data, source, replication);
+        let admin = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap();
+        let worker = Worker::start(&data, source, replication, admin);
         Setup {
+            admin,
             store: store_path(&data),
             _dir: dir,
             _firehose: firehose,
@@ -165,6 +177,14 @@ async fn write_through_under_latency_does_not_hold_ingest_to_round_trip_speed() 
     assert!(
         support::wait_for(Duration::from_secs(10), || queued(store) == 0).await,
         "drained batches are removed from the queue"
+    );
+    let (status, body) = support::http_get(setup.admin, "/stats").await;
+    assert_eq!(status, 200);
+    let reported: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(
+        reported["turso_write_through"]["rows"],
+        stats.rows.load(Ordering::Relaxed),
+        "{body}"
     );
     setup.worker.stop().await;
 }
