@@ -187,6 +187,11 @@ impl Shared {
 
     /// A commit failed: memory may be ahead of disk, so stop; a restart recovers from disk.
     fn fail(&self, error: &str) {
+        if self.shutdown.is_cancelled() {
+            // Work finishing after shutdown: it stays durable as pending and runs next start.
+            tracing::debug!(error, "flow work not recorded: the engine is stopping");
+            return;
+        }
         tracing::error!(error, "flow engine stopping: a commit failed");
         self.shutdown.cancel();
     }
