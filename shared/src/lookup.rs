@@ -4,9 +4,7 @@
 use rusqlite::{Connection, OptionalExtension};
 use serde::{Deserialize, Serialize};
 
-use crate::platform::Platform;
-use crate::search::{ResultKind, SearchResult};
-use crate::timestamp::Timestamp;
+use crate::search::{DOCUMENT_RESULT_COLUMNS, SearchResult, document_result};
 
 /// Most URIs one lookup accepts.
 pub const MAX_URIS: usize = 25;
@@ -47,11 +45,10 @@ pub fn documents_by_uri(
     if uris.len() > MAX_URIS {
         return Ok(Err(LookupError::TooMany));
     }
-    let mut statement = conn.prepare_cached(
-        "SELECT uri, did, rkey, platform, title, content, created_at, base_path, path, cover_image,
-                publication_uri IS NOT NULL
-         FROM documents WHERE uri = ?1",
-    )?;
+    let mut statement = conn.prepare_cached(&format!(
+        "SELECT {DOCUMENT_RESULT_COLUMNS}, substr(d.content, 1, {EXCERPT_CHARS})
+         FROM documents AS d WHERE d.uri = ?1"
+    ))?;
     let mut lookup = DocumentLookup {
         documents: Vec::new(),
         missing: Vec::new(),
@@ -63,34 +60,7 @@ pub fn documents_by_uri(
         }
         let found = statement
             .query_row([uri], |row| {
-                let did: String = row.get(1)?;
-                let rkey: String = row.get(2)?;
-                let platform: Platform =
-                    row.get::<_, String>(3)?.parse().unwrap_or(Platform::Other);
-                let base_path: Option<String> = row.get(7)?;
-                let path: Option<String> = row.get(8)?;
-                let content: String = row.get(5)?;
-                let excerpt: String = content.chars().take(EXCERPT_CHARS).collect();
-                Ok(SearchResult {
-                    kind: if row.get(10)? {
-                        ResultKind::Article
-                    } else {
-                        ResultKind::Looseleaf
-                    },
-                    uri: row.get(0)?,
-                    url: platform.document_url(&did, &rkey, base_path.as_deref(), path.as_deref()),
-                    did,
-                    rkey,
-                    platform,
-                    title: row.get(4)?,
-                    snippet: crate::search::escape_html(&excerpt),
-                    created_at: row
-                        .get::<_, Option<String>>(6)?
-                        .and_then(|t| Timestamp::parse(&t).ok()),
-                    base_path,
-                    path,
-                    cover_image: row.get(9)?,
-                })
+                document_result(row, crate::search::escape_html(&row.get::<_, String>(10)?))
             })
             .optional()?;
         match found {

@@ -522,39 +522,53 @@ fn load_result(
         );
     }
     let sql = format!(
-        "SELECT d.uri, d.did, d.rkey, d.platform, d.title, d.created_at, d.base_path, d.path, d.cover_image,
-                d.publication_uri IS NOT NULL, snippet(documents_fts, 1, {snippet_args})
+        "SELECT {DOCUMENT_RESULT_COLUMNS}, snippet(documents_fts, 1, {snippet_args})
          FROM documents_fts JOIN documents AS d ON d.id = documents_fts.rowid
          WHERE documents_fts MATCH ?1 AND documents_fts.rowid = ?2"
     );
     let mut statement = conn.prepare_cached(&sql)?;
     Ok(
         statement.query_row((request.query.as_str(), candidate.id), |row| {
-            let did: String = row.get(1)?;
-            let rkey: String = row.get(2)?;
-            let platform = platform(row.get(3)?);
-            let base_path: Option<String> = row.get(6)?;
-            let path: Option<String> = row.get(7)?;
-            Ok(SearchResult {
-                kind: if row.get(9)? {
-                    ResultKind::Article
-                } else {
-                    ResultKind::Looseleaf
-                },
-                uri: row.get(0)?,
-                url: platform.document_url(&did, &rkey, base_path.as_deref(), path.as_deref()),
-                did,
-                rkey,
-                platform,
-                title: row.get(4)?,
-                created_at: created_at(row.get(5)?),
-                base_path,
-                path,
-                cover_image: row.get(8)?,
-                snippet: render_snippet(&row.get::<_, String>(10)?),
-            })
+            document_result(row, render_snippet(&row.get::<_, String>(10)?))
         })?,
     )
+}
+
+/// The columns of `documents AS d` that [`document_result`] reads, in order.
+pub(crate) const DOCUMENT_RESULT_COLUMNS: &str = "d.uri, d.did, d.rkey, d.platform, d.title, \
+    d.created_at, d.base_path, d.path, d.cover_image, d.publication_uri IS NOT NULL";
+
+/// A document result from a row that starts with [`DOCUMENT_RESULT_COLUMNS`]: one mapping for
+/// search hits and direct lookups, so both describe a document the same way.
+pub(crate) fn document_result(
+    row: &rusqlite::Row<'_>,
+    snippet: String,
+) -> rusqlite::Result<SearchResult> {
+    let did: String = row.get(1)?;
+    let rkey: String = row.get(2)?;
+    let platform: Platform = row.get::<_, String>(3)?.parse().unwrap_or(Platform::Other);
+    let base_path: Option<String> = row.get(6)?;
+    let path: Option<String> = row.get(7)?;
+    Ok(SearchResult {
+        kind: if row.get(9)? {
+            ResultKind::Article
+        } else {
+            ResultKind::Looseleaf
+        },
+        uri: row.get(0)?,
+        url: platform.document_url(&did, &rkey, base_path.as_deref(), path.as_deref()),
+        did,
+        rkey,
+        platform,
+        title: row.get(4)?,
+        created_at: row
+            .get::<_, Option<String>>(5)?
+            .and_then(|text| Timestamp::parse(&text).ok()),
+        base_path,
+        path,
+        cover_image: row.get(8)?,
+        snippet,
+    })
 }
 
 /// HTML-escapes text so it can be inserted into a page as-is.

@@ -229,6 +229,22 @@ fn documents_are_looked_up_in_request_order() {
     let rkeys: Vec<&str> = found.documents.iter().map(|d| d.rkey.as_str()).collect();
     assert_eq!(rkeys, ["wasm1", "own1"]);
     assert_eq!(found.missing, [uris[1].clone()]);
+    // A lookup describes a document exactly as a search hit does, bar the snippet (an excerpt).
+    let page = run(&conn, &[("q", &found.documents[0].title)]);
+    let mut hit = page
+        .results
+        .iter()
+        .find(|result| result.uri == uris[0])
+        .expect("the document is found by its title")
+        .clone();
+    let looked_up = &found.documents[0];
+    assert!(!looked_up.snippet.contains("<mark>"));
+    assert!(
+        looked_up.snippet.chars().count() <= 300 + 10 * 5,
+        "an excerpt, not the content"
+    );
+    hit.snippet.clone_from(&looked_up.snippet);
+    assert_eq!(&hit, looked_up);
     assert_eq!(
         lookup::documents_by_uri(&conn, &[]).unwrap(),
         Err(LookupError::NoUris)
