@@ -60,21 +60,10 @@ pub(super) fn document(
         .filter(|uri| uri.starts_with("at://"))
         .map(str::to_owned);
     Ok(DocumentParts {
-        title: title.to_owned(),
-        content,
-        description,
-        tags: fields.tags("tags"),
-        created_at: fields
-            .timestamp("publishedAt")
-            .or_else(|| fields.timestamp("createdAt")),
-        updated_at: fields.timestamp("updatedAt"),
         publication_uri,
-        site_url: None,
-        path: None,
-        cover_image: super::image_ref(fields.get("coverImage")),
         // Leaflet documents live on leaflet whichever host serves their publication.
         platform: Some(Platform::Leaflet),
-        searchable: true,
+        ..DocumentParts::published(fields, title, content, description)
     }
     .into_document(at))
 }

@@ -324,6 +324,33 @@ struct DocumentParts {
 }
 
 impl DocumentParts {
+    /// The parts every publishing lexicon (leaflet, site.standard) records the same way: tags,
+    /// `publishedAt` (else `createdAt`), `updatedAt` and `coverImage`. Platform-specific parts
+    /// are filled in by the caller.
+    fn published(
+        fields: &Map<String, Value>,
+        title: &str,
+        content: String,
+        description: Option<String>,
+    ) -> Self {
+        DocumentParts {
+            title: title.to_owned(),
+            content,
+            description,
+            tags: fields.tags("tags"),
+            created_at: fields
+                .timestamp("publishedAt")
+                .or_else(|| fields.timestamp("createdAt")),
+            updated_at: fields.timestamp("updatedAt"),
+            publication_uri: None,
+            site_url: None,
+            path: None,
+            cover_image: image_ref(fields.get("coverImage")),
+            platform: None,
+            searchable: true,
+        }
+    }
+
     fn into_document(self, at: &RecordRef<'_>) -> Document {
         let title = clean_title(&self.title);
         let content = clean_body(&self.content);

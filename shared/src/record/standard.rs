@@ -69,14 +69,6 @@ pub(super) fn document(
         }
     });
     Ok(DocumentParts {
-        title: title.to_owned(),
-        content,
-        description,
-        tags: fields.tags("tags"),
-        created_at: fields
-            .timestamp("publishedAt")
-            .or_else(|| fields.timestamp("createdAt")),
-        updated_at: fields.timestamp("updatedAt"),
         platform: site_url
             .as_deref()
             .and_then(base_path_of_url)
@@ -84,8 +76,7 @@ pub(super) fn document(
         publication_uri,
         site_url,
         path,
-        cover_image: super::image_ref(fields.get("coverImage")),
-        searchable: true,
+        ..DocumentParts::published(fields, title, content, description)
     }
     .into_document(at))
 }
