@@ -1,4 +1,7 @@
-//! `native-worker flow list|show|cancel|purge` against a database a running engine owns.
+//! `native-worker flow list|show|cancel|purge` against a database a running engine owns, and
+//! `native-worker publish` handing its work to a running worker.
+
+mod support;
 
 use std::path::Path;
 use std::process::Command;
@@ -107,4 +110,56 @@ async fn the_cli_lists_shows_cancels_and_purges_while_the_engine_runs() {
     assert!(stdout.contains("purged 4"), "{stdout}");
     assert!(client.status("quick-0").unwrap().is_none());
     engine.shutdown().await;
+}
+
+/// With `run` owning the flow database, `publish` leaves its request in the engine's inbox and
+/// waits for the running worker to carry it out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn publish_asks_the_running_worker_through_its_inbox() {
+    use pubsearch_native_worker::run::{self, RunOptions, Source};
+    use support::firehose::{Faults, JetstreamServer};
+
+    let dir = tempfile::tempdir().unwrap();
+    let (data, published) = (dir.path().join("data"), dir.path().join("published"));
+    let firehose = JetstreamServer::start(support::jetstream_events(300), Faults::default()).await;
+    let stop = tokio_util::sync::CancellationToken::new();
+    let source = Source::Jetstream(firehose.url().parse().unwrap());
+    let worker = tokio::spawn(run::run(RunOptions::new(&data, source), stop.clone()));
+    let store = run::store_path(&data);
+    assert!(
+        support::wait_for(Duration::from_secs(30), || support::cursor(&store)
+            == Some(support::last_time_us(300)))
+        .await
+    );
+
+    let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_native-worker"))
+        .args(["publish", "--data-dir"])
+        .arg(&data)
+        .arg("--snapshot-dir")
+        .arg(&published)
+        .output()
+        .await
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("a running worker owns the workflows"),
+        "{stderr}"
+    );
+    let manifest: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert!(
+        manifest["counts"]["documents"].as_u64().unwrap() > 0,
+        "{manifest}"
+    );
+    let pointer: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(published.join("channels/prod/latest.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(pointer["build_id"], manifest["build_id"]);
+
+    let (ok, stdout, _) = flow_cli(&data, &["list", "--status", "completed"]);
+    assert!(ok);
+    assert!(stdout.contains("snapshot.publish"), "{stdout}");
+    stop.cancel();
+    worker.await.unwrap().unwrap();
 }
