@@ -166,15 +166,20 @@ fn crash_child() {
 }
 
 fn child(dir: &Path) -> std::process::Child {
+    rerun(dir, "crash_child", "FLOW_CRASH_CHILD")
+}
+
+/// This test binary again, running only the ignored test `name` with `env` naming `dir`.
+fn rerun(dir: &Path, name: &str, env: &str) -> std::process::Child {
     Command::new(std::env::current_exe().unwrap())
         .args([
             "--exact",
-            "crash_child",
+            name,
             "--ignored",
             "--nocapture",
             "--test-threads=1",
         ])
-        .env("FLOW_CRASH_CHILD", dir)
+        .env(env, dir)
         .stdout(Stdio::null())
         .stderr(Stdio::inherit())
         .spawn()
@@ -268,4 +273,73 @@ fn executions(conn: &Connection) -> HashMap<(String, u64), Vec<String>> {
         map.entry((instance, step)).or_default().push(token);
     }
     map
+}
+
+/// The poison child: an activity that kills the whole process every time it runs.
+#[test]
+#[ignore = "run by an_activity_that_crashes_the_worker_fails_after_its_attempts as its child process"]
+fn poison_child() {
+    let Ok(dir) = std::env::var("FLOW_POISON_CHILD") else {
+        return;
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let mut registry = Registry::new();
+        registry
+            .activity("crash", |_, ()| async move {
+                std::process::abort();
+                #[allow(unreachable_code)]
+                Ok(())
+            })
+            .orchestration("poisoned", 1, |ctx: OrchestrationContext, ()| async move {
+                let policy = RetryPolicy::fixed(3, Duration::from_millis(10));
+                ctx.activity_with_retry::<_, ()>("crash", &(), policy).await
+            });
+        let engine = Engine::start(
+            PathBuf::from(&dir).join("flow.db"),
+            registry,
+            EngineOptions::default(),
+        )
+        .await
+        .unwrap();
+        let client = engine.client();
+        client.start("poisoned", "poison", &()).await.unwrap();
+        client
+            .wait("poison", Duration::from_secs(30))
+            .await
+            .unwrap();
+        engine.shutdown().await;
+    });
+}
+
+#[test]
+fn an_activity_that_crashes_the_worker_fails_after_its_attempts() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut crashes = 0;
+    let mut finished = false;
+    for _ in 0..6 {
+        let status = rerun(dir.path(), "poison_child", "FLOW_POISON_CHILD")
+            .wait()
+            .unwrap();
+        if status.success() {
+            finished = true;
+            break;
+        }
+        crashes += 1;
+    }
+    assert!(finished, "the worker kept crashing on the same activity");
+    // Each allowed attempt, plus at most one crash before the first attempt's mark was durable.
+    assert!((3..=4).contains(&crashes), "{crashes} crashes");
+    let flow = Connection::open(dir.path().join("flow.db")).unwrap();
+    let info = db::instance(&flow, "poison").unwrap().unwrap();
+    assert_eq!(info.status, Status::Failed);
+    let error = info.error.unwrap();
+    assert!(
+        error.contains("failed after 3 attempt(s)") && error.contains("interrupted"),
+        "{error}"
+    );
 }

@@ -41,7 +41,9 @@ CREATE TABLE IF NOT EXISTS flow_work (
     instance      TEXT NOT NULL,
     kind          INTEGER NOT NULL,
     visible_at_ms INTEGER NOT NULL,
-    body          TEXT NOT NULL
+    body          TEXT NOT NULL,
+    -- Attempts of this activity begun and not finished by a process that then died.
+    interrupted   INTEGER NOT NULL DEFAULT 0
 );
 CREATE INDEX IF NOT EXISTS flow_work_by_instance ON flow_work(instance);
 CREATE TABLE IF NOT EXISTS flow_inbox (
@@ -190,9 +192,12 @@ pub fn list(
 }
 
 /// All pending work, oldest first, for recovery after a restart.
-pub(crate) fn pending_work(conn: &Connection) -> Result<Vec<WorkItem>, FlowError> {
-    let mut statement =
-        conn.prepare("SELECT id, instance, kind, visible_at_ms, body FROM flow_work ORDER BY id")?;
+/// All pending work, oldest first, for recovery after a restart, each with whether an attempt
+/// of it was running when the previous process stopped.
+pub(crate) fn pending_work(conn: &Connection) -> Result<Vec<(WorkItem, bool)>, FlowError> {
+    let mut statement = conn.prepare(
+        "SELECT id, instance, kind, visible_at_ms, body, interrupted FROM flow_work ORDER BY id",
+    )?;
     let rows = statement.query_map([], |row| {
         Ok((
             row.get::<_, i64>(0)?,
@@ -200,17 +205,19 @@ pub(crate) fn pending_work(conn: &Connection) -> Result<Vec<WorkItem>, FlowError
             row.get::<_, i64>(2)?,
             row.get::<_, i64>(3)?,
             row.get::<_, String>(4)?,
+            row.get::<_, i64>(5)?,
         ))
     })?;
     let mut items = Vec::new();
     for row in rows {
-        let (id, instance, kind, visible_at_ms, body) = row?;
-        items.push(WorkItem {
+        let (id, instance, kind, visible_at_ms, body, interrupted) = row?;
+        let item = WorkItem {
             id,
             instance,
             visible_at_ms,
             work: super::history::Work::from_row(kind, &body)?,
-        });
+        };
+        items.push((item, interrupted > 0));
     }
     Ok(items)
 }

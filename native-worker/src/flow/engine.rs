@@ -101,6 +101,10 @@ pub(crate) struct Shared {
     next_work_id: AtomicI64,
     tick: AtomicU64,
     waiters: Mutex<HashMap<String, Vec<oneshot::Sender<()>>>>,
+    /// Activity work items with an attempt running in this process.
+    running: Mutex<std::collections::HashSet<i64>>,
+    /// Activities recovered after a restart, whose next attempt is marked durably before it runs.
+    suspects: Mutex<std::collections::HashSet<i64>>,
     options: EngineOptions,
     runtime: tokio::runtime::Handle,
     pub(crate) shutdown: CancellationToken,
@@ -326,7 +330,30 @@ impl Shared {
             return;
         };
         self.stats.activities.fetch_add(1, Relaxed);
+        // Marked so that a crash mid-attempt counts against the retry policy on recovery. Work
+        // recovered after a restart is suspect (it may be what crashed the last process), so its
+        // mark is made durable before it runs; fresh work does not wait, so an activity that kills
+        // the process costs at most one uncounted crash.
+        lock(&self.running).insert(item.id);
+        let mark = vec![WriteOp::MarkRunning(item.id)];
+        if lock(&self.suspects).remove(&item.id) {
+            if let Err(error) = self.writer.commit(mark).await {
+                self.fail(&error.to_string());
+                return;
+            }
+        } else {
+            let shared = Arc::clone(&self);
+            self.writer.submit(
+                mark,
+                Box::new(move |result| {
+                    if let Err(error) = result {
+                        shared.fail(&error);
+                    }
+                }),
+            );
+        }
         let result = self.call_activity(&item.instance, work).await;
+        lock(&self.running).remove(&item.id);
         drop(slot);
         let (ops, next) = match result {
             Ok(output) => self.activity_answer(
@@ -337,32 +364,44 @@ impl Shared {
                 },
             ),
             Err(ActivityFailure { error, retryable }) => {
-                match work.retry.delay_after(work.attempt).filter(|_| retryable) {
-                    Some(delay) => {
-                        self.stats.activity_retries.fetch_add(1, Relaxed);
-                        tracing::debug!(instance = %item.instance, activity = %work.name, attempt = work.attempt, %error, "activity failed; retrying");
-                        let mut retry = item.clone();
-                        retry.visible_at_ms = now_ms() + delay.as_millis() as i64;
-                        retry.work = Work::Activity(ActivityWork {
-                            attempt: work.attempt + 1,
-                            ..work.clone()
-                        });
-                        (vec![WriteOp::InsertWork(retry.clone())], retry)
-                    }
-                    None => self.activity_answer(
-                        &item,
-                        Event::ActivityFailed {
-                            seq: work.seq,
-                            error: format!(
-                                "activity `{}` failed after {} attempt(s): {error}",
-                                work.name, work.attempt
-                            ),
-                        },
-                    ),
-                }
+                self.after_failure(&item, work, &error, retryable)
             }
         };
         self.commit_and_dispatch(ops, vec![next]);
+    }
+
+    /// What follows a failed attempt: the next attempt after the policy's delay, or the failure
+    /// reported to the orchestration once attempts are spent.
+    fn after_failure(
+        &self,
+        item: &WorkItem,
+        work: &ActivityWork,
+        error: &str,
+        retryable: bool,
+    ) -> (Vec<WriteOp>, WorkItem) {
+        match work.retry.delay_after(work.attempt).filter(|_| retryable) {
+            Some(delay) => {
+                self.stats.activity_retries.fetch_add(1, Relaxed);
+                tracing::debug!(instance = %item.instance, activity = %work.name, attempt = work.attempt, %error, "activity failed; retrying");
+                let mut retry = item.clone();
+                retry.visible_at_ms = now_ms() + delay.as_millis() as i64;
+                retry.work = Work::Activity(ActivityWork {
+                    attempt: work.attempt + 1,
+                    ..work.clone()
+                });
+                (vec![WriteOp::InsertWork(retry.clone())], retry)
+            }
+            None => self.activity_answer(
+                item,
+                Event::ActivityFailed {
+                    seq: work.seq,
+                    error: format!(
+                        "activity `{}` failed after {} attempt(s): {error}",
+                        work.name, work.attempt
+                    ),
+                },
+            ),
+        }
     }
 
     fn activity_answer(&self, item: &WorkItem, event: Event) -> (Vec<WriteOp>, WorkItem) {
@@ -547,14 +586,40 @@ impl Engine {
             next_work_id: AtomicI64::new(next_work_id),
             tick: AtomicU64::new(0),
             waiters: Mutex::new(HashMap::new()),
+            running: Mutex::new(std::collections::HashSet::new()),
+            suspects: Mutex::new(std::collections::HashSet::new()),
             options: options.clone(),
             runtime: tokio::runtime::Handle::current(),
             shutdown: CancellationToken::new(),
             stats,
         });
         let recovered = pending.len();
-        for item in pending {
-            shared.dispatch(item);
+        let (mut ops, mut after_commit) = (Vec::new(), Vec::new());
+        for (item, interrupted) in pending {
+            if matches!(item.work, Work::Activity(_)) {
+                lock(&shared.suspects).insert(item.id);
+            }
+            match &item.work {
+                Work::Activity(work) if interrupted => {
+                    // The previous process died during this attempt: it counts as failed, so an
+                    // activity that crashes the worker cannot run forever.
+                    tracing::warn!(instance = %item.instance, activity = %work.name, attempt = work.attempt, "activity attempt was interrupted by the worker stopping");
+                    let error = format!(
+                        "attempt {} was interrupted: the worker stopped while it ran",
+                        work.attempt
+                    );
+                    let (more, next) = shared.after_failure(&item, work, &error, true);
+                    ops.extend(more);
+                    after_commit.push(next);
+                }
+                _ => shared.dispatch(item),
+            }
+        }
+        if !ops.is_empty() {
+            shared.writer.commit(ops).await?;
+            after_commit
+                .into_iter()
+                .for_each(|item| shared.dispatch(item));
         }
         if recovered > 0 {
             tracing::info!(recovered, "flow engine resumed pending work");
@@ -592,6 +657,14 @@ impl Engine {
         self.shared.shutdown.cancel();
         for task in self.tasks.drain(..) {
             let _ = task.await;
+        }
+        // Attempts abandoned by a clean stop run again without counting against their policy.
+        let abandoned: Vec<WriteOp> = lock(&self.shared.running)
+            .iter()
+            .map(|id| WriteOp::UnmarkRunning(*id))
+            .collect();
+        if !abandoned.is_empty() {
+            let _ = self.shared.writer.commit(abandoned).await;
         }
         self.shared.writer.close().await;
     }

@@ -50,6 +50,11 @@ pub(crate) enum WriteOp {
     },
     InsertWork(WorkItem),
     DeleteWork(i64),
+    /// An attempt of this activity begins: if the process dies before its outcome is recorded,
+    /// recovery finds the mark and counts the attempt as failed.
+    MarkRunning(i64),
+    /// The attempt was abandoned by a clean shutdown: it does not count.
+    UnmarkRunning(i64),
     DeleteInbox(i64),
 }
 
@@ -298,6 +303,14 @@ fn apply_op(conn: &Connection, op: &WriteOp) -> rusqlite::Result<Option<bool>> {
         WriteOp::InsertWork(item) => insert_work(conn, item)?,
         WriteOp::DeleteWork(id) => {
             conn.prepare_cached("DELETE FROM flow_work WHERE id = ?1")?
+                .execute([id])?;
+        }
+        WriteOp::MarkRunning(id) => {
+            conn.prepare_cached("UPDATE flow_work SET interrupted = 1 WHERE id = ?1")?
+                .execute([id])?;
+        }
+        WriteOp::UnmarkRunning(id) => {
+            conn.prepare_cached("UPDATE flow_work SET interrupted = 0 WHERE id = ?1")?
                 .execute([id])?;
         }
         WriteOp::DeleteInbox(id) => {
