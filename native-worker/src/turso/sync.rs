@@ -118,8 +118,17 @@ pub async fn run(
     stop: CancellationToken,
 ) {
     let overlap = config.overlap.as_micros() as i64;
+    let mut schema_ready = false;
     loop {
-        for table in Table::ALL {
+        if !schema_ready {
+            // A fresh Turso database has no tables until someone creates them.
+            match super::upstream::ensure_schema(&client).await {
+                Ok(()) => schema_ready = true,
+                Err(error) => tracing::warn!(%error, "cannot prepare Turso's tables; will retry"),
+            }
+        }
+        let tables = if schema_ready { &Table::ALL[..] } else { &[] };
+        for &table in tables {
             let from = match stored_watermark(&store, table) {
                 Ok(0) => {
                     tracing::info!(table = table.name(), "copying from Turso (first sync)");
