@@ -30,7 +30,7 @@ enum FlowAction {
     /// List instances in id order, a page at a time.
     List {
         /// Only instances in this state: running, completed, failed or cancelled.
-        #[arg(long, value_parser = parse_status)]
+        #[arg(long)]
         status: Option<Status>,
         /// Start after this instance id (the `next` of the previous page).
         #[arg(long)]
@@ -51,10 +51,6 @@ enum FlowAction {
         #[arg(long, default_value_t = 168)]
         older_than_hours: u64,
     },
-}
-
-fn parse_status(text: &str) -> Result<Status, String> {
-    flow::parse_status(text).map_err(|error| error.to_string())
 }
 
 fn existing_db(data_dir: &Path) -> Result<PathBuf> {

@@ -20,9 +20,9 @@ use tokio_util::sync::CancellationToken;
 use super::FlowError;
 use super::client::FlowClient;
 use super::db;
-use super::history::{ActivityWork, Event, Message, ParentRef, Status, Work, WorkItem};
+use super::history::{Event, Message, ParentRef, Work, WorkItem};
 use super::now_ms;
-use super::registry::{ActivityContext, Registry};
+use super::registry::Registry;
 use super::turn::{self, IdSource, Live, TurnOutput};
 use super::writer::{self, CommitReport, WriteOp, Writer, WriterStats};
 
@@ -102,11 +102,11 @@ pub(crate) struct Shared {
     tick: AtomicU64,
     waiters: Mutex<HashMap<String, Vec<oneshot::Sender<()>>>>,
     /// Activity work items with an attempt running in this process.
-    running: Mutex<std::collections::HashSet<i64>>,
+    pub(super) running: Mutex<std::collections::HashSet<i64>>,
     /// Activities recovered after a restart, whose next attempt is marked durably before it runs.
-    suspects: Mutex<std::collections::HashSet<i64>>,
+    pub(super) suspects: Mutex<std::collections::HashSet<i64>>,
     options: EngineOptions,
-    runtime: tokio::runtime::Handle,
+    pub(super) runtime: tokio::runtime::Handle,
     pub(crate) shutdown: CancellationToken,
     pub(crate) stats: Arc<EngineStats>,
 }
@@ -117,7 +117,7 @@ impl IdSource for Shared {
     }
 }
 
-fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+pub(super) fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     mutex
         .lock()
         .unwrap_or_else(|poisoned| poisoned.into_inner())
@@ -190,7 +190,7 @@ impl Shared {
     }
 
     /// A commit failed: memory may be ahead of disk, so stop; a restart recovers from disk.
-    fn fail(&self, error: &str) {
+    pub(super) fn fail(&self, error: &str) {
         if self.shutdown.is_cancelled() {
             // Work finishing after shutdown: it stays durable as pending and runs next start.
             tracing::debug!(error, "flow work not recorded: the engine is stopping");
@@ -321,153 +321,6 @@ impl Shared {
         }
     }
 
-    async fn run_activity(
-        self: Arc<Self>,
-        item: WorkItem,
-        slot: tokio::sync::OwnedSemaphorePermit,
-    ) {
-        let Work::Activity(work) = &item.work else {
-            return;
-        };
-        self.stats.activities.fetch_add(1, Relaxed);
-        // Marked so that a crash mid-attempt counts against the retry policy on recovery. Work
-        // recovered after a restart is suspect (it may be what crashed the last process), so its
-        // mark is made durable before it runs; fresh work does not wait, so an activity that kills
-        // the process costs at most one uncounted crash.
-        lock(&self.running).insert(item.id);
-        let mark = vec![WriteOp::MarkRunning(item.id)];
-        if lock(&self.suspects).remove(&item.id) {
-            if let Err(error) = self.writer.commit(mark).await {
-                self.fail(&error.to_string());
-                return;
-            }
-        } else {
-            let shared = Arc::clone(&self);
-            self.writer.submit(
-                mark,
-                Box::new(move |result| {
-                    if let Err(error) = result {
-                        shared.fail(&error);
-                    }
-                }),
-            );
-        }
-        let result = self.call_activity(&item.instance, work).await;
-        lock(&self.running).remove(&item.id);
-        drop(slot);
-        let (ops, next) = match result {
-            Ok(output) => self.activity_answer(
-                &item,
-                Event::ActivityCompleted {
-                    seq: work.seq,
-                    output,
-                },
-            ),
-            Err(ActivityFailure { error, retryable }) => {
-                self.after_failure(&item, work, &error, retryable)
-            }
-        };
-        self.commit_and_dispatch(ops, vec![next]);
-    }
-
-    /// What follows a failed attempt: the next attempt after the policy's delay, or the failure
-    /// reported to the orchestration once attempts are spent.
-    fn after_failure(
-        &self,
-        item: &WorkItem,
-        work: &ActivityWork,
-        error: &str,
-        retryable: bool,
-    ) -> (Vec<WriteOp>, WorkItem) {
-        match work.retry.delay_after(work.attempt).filter(|_| retryable) {
-            Some(delay) => {
-                self.stats.activity_retries.fetch_add(1, Relaxed);
-                tracing::debug!(instance = %item.instance, activity = %work.name, attempt = work.attempt, %error, "activity failed; retrying");
-                let mut retry = item.clone();
-                retry.visible_at_ms = now_ms() + delay.as_millis() as i64;
-                retry.work = Work::Activity(ActivityWork {
-                    attempt: work.attempt + 1,
-                    ..work.clone()
-                });
-                (vec![WriteOp::InsertWork(retry.clone())], retry)
-            }
-            None => self.activity_answer(
-                item,
-                Event::ActivityFailed {
-                    seq: work.seq,
-                    error: format!(
-                        "activity `{}` failed after {} attempt(s): {error}",
-                        work.name, work.attempt
-                    ),
-                },
-            ),
-        }
-    }
-
-    fn activity_answer(&self, item: &WorkItem, event: Event) -> (Vec<WriteOp>, WorkItem) {
-        let Work::Activity(work) = &item.work else {
-            unreachable!("only activities are answered");
-        };
-        let answer = turn::message_item(self, &item.instance, Some(work.execution), event, 0);
-        (
-            vec![
-                WriteOp::DeleteWork(item.id),
-                WriteOp::InsertWork(answer.clone()),
-            ],
-            answer,
-        )
-    }
-
-    async fn call_activity(
-        &self,
-        instance: &str,
-        work: &ActivityWork,
-    ) -> Result<String, ActivityFailure> {
-        let Some(run) = self.registry.activity_fn(&work.name) else {
-            return Err(ActivityFailure {
-                error: format!("activity `{}` is not registered", work.name),
-                retryable: false,
-            });
-        };
-        let ctx = ActivityContext {
-            instance: instance.to_string(),
-            name: work.name.clone(),
-            attempt: work.attempt,
-            seq: work.seq,
-        };
-        let mut task = self.runtime.spawn(run(ctx, work.input.clone()));
-        let joined = match work.retry.timeout_ms {
-            Some(limit) => {
-                match tokio::time::timeout(Duration::from_millis(limit), &mut task).await {
-                    Ok(joined) => joined,
-                    Err(_) => {
-                        task.abort();
-                        return Err(ActivityFailure {
-                            error: format!("attempt timed out after {limit} ms"),
-                            retryable: true,
-                        });
-                    }
-                }
-            }
-            None => task.await,
-        };
-        match joined {
-            Ok(Ok(output)) => Ok(output),
-            Ok(Err(error)) => Err(ActivityFailure {
-                error,
-                retryable: true,
-            }),
-            Err(join) if join.is_panic() => Err(ActivityFailure {
-                error: format!("panicked: {}", turn::panic_message(&join.into_panic())),
-                retryable: true,
-            }),
-            Err(join) => Err(ActivityFailure {
-                error: join.to_string(),
-                retryable: true,
-            }),
-        }
-    }
-
     /// Moves messages other processes left in the inbox into durable work.
     async fn drain_inbox(self: &Arc<Self>) -> Result<(), FlowError> {
         let messages = self.read(|conn| db::inbox(conn, 1000))?;
@@ -521,11 +374,6 @@ impl Shared {
         }
         Ok(())
     }
-}
-
-struct ActivityFailure {
-    error: String,
-    retryable: bool,
 }
 
 /// Drops the least recently used idle instances until the cache is back under 90% of capacity.
@@ -715,9 +563,4 @@ async fn poll_inbox(shared: Arc<Shared>) {
             tracing::warn!(%error, "reading the flow inbox failed");
         }
     }
-}
-
-/// Status values the client and CLI filter on.
-pub fn parse_status(text: &str) -> Result<Status, FlowError> {
-    Status::parse(text).ok_or_else(|| FlowError::BadStatus(text.to_string()))
 }

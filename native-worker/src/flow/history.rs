@@ -194,6 +194,14 @@ impl Status {
     }
 }
 
+impl std::str::FromStr for Status {
+    type Err = super::FlowError;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        Status::parse(text).ok_or_else(|| super::FlowError::BadStatus(text.to_string()))
+    }
+}
+
 impl std::fmt::Display for Status {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(self.as_str())

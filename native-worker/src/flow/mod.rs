@@ -17,8 +17,10 @@
 //!
 //! Module map: [`history`] (what is recorded), [`context`] (the orchestration's API),
 //! [`registry`] (named, versioned code), [`retry`], [`db`] (schema and reads), [`writer`],
-//! [`turn`], [`engine`], [`client`] (start, raise, cancel, wait, list, purge).
+//! [`turn`], [`engine`], [`activity`] (attempts, timeouts, retries), [`client`] (start, raise,
+//! cancel, wait, list, purge).
 
+mod activity;
 mod client;
 mod context;
 pub mod db;
@@ -34,7 +36,7 @@ use std::path::PathBuf;
 pub use client::FlowClient;
 pub use context::{ContinueAsNew, OrchestrationContext, StepFuture};
 pub use db::{InstanceInfo, InstancePage, flow_path};
-pub use engine::{Engine, EngineOptions, EngineStats, parse_status};
+pub use engine::{Engine, EngineOptions, EngineStats};
 pub use history::{Event, Status};
 pub use registry::{ActivityContext, Registry};
 pub use retry::{Backoff, RetryPolicy};
