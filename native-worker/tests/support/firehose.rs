@@ -228,9 +228,6 @@ impl TapServer {
                             if acked.lock().unwrap().contains(id) {
                                 continue;
                             }
-                            if faults.drop_after == Some(sent_here) {
-                                return; // no close frame
-                            }
                             if let Some(every) = faults.garbage_every
                                 && sent_here % every == every - 1
                             {
@@ -241,6 +238,11 @@ impl TapServer {
                             }
                             sent_here += 1;
                             *deliveries.lock().unwrap() += 1;
+                            if faults.drop_after == Some(sent_here) {
+                                // Gone right after a send, without a close frame: that event's ack
+                                // cannot have arrived, so it is always redelivered.
+                                return;
+                            }
                             // Read acks as they come so a slow round does not starve them.
                             while let Ok(Some(Ok(message))) =
                                 tokio::time::timeout(Duration::from_millis(0), read.next()).await
