@@ -5,12 +5,12 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
 
-use super::engine::{Shared, lock};
+use super::engine::Shared;
 use super::history::{ActivityWork, Event, Work, WorkItem};
-use super::now_ms;
 use super::registry::ActivityContext;
 use super::turn;
 use super::writer::WriteOp;
+use super::{lock, now_ms};
 
 /// Why an attempt failed, and whether another attempt may succeed.
 struct ActivityFailure {

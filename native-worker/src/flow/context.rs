@@ -20,8 +20,8 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use super::history::Event;
-use super::now_ms;
 use super::retry::RetryPolicy;
+use super::{lock, now_ms};
 
 /// The outcome of a step: the JSON output, or an error message.
 pub(crate) type StepResult = Result<String, String>;
@@ -102,12 +102,12 @@ impl Core {
             .collect()
     }
 
-    /// Takes the next step. While replaying, checks it against history and returns the recorded
-    /// entry; past history, records `fresh` as new and returns `None`.
-    fn take_step(&mut self, fresh: Event) -> (u64, Option<Event>) {
+    /// Takes the next step, described by `fresh(seq)`. While replaying, checks it against
+    /// history and returns the recorded entry; past history, records it as new and returns `None`.
+    fn take_step(&mut self, fresh: impl FnOnce(u64) -> Event) -> (u64, Option<Event>) {
         let seq = self.next_seq;
         self.next_seq += 1;
-        let fresh = with_seq(fresh, seq);
+        let fresh = fresh(seq);
         match self.recorded.remove(&seq) {
             Some(recorded) => {
                 if !same_step(&recorded, &fresh) && self.nondeterminism.is_none() {
@@ -184,29 +184,6 @@ impl Core {
     }
 }
 
-fn with_seq(event: Event, seq: u64) -> Event {
-    match event {
-        Event::ActivityScheduled { name, input, .. } => {
-            Event::ActivityScheduled { seq, name, input }
-        }
-        Event::TimerCreated { fire_at_ms, .. } => Event::TimerCreated { seq, fire_at_ms },
-        Event::ChildScheduled {
-            name,
-            instance,
-            input,
-            ..
-        } => Event::ChildScheduled {
-            seq,
-            name,
-            instance,
-            input,
-        },
-        Event::EventAwaited { name, .. } => Event::EventAwaited { seq, name },
-        Event::SystemValue { value, .. } => Event::SystemValue { seq, value },
-        other => other,
-    }
-}
-
 /// Whether replayed code took the step history recorded. Inputs may change between versions
 /// of the code (a recorded step keeps its recorded result); kinds and names may not.
 fn same_step(recorded: &Event, fresh: &Event) -> bool {
@@ -273,8 +250,8 @@ impl OrchestrationContext {
     ) -> StepFuture<O> {
         let input = to_json(input);
         let mut core = self.core();
-        let (seq, recorded) = core.take_step(Event::ActivityScheduled {
-            seq: 0,
+        let (seq, recorded) = core.take_step(|seq| Event::ActivityScheduled {
+            seq,
             name: name.to_string(),
             input: input.clone(),
         });
@@ -293,7 +270,7 @@ impl OrchestrationContext {
     pub fn sleep(&self, duration: Duration) -> StepFuture<()> {
         let fire_at_ms = now_ms() + duration.as_millis() as i64;
         let mut core = self.core();
-        let (seq, recorded) = core.take_step(Event::TimerCreated { seq: 0, fire_at_ms });
+        let (seq, recorded) = core.take_step(|seq| Event::TimerCreated { seq, fire_at_ms });
         if recorded.is_none() {
             core.actions.push(Action::Timer { seq, fire_at_ms });
         }
@@ -304,8 +281,8 @@ impl OrchestrationContext {
     /// the wait are kept: the n-th wait for a name receives the n-th event of that name.
     pub fn wait_event<O: DeserializeOwned>(&self, name: &str) -> StepFuture<O> {
         let mut core = self.core();
-        let (seq, _) = core.take_step(Event::EventAwaited {
-            seq: 0,
+        let (seq, _) = core.take_step(|seq| Event::EventAwaited {
+            seq,
             name: name.to_string(),
         });
         match core
@@ -345,8 +322,8 @@ impl OrchestrationContext {
     ) -> StepFuture<O> {
         let input = to_json(input);
         let mut core = self.core();
-        let (seq, recorded) = core.take_step(Event::ChildScheduled {
-            seq: 0,
+        let (seq, recorded) = core.take_step(|seq| Event::ChildScheduled {
+            seq,
             name: name.to_string(),
             instance: instance.to_string(),
             input: input.clone(),
@@ -381,8 +358,8 @@ impl OrchestrationContext {
     fn system_value(&self, make: impl FnOnce() -> String) -> String {
         let mut core = self.core();
         let value = make();
-        let (_, recorded) = core.take_step(Event::SystemValue {
-            seq: 0,
+        let (_, recorded) = core.take_step(|seq| Event::SystemValue {
+            seq,
             value: value.clone(),
         });
         match recorded {
@@ -411,10 +388,6 @@ impl OrchestrationContext {
             output: PhantomData,
         }
     }
-}
-
-fn lock(core: &Mutex<Core>) -> MutexGuard<'_, Core> {
-    core.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 fn to_json<I: Serialize>(input: &I) -> String {

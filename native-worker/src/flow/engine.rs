@@ -10,7 +10,7 @@ use std::collections::HashMap;
 use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use rusqlite::Connection;
@@ -21,10 +21,10 @@ use super::FlowError;
 use super::client::FlowClient;
 use super::db;
 use super::history::{Event, Message, ParentRef, Work, WorkItem};
-use super::now_ms;
 use super::registry::Registry;
 use super::turn::{self, IdSource, Live, TurnOutput};
 use super::writer::{self, CommitReport, WriteOp, Writer, WriterStats};
+use super::{lock, now_ms};
 
 /// How the engine runs.
 #[derive(Debug, Clone)]
@@ -115,12 +115,6 @@ impl IdSource for Shared {
     fn next_id(&self) -> i64 {
         self.next_work_id.fetch_add(1, Relaxed) + 1
     }
-}
-
-pub(super) fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    mutex
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 impl Shared {

@@ -41,6 +41,14 @@ pub use history::{Event, Status};
 pub use registry::{ActivityContext, Registry};
 pub use retry::{Backoff, RetryPolicy};
 
+/// Locks state shared with orchestration code, which may have panicked while holding it: the
+/// panic is reported as the instance's failure, so the state is still usable.
+pub(crate) fn lock<T>(mutex: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
 /// Wall-clock Unix milliseconds: timer deadlines and instance timestamps.
 pub(crate) fn now_ms() -> i64 {
     std::time::SystemTime::now()

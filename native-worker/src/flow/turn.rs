@@ -76,15 +76,8 @@ impl Live {
     }
 
     /// Rebuilds an instance from its stored history by running its code against it.
-    pub(crate) fn replay(
-        info: &InstanceInfo,
-        history: Vec<Event>,
-        registry: &Registry,
-    ) -> Box<Live> {
+    fn replay(info: &InstanceInfo, history: Vec<Event>, registry: &Registry) -> Box<Live> {
         let mut live = Live::fresh(info);
-        if info.status.is_terminal() {
-            return live;
-        }
         live.core = Arc::new(Mutex::new(Core::new(
             &info.id,
             info.execution,
@@ -113,9 +106,7 @@ impl Live {
     }
 
     fn core(&self) -> std::sync::MutexGuard<'_, Core> {
-        self.core
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+        super::lock(&self.core)
     }
 
     /// Applies one history event (replayed or new) and runs the orchestration as far as it goes.

@@ -148,7 +148,10 @@ fn run(mut conn: Connection, receiver: mpsc::Receiver<Request>, stats: &WriterSt
     let mut group = Vec::with_capacity(64);
     let mut close = None;
     while close.is_none() {
-        let mut next = receiver.recv().ok();
+        let Ok(first) = receiver.recv() else {
+            return; // every handle is gone
+        };
+        let mut next = Some(first);
         while let Some(request) = next.take() {
             match request {
                 Request::Submit(submission) => group.push(submission),
@@ -162,11 +165,7 @@ fn run(mut conn: Connection, receiver: mpsc::Receiver<Request>, stats: &WriterSt
             }
         }
         if group.is_empty() {
-            if close.is_none() && next.is_none() {
-                // Every handle is gone.
-                return;
-            }
-            continue;
+            continue; // only a close request arrived
         }
         let started = Instant::now();
         let result = apply(&mut conn, &group);
