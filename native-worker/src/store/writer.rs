@@ -136,11 +136,7 @@ impl StoreWriter {
             queue_upstream(&tx, upstream, indexed_at)?;
         }
         if let Some((source, position)) = &batch.cursor {
-            tx.prepare_cached(
-                "INSERT INTO cursors (source, position) VALUES (?1, ?2)
-                 ON CONFLICT(source) DO UPDATE SET position = max(position, excluded.position)",
-            )?
-            .execute(params![source, position])?;
+            advance_cursor(&tx, source, *position)?;
         }
         tx.commit()?;
         self.last_indexed_at = indexed_at;
@@ -156,6 +152,15 @@ impl StoreWriter {
         }
         tx.commit()
     }
+}
+
+/// Moves a source's cursor forward (never back: a replay may end behind it). Returns rows changed.
+fn advance_cursor(tx: &Connection, source: &str, position: i64) -> rusqlite::Result<usize> {
+    tx.prepare_cached(
+        "INSERT INTO cursors (source, position) VALUES (?1, ?2)
+         ON CONFLICT(source) DO UPDATE SET position = max(position, excluded.position)",
+    )?
+    .execute(params![source, position])
 }
 
 /// The replicated row a change touched, if any.
@@ -211,12 +216,7 @@ fn queue_upstream(
 fn apply_change(tx: &Connection, change: &Change, indexed_at: i64) -> rusqlite::Result<bool> {
     let changed = match change {
         Change::Replica(image) => return image.apply(tx, Stamp::Local(indexed_at)),
-        Change::Cursor { source, position } => tx
-            .prepare_cached(
-                "INSERT INTO cursors (source, position) VALUES (?1, ?2)
-                 ON CONFLICT(source) DO UPDATE SET position = max(position, excluded.position)",
-            )?
-            .execute(params![source, position])?,
+        Change::Cursor { source, position } => advance_cursor(tx, source, *position)?,
         Change::UpstreamDrained { through_id } => tx
             .prepare_cached("DELETE FROM upstream_queue WHERE id <= ?1")?
             .execute([through_id])?,

@@ -113,8 +113,7 @@ impl Backlog {
     }
 
     /// Reads more entries until about `target` rows are buffered.
-    fn refill(&mut self, store: &Store, target: usize) -> anyhow::Result<()> {
-        let conn = store.reader()?;
+    fn refill(&mut self, conn: &rusqlite::Connection, target: usize) -> anyhow::Result<()> {
         let mut statement = conn.prepare_cached(
             "SELECT id, rows FROM upstream_queue WHERE id > ?1 ORDER BY id LIMIT 64",
         )?;
@@ -211,6 +210,7 @@ pub async fn drain(
     stop: CancellationToken,
 ) {
     let mut backlog = Backlog::default();
+    let mut reader = None;
     let mut backoff = Duration::from_millis(250);
     let mut schema_ready = false;
     loop {
@@ -224,7 +224,17 @@ pub async fn drain(
                 }
             }
         }
-        if let Err(error) = backlog.refill(&store, config.max_rows * 2) {
+        // One read connection for the drainer's life, reopened only after an error.
+        if reader.is_none() {
+            reader = store
+                .reader()
+                .inspect_err(|error| tracing::error!(%error, "cannot read the upstream queue"))
+                .ok();
+        }
+        if let Some(conn) = &reader
+            && let Err(error) = backlog.refill(conn, config.max_rows * 2)
+        {
+            reader = None;
             tracing::error!(
                 error = format!("{error:#}"),
                 "reading the upstream queue failed"
