@@ -121,6 +121,15 @@ fn registry(ledger_path: PathBuf) -> Registry {
     registry
 }
 
+/// The runtime a child process runs its engine on: two workers, like the machine.
+fn child_runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
 /// The child process: start every instance (idempotently) and wait for all of them.
 #[test]
 #[ignore = "run by flow_crash_recovery as its child process"]
@@ -129,12 +138,7 @@ fn crash_child() {
         return;
     };
     let dir = PathBuf::from(dir);
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
-    runtime.block_on(async {
+    child_runtime().block_on(async {
         let options = EngineOptions {
             orchestration_slots: 2,
             activity_slots: ACTIVITY_SLOTS,
@@ -282,12 +286,7 @@ fn poison_child() {
     let Ok(dir) = std::env::var("FLOW_POISON_CHILD") else {
         return;
     };
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
-    runtime.block_on(async {
+    child_runtime().block_on(async {
         let mut registry = Registry::new();
         registry
             .activity("crash", |_, ()| async move {
