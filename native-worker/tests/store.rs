@@ -118,6 +118,76 @@ fn deletes_leave_tombstones_that_block_older_revisions() {
     assert_eq!(fts_hits(&store, "reborn"), 1);
 }
 
+/// The store's index holds exactly what a fresh index of its live rows would: every term
+/// instance (term, row, column, offset) in one is in the other.
+fn assert_index_matches_rows(store: &Store) {
+    let conn = rusqlite::Connection::open(store.path()).unwrap();
+    conn.execute_batch(
+        "INSERT INTO documents_fts (documents_fts, rank) VALUES ('integrity-check', 0);
+         CREATE TEMP TABLE live AS SELECT id, title, content FROM documents WHERE deleted = 0;
+         CREATE VIRTUAL TABLE temp.fresh USING fts5(title, content, content = 'live',
+             content_rowid = 'id', tokenize = 'unicode61 remove_diacritics 2');
+         INSERT INTO fresh (fresh) VALUES ('rebuild');
+         CREATE VIRTUAL TABLE temp.kept_terms USING fts5vocab(main, documents_fts, instance);
+         CREATE VIRTUAL TABLE temp.fresh_terms USING fts5vocab(temp, fresh, instance);",
+    )
+    .unwrap();
+    let differing: i64 = conn
+        .query_row(
+            "SELECT (SELECT count(*) FROM (SELECT * FROM kept_terms EXCEPT SELECT * FROM fresh_terms))
+                  + (SELECT count(*) FROM (SELECT * FROM fresh_terms EXCEPT SELECT * FROM kept_terms))",
+            [],
+            |row| row.get(0),
+        )
+        .unwrap();
+    assert_eq!(differing, 0, "term instances differ from a fresh index");
+}
+
+#[test]
+fn the_index_follows_every_change_a_batch_makes() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path().join("store.db")).unwrap();
+    let mut writer = store.writer().unwrap();
+    writer
+        .apply(&batch(vec![
+            document("k1", "alpha", "3l1"),
+            document("k2", "bravo", "3l1"),
+            document("k3", "charlie", "3l1"),
+        ]))
+        .unwrap();
+    assert_index_matches_rows(&store);
+    // One batch: an update, a stale change, a delete, a create updated twice, a delete of a
+    // record never seen.
+    let outcome = writer
+        .apply(&batch(vec![
+            document("k1", "delta", "3l2"),
+            document("k2", "echo", "3l0"),
+            delete("k3", "3l2"),
+            document("k4", "foxtrot", "3l1"),
+            document("k4", "golf", "3l2"),
+            delete("k5", "3l1"),
+        ]))
+        .unwrap();
+    assert_eq!((outcome.applied, outcome.stale), (5, 1));
+    assert_index_matches_rows(&store);
+    let hits: Vec<i64> = [
+        "alpha", "delta", "bravo", "echo", "charlie", "foxtrot", "golf",
+    ]
+    .iter()
+    .map(|word| fts_hits(&store, word))
+    .collect();
+    assert_eq!(hits, [0, 1, 1, 0, 0, 0, 1]);
+    // A tombstone revived, and an untouched row, in the next batch.
+    writer
+        .apply(&batch(vec![document("k3", "hotel", "3l3")]))
+        .unwrap();
+    assert_index_matches_rows(&store);
+    assert_eq!(
+        (fts_hits(&store, "hotel"), fts_hits(&store, "bravo")),
+        (1, 1)
+    );
+}
+
 #[test]
 fn cursor_commits_with_its_batch_and_never_regresses() {
     let dir = tempfile::tempdir().unwrap();

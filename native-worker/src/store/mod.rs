@@ -3,11 +3,13 @@
 //! One [`StoreWriter`] owns the only write connection and applies a whole [`Batch`] of changes,
 //! plus the source cursor that batch reaches, in one transaction (DESIGN.md invariants 3, 5, 7):
 //! the cursor can never be ahead of the data it covers. Everything that reads opens its own
-//! read-only connection with [`Store::reader`] and never waits on the writer.
+//! read-only connection with [`Store::reader`] and never waits on the writer. The writer keeps
+//! the full-text index per batch ([`fts`]).
 //!
 //! Records are idempotent by revision: a change older than what is stored is ignored, deletes
 //! leave a tombstone that remembers the revision, so replays and redeliveries are harmless.
 
+mod fts;
 mod migrations;
 pub mod replica;
 mod writer;

@@ -5,6 +5,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use pubsearch_shared::record::{Document, Publication, is_publication_collection};
 use rusqlite::{Connection, params};
 
+use super::fts::TouchedDocuments;
 use super::replica::{RowImage, Stamp, Table};
 
 /// One change to the store, already extracted and policy-checked.
@@ -116,6 +117,8 @@ impl StoreWriter {
             ..BatchOutcome::default()
         };
         let mut upstream = Vec::new();
+        let touched = TouchedDocuments::of(&batch.changes);
+        touched.unindex(&tx)?;
         for change in &batch.changes {
             let changed = apply_change(&tx, change, indexed_at)?;
             if matches!(
@@ -132,6 +135,7 @@ impl StoreWriter {
                 outcome.stale += 1;
             }
         }
+        touched.reindex(&tx)?;
         if !upstream.is_empty() {
             queue_upstream(&tx, upstream, indexed_at)?;
         }
