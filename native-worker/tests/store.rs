@@ -254,3 +254,26 @@ fn a_store_from_the_future_is_refused() {
     let error = Store::open(&path).unwrap_err().to_string();
     assert!(error.contains("newer than this build"), "{error}");
 }
+
+#[test]
+fn commits_reach_the_database_file_without_the_writer_checkpointing() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path().join("store.db")).unwrap();
+    let file_size = || std::fs::metadata(store.path()).unwrap().len();
+    let before = file_size();
+    let mut writer = store.writer().unwrap();
+    // Far below the writer's own autocheckpoint threshold: only the checkpoint thread copies
+    // these pages out of the WAL, when the commit nudges it (well before its idle interval).
+    let changes = (0..200)
+        .map(|i| document(&format!("k{i:03}"), &format!("title number {i}"), "3l1"))
+        .collect();
+    writer.apply(&batch(changes)).unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
+    while file_size() <= before && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    assert!(
+        file_size() > before,
+        "the committed pages were checkpointed into the database file"
+    );
+}

@@ -4,11 +4,13 @@
 //! plus the source cursor that batch reaches, in one transaction (DESIGN.md invariants 3, 5, 7):
 //! the cursor can never be ahead of the data it covers. Everything that reads opens its own
 //! read-only connection with [`Store::reader`] and never waits on the writer. The writer keeps
-//! the full-text index per batch ([`fts`]).
+//! the full-text index per batch ([`fts`]) and leaves WAL checkpoints to a thread of their own
+//! ([`checkpoint`]), so a commit costs only its own pages.
 //!
 //! Records are idempotent by revision: a change older than what is stored is ignored, deletes
 //! leave a tombstone that remembers the revision, so replays and redeliveries are harmless.
 
+mod checkpoint;
 mod fts;
 mod migrations;
 pub mod replica;
@@ -27,6 +29,8 @@ pub use writer::{Batch, BatchOutcome, Change, StoreWriter};
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 /// Page cache per read connection, in KiB (negative `cache_size` is KiB in SQLite).
 const READER_CACHE_KIB: i64 = 16 * 1024;
+/// Page cache of the write connection, in KiB.
+const WRITER_CACHE_KIB: i64 = 64 * 1024;
 
 /// Why the store could not be opened or written.
 #[derive(Debug, thiserror::Error)]
@@ -76,9 +80,18 @@ impl Store {
         &self.path
     }
 
-    /// The single writer. Open exactly one per process; it is not shared with readers.
+    /// The single writer. Open exactly one per process; it is not shared with readers. It
+    /// checkpoints the WAL from a thread of its own ([`checkpoint`]).
     pub fn writer(&self) -> Result<StoreWriter, StoreError> {
-        Ok(StoreWriter::new(self.open_write_connection()?)?)
+        let open = |source| StoreError::Open {
+            path: self.path.clone(),
+            source,
+        };
+        let conn = self.open_write_connection()?;
+        conn.pragma_update(None, "wal_autocheckpoint", checkpoint::BACKSTOP_PAGES)
+            .map_err(open)?;
+        let checkpointer = checkpoint::Checkpointer::spawn(&self.path).map_err(open)?;
+        Ok(StoreWriter::new(conn, checkpointer)?)
     }
 
     /// A read-only connection that never blocks the writer (WAL readers see the last commit).
@@ -120,6 +133,10 @@ impl Store {
         conn.pragma_update(None, "synchronous", "FULL")
             .map_err(open)?;
         conn.pragma_update(None, "foreign_keys", true)
+            .map_err(open)?;
+        // A whole batch (and the index pages it touches) fits, so commits don't spill
+        // mid-transaction or re-read pages they just wrote.
+        conn.pragma_update(None, "cache_size", -WRITER_CACHE_KIB)
             .map_err(open)?;
         Ok(conn)
     }

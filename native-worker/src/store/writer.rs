@@ -5,6 +5,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use pubsearch_shared::record::{Document, Publication, is_publication_collection};
 use rusqlite::{Connection, params};
 
+use super::checkpoint::Checkpointer;
 use super::fts::TouchedDocuments;
 use super::replica::{RowImage, Stamp, Table};
 
@@ -74,6 +75,7 @@ pub struct BatchOutcome {
 /// Owns the store's only write connection.
 pub struct StoreWriter {
     conn: Connection,
+    checkpointer: Checkpointer,
     last_indexed_at: i64,
     write_through: bool,
 }
@@ -86,7 +88,7 @@ fn now_us() -> i64 {
 }
 
 impl StoreWriter {
-    pub(super) fn new(conn: Connection) -> rusqlite::Result<Self> {
+    pub(super) fn new(conn: Connection, checkpointer: Checkpointer) -> rusqlite::Result<Self> {
         let last_indexed_at = conn.query_row(
             "SELECT max(coalesce((SELECT max(indexed_at) FROM documents), 0),
                         coalesce((SELECT max(indexed_at) FROM publications), 0))",
@@ -95,6 +97,7 @@ impl StoreWriter {
         )?;
         Ok(Self {
             conn,
+            checkpointer,
             last_indexed_at,
             write_through: false,
         })
@@ -143,6 +146,7 @@ impl StoreWriter {
             advance_cursor(&tx, source, *position)?;
         }
         tx.commit()?;
+        self.checkpointer.nudge();
         self.last_indexed_at = indexed_at;
         Ok(outcome)
     }
