@@ -10,11 +10,10 @@
 //! go in rowid order: FTS5 also writes a segment whenever a rowid is lower than the last one.
 //! (Selecting by `id IN (…)` gives that order without sorting the documents' text.)
 
-use pubsearch_shared::record::is_publication_collection;
 use rusqlite::Connection;
 
 use super::replica::Table;
-use super::writer::Change;
+use super::writer::{Change, written_row};
 
 /// The documents a batch touches, as the JSON array of URIs the index statements read.
 pub(super) struct TouchedDocuments(Option<String>);
@@ -24,21 +23,8 @@ impl TouchedDocuments {
     pub(super) fn of(changes: &[Change]) -> Self {
         let uris: Vec<String> = changes
             .iter()
-            .filter_map(|change| match change {
-                Change::Document { document, .. } => Some(document.uri.clone()),
-                Change::Delete {
-                    did,
-                    collection,
-                    rkey,
-                    ..
-                } if !is_publication_collection(collection) => {
-                    Some(format!("at://{did}/{collection}/{rkey}"))
-                }
-                Change::Replica(image) if image.table == Table::Documents => {
-                    image.key().map(str::to_owned)
-                }
-                _ => None,
-            })
+            .filter_map(written_row)
+            .filter_map(|(table, uri)| (table == Table::Documents).then_some(uri))
             .collect();
         Self((!uris.is_empty()).then(|| serde_json::to_string(&uris).expect("URIs serialise")))
     }

@@ -131,8 +131,9 @@ impl StoreWriter {
                 // Bookkeeping, not data: neither applied nor stale.
             } else if changed {
                 outcome.applied += 1;
-                if self.write_through {
-                    upstream.extend(replicated_row(change));
+                // Rows that came down from Turso are never queued back up.
+                if self.write_through && !matches!(change, Change::Replica(_)) {
+                    upstream.extend(written_row(change));
                 }
             } else {
                 outcome.stale += 1;
@@ -171,9 +172,11 @@ fn advance_cursor(tx: &Connection, source: &str, position: i64) -> rusqlite::Res
     .execute(params![source, position])
 }
 
-/// The replicated row a change touched, if any.
-fn replicated_row(change: &Change) -> Option<(Table, String)> {
+/// The replicated row (table and key) a change writes, if any: what write-through queues for
+/// Turso and what the full-text index re-reads.
+pub(super) fn written_row(change: &Change) -> Option<(Table, String)> {
     match change {
+        Change::Replica(image) => image.key().map(|key| (image.table, key.to_owned())),
         Change::Document { document, .. } => Some((Table::Documents, document.uri.clone())),
         Change::Publication { publication, .. } => {
             Some((Table::Publications, publication.uri.clone()))
