@@ -83,10 +83,7 @@ impl Store {
     /// The single writer. Open exactly one per process; it is not shared with readers. It
     /// checkpoints the WAL from a thread of its own ([`checkpoint`]).
     pub fn writer(&self) -> Result<StoreWriter, StoreError> {
-        let open = |source| StoreError::Open {
-            path: self.path.clone(),
-            source,
-        };
+        let open = self.open_error();
         let conn = self.open_write_connection()?;
         conn.pragma_update(None, "wal_autocheckpoint", checkpoint::BACKSTOP_PAGES)
             .map_err(open)?;
@@ -96,10 +93,7 @@ impl Store {
 
     /// A read-only connection that never blocks the writer (WAL readers see the last commit).
     pub fn reader(&self) -> Result<Connection, StoreError> {
-        let open = |source| StoreError::Open {
-            path: self.path.clone(),
-            source,
-        };
+        let open = self.open_error();
         let conn = Connection::open_with_flags(
             &self.path,
             OpenFlags::SQLITE_OPEN_READ_ONLY
@@ -113,11 +107,16 @@ impl Store {
         Ok(conn)
     }
 
-    fn open_write_connection(&self) -> Result<Connection, StoreError> {
-        let open = |source| StoreError::Open {
+    /// Wraps a failure to open or set up a connection with the store's path.
+    fn open_error(&self) -> impl Fn(rusqlite::Error) -> StoreError + Copy + '_ {
+        |source| StoreError::Open {
             path: self.path.clone(),
             source,
-        };
+        }
+    }
+
+    fn open_write_connection(&self) -> Result<Connection, StoreError> {
+        let open = self.open_error();
         let conn = Connection::open(&self.path).map_err(open)?;
         conn.busy_timeout(BUSY_TIMEOUT).map_err(open)?;
         // WAL: readers never wait on the writer. FULL: a commit (and the cursor in it) survives
