@@ -13,7 +13,7 @@
 //!
 //! The pool has a fixed size, so every page of a query is cut from the same ordering.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 
 use rusqlite::types::Value;
 use rusqlite::{Connection, params_from_iter};
@@ -342,12 +342,10 @@ pub fn search(
     let start = request.offset as usize;
     let end = start + request.limit as usize;
     let has_more = candidates.len() > end;
-    let results = candidates
+    let page = candidates
         .get(start..end.min(candidates.len()))
-        .unwrap_or_default()
-        .iter()
-        .map(|candidate| load_result(conn, request, candidate))
-        .collect::<Result<Vec<_>, _>>()?;
+        .unwrap_or_default();
+    let results = load_page(conn, request, page)?;
     Ok(SearchPage {
         results,
         has_more,
@@ -480,58 +478,118 @@ fn publication_candidates(
     Ok(rows.collect::<Result<_, _>>()?)
 }
 
-fn load_result(
+/// Reads the page's rows in full and gives them snippets: one FTS5 statement per kind of result,
+/// however long the page.
+///
+/// A `MATCH … AND rowid = ?` statement per result would set the expression up again for every
+/// row, and for a prefix term that means merging the doclists of every term it expands to: on the
+/// bench's 887-document snapshot, `ne shi` took 30 ms that way and takes 9 ms with this one scan.
+/// The rowid range lets FTS5 seek past rows before the first and after the last result; the `+`
+/// keeps the `IN` list out of FTS5's hands, which would otherwise run the expression once per
+/// listed rowid.
+fn load_page(
     conn: &Connection,
     request: &SearchRequest,
-    candidate: &Candidate,
-) -> Result<SearchResult, SearchError> {
+    page: &[Candidate],
+) -> Result<Vec<SearchResult>, SearchError> {
+    let is_publication = |candidate: &&Candidate| candidate.kind == ResultKind::Publication;
+    let documents: Vec<i64> = page
+        .iter()
+        .filter(|c| !is_publication(c))
+        .map(|c| c.id)
+        .collect();
+    let publications: Vec<i64> = page.iter().filter(is_publication).map(|c| c.id).collect();
     let snippet_args = format!(
         "char({}), char({}), '…', {SNIPPET_TOKENS}",
         MARK_OPEN as u32, MARK_CLOSE as u32
     );
-    let platform = |name: String| name.parse().unwrap_or(Platform::Other);
-    let created_at = |text: Option<String>| text.and_then(|text| Timestamp::parse(&text).ok());
-    if candidate.kind == ResultKind::Publication {
-        let sql = format!(
-            "SELECT p.uri, p.did, p.rkey, p.platform, p.name, p.created_at, p.base_path,
-                    snippet(publications_fts, 1, {snippet_args})
-             FROM publications_fts JOIN publications AS p ON p.id = publications_fts.rowid
-             WHERE publications_fts MATCH ?1 AND publications_fts.rowid = ?2"
-        );
-        let mut statement = conn.prepare_cached(&sql)?;
-        return Ok(
-            statement.query_row((request.query.as_str(), candidate.id), |row| {
-                let base_path: Option<String> = row.get(6)?;
-                Ok(SearchResult {
-                    kind: ResultKind::Publication,
-                    uri: row.get(0)?,
-                    did: row.get(1)?,
-                    rkey: row.get(2)?,
-                    platform: platform(row.get(3)?),
-                    title: row.get(4)?,
-                    created_at: created_at(row.get(5)?),
-                    url: base_path
-                        .as_deref()
-                        .map(|base| format!("https://{}", base.trim_end_matches('/'))),
-                    base_path,
-                    snippet: render_snippet(&row.get::<_, String>(7)?),
-                    path: None,
-                    cover_image: None,
-                })
-            })?,
-        );
-    }
-    let sql = format!(
-        "SELECT {DOCUMENT_RESULT_COLUMNS}, snippet(documents_fts, 1, {snippet_args})
+    let mut loaded = HashMap::with_capacity(page.len());
+    let documents_sql = format!(
+        "SELECT {DOCUMENT_RESULT_COLUMNS}, snippet(documents_fts, 1, {snippet_args}),
+                documents_fts.rowid
          FROM documents_fts JOIN documents AS d ON d.id = documents_fts.rowid
-         WHERE documents_fts MATCH ?1 AND documents_fts.rowid = ?2"
+         WHERE documents_fts MATCH ?1 AND documents_fts.rowid BETWEEN ?2 AND ?3
+           AND +documents_fts.rowid IN ({})",
+        id_placeholders(documents.len())
     );
-    let mut statement = conn.prepare_cached(&sql)?;
-    Ok(
-        statement.query_row((request.query.as_str(), candidate.id), |row| {
-            document_result(row, render_snippet(&row.get::<_, String>(10)?))
-        })?,
-    )
+    for_each_row(conn, &documents_sql, request, &documents, |row| {
+        let result = document_result(row, render_snippet(&row.get::<_, String>(10)?))?;
+        loaded.insert((false, row.get(11)?), result);
+        Ok(())
+    })?;
+    let publications_sql = format!(
+        "SELECT publications_fts.rowid, p.uri, p.did, p.rkey, p.platform, p.name, p.created_at,
+                p.base_path, snippet(publications_fts, 1, {snippet_args})
+         FROM publications_fts JOIN publications AS p ON p.id = publications_fts.rowid
+         WHERE publications_fts MATCH ?1 AND publications_fts.rowid BETWEEN ?2 AND ?3
+           AND +publications_fts.rowid IN ({})",
+        id_placeholders(publications.len())
+    );
+    for_each_row(conn, &publications_sql, request, &publications, |row| {
+        let id = row.get(0)?;
+        let base_path: Option<String> = row.get(7)?;
+        let result = SearchResult {
+            kind: ResultKind::Publication,
+            uri: row.get(1)?,
+            did: row.get(2)?,
+            rkey: row.get(3)?,
+            platform: row.get::<_, String>(4)?.parse().unwrap_or(Platform::Other),
+            title: row.get(5)?,
+            created_at: row
+                .get::<_, Option<String>>(6)?
+                .and_then(|text| Timestamp::parse(&text).ok()),
+            url: base_path
+                .as_deref()
+                .map(|base| format!("https://{}", base.trim_end_matches('/'))),
+            base_path,
+            snippet: render_snippet(&row.get::<_, String>(8)?),
+            path: None,
+            cover_image: None,
+        };
+        loaded.insert((true, id), result);
+        Ok(())
+    })?;
+    page.iter()
+        .map(|candidate| {
+            loaded
+                .remove(&(is_publication(&candidate), candidate.id))
+                // Candidates come from the same MATCH on the same read-only snapshot.
+                .ok_or(SearchError::Sqlite(rusqlite::Error::QueryReturnedNoRows))
+        })
+        .collect()
+}
+
+/// `?4, ?5, …`: one placeholder per rowid, after the expression and the rowid range.
+fn id_placeholders(count: usize) -> String {
+    (4..4 + count)
+        .map(|n| format!("?{n}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// Runs one of [`load_page`]'s statements for `ids` (none: nothing to run).
+fn for_each_row(
+    conn: &Connection,
+    sql: &str,
+    request: &SearchRequest,
+    ids: &[i64],
+    mut each: impl FnMut(&rusqlite::Row<'_>) -> rusqlite::Result<()>,
+) -> Result<(), SearchError> {
+    let (Some(&low), Some(&high)) = (ids.iter().min(), ids.iter().max()) else {
+        return Ok(());
+    };
+    let mut args = vec![
+        Value::Text(request.query.as_str().to_owned()),
+        Value::Integer(low),
+        Value::Integer(high),
+    ];
+    args.extend(ids.iter().map(|&id| Value::Integer(id)));
+    let mut statement = conn.prepare_cached(sql)?;
+    let mut rows = statement.query(params_from_iter(args))?;
+    while let Some(row) = rows.next()? {
+        each(row)?;
+    }
+    Ok(())
 }
 
 /// The columns of `documents AS d` that [`document_result`] reads, in order.

@@ -119,6 +119,65 @@ fn snippets_highlight_matches_and_escape_html() {
     );
 }
 
+/// The snippet FTS5 gives one row when asked about that row alone, rendered as results are.
+fn lone_snippet(conn: &Connection, table: &str, query: &str, uri: &str) -> String {
+    let base = table.trim_end_matches("_fts");
+    let raw: String = conn
+        .query_row(
+            &format!(
+                "SELECT snippet({table}, 1, char(57344), char(57345), '…', 24)
+                 FROM {table} JOIN {base} AS row ON row.id = {table}.rowid
+                 WHERE {table} MATCH ?1 AND row.uri = ?2"
+            ),
+            (query, uri),
+            |row| row.get(0),
+        )
+        .unwrap();
+    raw.split('\u{E000}')
+        .enumerate()
+        .map(|(index, part)| {
+            let (marked, rest) = match part.split_once('\u{E001}') {
+                Some((marked, rest)) if index > 0 => (Some(marked), rest),
+                _ => (None, part),
+            };
+            let marked = marked.map_or(String::new(), |m| {
+                format!("<mark>{}</mark>", search::escape_html(m))
+            });
+            marked + &search::escape_html(rest)
+        })
+        .collect()
+}
+
+#[test]
+fn each_result_gets_its_own_rows_snippet() {
+    let conn = open_fixture();
+    let mut kinds = std::collections::HashSet::new();
+    for (text, offset) in [
+        ("tomato gard", "0"),
+        ("tomatoes stake gar", "3"),
+        ("garden", "20"),
+    ] {
+        let request =
+            SearchRequest::from_params([("q", text), ("limit", "12"), ("offset", offset)]).unwrap();
+        let page = search::search(&conn, &request, now()).unwrap();
+        assert!(page.results.len() > 1, "{text}: a page to check");
+        for result in &page.results {
+            let table = match result.kind {
+                ResultKind::Publication => "publications_fts",
+                _ => "documents_fts",
+            };
+            let expected = lone_snippet(&conn, table, request.match_expr().as_str(), &result.uri);
+            assert_eq!(result.snippet, expected, "{text}: {}", result.uri);
+            kinds.insert(result.kind);
+        }
+    }
+    assert_eq!(
+        kinds.len(),
+        3,
+        "articles, looseleafs and publications were all checked"
+    );
+}
+
 #[test]
 fn paging_is_consistent_and_reports_more() {
     let conn = open_fixture();
