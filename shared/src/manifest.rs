@@ -15,7 +15,9 @@
 use rusqlite::Connection;
 use serde::{Deserialize, Serialize};
 
-use crate::schema::{self, SCHEMA_VERSION, SCORING_VERSION, TOKENIZER};
+use crate::schema::{
+    self, OLDEST_READABLE_SCHEMA_VERSION, SCHEMA_VERSION, SCORING_VERSION, TOKENIZER,
+};
 use crate::snapshot::{self, SnapshotCounts};
 use crate::timestamp::Timestamp;
 
@@ -57,7 +59,7 @@ pub enum VerifyError {
     Manifest(#[from] serde_json::Error),
     #[error(
         "build {build_id} speaks schema {schema}/scoring {scoring}/tokenizer {tokenizer:?}; this reader speaks \
-         {SCHEMA_VERSION}/{SCORING_VERSION}/{TOKENIZER:?}"
+         {OLDEST_READABLE_SCHEMA_VERSION}..={SCHEMA_VERSION}/{SCORING_VERSION}/{TOKENIZER:?}"
     )]
     Unspoken {
         build_id: String,
@@ -115,10 +117,7 @@ impl Manifest {
 
     /// Refuses versions this code does not speak, before downloading anything.
     pub fn check_spoken(&self) -> Result<(), VerifyError> {
-        if self.schema_version != SCHEMA_VERSION
-            || self.scoring_version != SCORING_VERSION
-            || self.tokenizer != TOKENIZER
-        {
+        if !schema::speaks(self.schema_version, self.scoring_version, &self.tokenizer) {
             return Err(VerifyError::Unspoken {
                 build_id: self.build_id.clone(),
                 schema: self.schema_version,

@@ -9,7 +9,16 @@
 use rusqlite::{Connection, OptionalExtension};
 
 /// Version of the table layout below.
-pub const SCHEMA_VERSION: u32 = 1;
+///
+/// 2: `documents` keeps its text last, so reading the columns after it no longer walks the text's
+/// overflow pages (ranking reads `created_at` for every candidate), and `documents_fts` has a
+/// prefix index for [`crate::query::MIN_PREFIX_CHARS`]-character prefixes, the shortest the query
+/// language expands (`shi*` merged hundreds of terms' doclists per query without it).
+pub const SCHEMA_VERSION: u32 = 2;
+/// The oldest table layout this build still reads. Version 1 has the same tables and columns in
+/// another order and no prefix index: the same SQL answers it identically, only slower, so a new
+/// reader keeps serving the last old snapshot until the first new one is published.
+pub const OLDEST_READABLE_SCHEMA_VERSION: u32 = 1;
 /// The FTS5 tokenizer both indexes use; a snapshot built with another is refused.
 pub const TOKENIZER: &str = "unicode61 remove_diacritics 2";
 /// Version of the ranking formula (bm25 weights, recency boost, candidate pool).
@@ -33,15 +42,15 @@ CREATE TABLE documents (
     rkey            TEXT NOT NULL,
     collection      TEXT NOT NULL,
     platform        TEXT NOT NULL,
-    title           TEXT NOT NULL,
-    content         TEXT NOT NULL,
     created_at      TEXT NOT NULL,
     indexed_at      INTEGER NOT NULL,
     publication_uri TEXT,
     base_path       TEXT,
     path            TEXT,
     tags            TEXT NOT NULL DEFAULT '[]',
-    cover_image     TEXT
+    cover_image     TEXT,
+    title           TEXT NOT NULL,
+    content         TEXT NOT NULL
 );
 CREATE INDEX documents_publication_uri ON documents(publication_uri);
 CREATE INDEX documents_did ON documents(did);
@@ -75,7 +84,8 @@ CREATE TABLE tag_counts (
 CREATE VIRTUAL TABLE documents_fts USING fts5(
     title, content,
     content = 'documents', content_rowid = 'id',
-    tokenize = 'unicode61 remove_diacritics 2'
+    tokenize = 'unicode61 remove_diacritics 2',
+    prefix = '3'
 );
 CREATE VIRTUAL TABLE publications_fts USING fts5(
     name, description,
@@ -108,7 +118,7 @@ pub enum SchemaError {
     BadMeta { key: &'static str, value: String },
     #[error(
         "snapshot speaks schema {found_schema}/scoring {found_scoring}/tokenizer {found_tokenizer:?}; \
-         this build reads schema {SCHEMA_VERSION}/scoring {SCORING_VERSION}/tokenizer {TOKENIZER:?}"
+         this build reads schema {OLDEST_READABLE_SCHEMA_VERSION}..={SCHEMA_VERSION}/scoring {SCORING_VERSION}/tokenizer {TOKENIZER:?}"
     )]
     Incompatible {
         found_schema: u32,
@@ -166,13 +176,21 @@ pub fn read_version(conn: &Connection) -> Result<SnapshotVersion, SchemaError> {
     })
 }
 
+/// Whether this build reads a snapshot stamped with these versions and ranks it identically.
+pub fn speaks(schema_version: u32, scoring_version: u32, tokenizer: &str) -> bool {
+    (OLDEST_READABLE_SCHEMA_VERSION..=SCHEMA_VERSION).contains(&schema_version)
+        && scoring_version == SCORING_VERSION
+        && tokenizer == TOKENIZER
+}
+
 /// Reads the version stamps and refuses a snapshot this build cannot rank identically.
 pub fn check_compatible(conn: &Connection) -> Result<SnapshotVersion, SchemaError> {
     let version = read_version(conn)?;
-    if version.schema_version != SCHEMA_VERSION
-        || version.scoring_version != SCORING_VERSION
-        || version.tokenizer != TOKENIZER
-    {
+    if !speaks(
+        version.schema_version,
+        version.scoring_version,
+        &version.tokenizer,
+    ) {
         return Err(SchemaError::Incompatible {
             found_schema: version.schema_version,
             found_scoring: version.scoring_version,
@@ -220,6 +238,27 @@ mod tests {
                 ..
             })
         ));
+    }
+
+    #[test]
+    fn older_layouts_are_read_until_the_oldest_readable_one() {
+        for version in OLDEST_READABLE_SCHEMA_VERSION..=SCHEMA_VERSION {
+            assert!(speaks(version, SCORING_VERSION, TOKENIZER), "{version}");
+        }
+        assert!(!speaks(
+            OLDEST_READABLE_SCHEMA_VERSION - 1,
+            SCORING_VERSION,
+            TOKENIZER
+        ));
+        assert!(!speaks(SCHEMA_VERSION + 1, SCORING_VERSION, TOKENIZER));
+        assert!(!speaks(SCHEMA_VERSION, SCORING_VERSION + 1, TOKENIZER));
+        assert!(!speaks(SCHEMA_VERSION, SCORING_VERSION, "porter"));
+    }
+
+    #[test]
+    fn the_prefix_index_serves_the_shortest_prefix_queries() {
+        let prefix = format!("prefix = '{}'", crate::query::MIN_PREFIX_CHARS);
+        assert!(DDL.contains(&prefix), "documents_fts must declare {prefix}");
     }
 
     #[test]

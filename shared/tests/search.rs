@@ -230,6 +230,73 @@ fn hostile_queries_are_inert() {
     ));
 }
 
+/// The fixture rebuilt in schema version 1's layout: text in the middle of `documents`, and no
+/// prefix index.
+fn fixture_in_version_1_layout() -> Connection {
+    let mut fixture = open_fixture();
+    let bytes = fixture.serialize(rusqlite::MAIN_DB).unwrap();
+    let mut old = Connection::open_in_memory().unwrap();
+    schema::create(&old).unwrap();
+    old.execute_batch(
+        "DROP TABLE documents_fts;
+         DROP TABLE documents;
+         CREATE TABLE documents (
+             id INTEGER PRIMARY KEY, uri TEXT NOT NULL UNIQUE, did TEXT NOT NULL,
+             rkey TEXT NOT NULL, collection TEXT NOT NULL, platform TEXT NOT NULL,
+             title TEXT NOT NULL, content TEXT NOT NULL, created_at TEXT NOT NULL,
+             indexed_at INTEGER NOT NULL, publication_uri TEXT, base_path TEXT, path TEXT,
+             tags TEXT NOT NULL DEFAULT '[]', cover_image TEXT);
+         CREATE INDEX documents_publication_uri ON documents(publication_uri);
+         CREATE INDEX documents_did ON documents(did);
+         CREATE VIRTUAL TABLE documents_fts USING fts5(title, content, content = 'documents',
+             content_rowid = 'id', tokenize = 'unicode61 remove_diacritics 2');
+         ATTACH ':memory:' AS fixture;",
+    )
+    .unwrap();
+    old.execute(
+        "INSERT INTO documents_fts(documents_fts, rank) VALUES ('rank', ?1)",
+        [format!("bm25({:.1}, 1.0)", schema::TITLE_WEIGHT)],
+    )
+    .unwrap();
+    old.deserialize_read_exact("fixture", &bytes[..], bytes.len(), true)
+        .unwrap();
+    old.execute_batch(
+        "INSERT INTO documents SELECT id, uri, did, rkey, collection, platform, title, content,
+             created_at, indexed_at, publication_uri, base_path, path, tags, cover_image
+             FROM fixture.documents;
+         INSERT INTO documents_fts(documents_fts) VALUES ('rebuild');
+         INSERT INTO publications SELECT * FROM fixture.publications;
+         INSERT INTO publications_fts(publications_fts) VALUES ('rebuild');
+         INSERT INTO document_tags SELECT * FROM fixture.document_tags;
+         INSERT INTO tag_counts SELECT * FROM fixture.tag_counts;
+         INSERT INTO meta SELECT * FROM fixture.meta;
+         UPDATE meta SET value = '1' WHERE key = 'schema_version';
+         DETACH fixture;",
+    )
+    .unwrap();
+    old
+}
+
+#[test]
+fn a_version_1_snapshot_is_read_and_answers_identically() {
+    let (current, old) = (open_fixture(), fixture_in_version_1_layout());
+    assert_eq!(schema::check_compatible(&old).unwrap().schema_version, 1);
+    for pairs in [
+        &[("q", "tomato gard")][..],
+        &[("q", "garden"), ("offset", "20")],
+        &[
+            ("q", "rust"),
+            ("tag", "rust"),
+            ("since", "2024-01-01T00:00:00Z"),
+        ],
+        &[("q", "tomatoes"), ("type", "looseleaf")],
+    ] {
+        let page = run(&current, pairs);
+        assert!(!page.results.is_empty(), "{pairs:?}: something to compare");
+        assert_eq!(run(&old, pairs), page, "{pairs:?}");
+    }
+}
+
 #[test]
 fn snapshot_counts_and_version_are_recorded() {
     let conn = open_fixture();
