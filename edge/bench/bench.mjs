@@ -4,8 +4,10 @@
 //
 // For each corpus size it publishes a real snapshot with the native pipeline, starts the built
 // Worker in workerd (Miniflare, local R2), and measures cold start to first answer, warm /search
-// latency, the Worker's wasm memory, and the native search core's time on the same snapshot.
-import { execFileSync } from "node:child_process";
+// latency, the Worker's wasm memory, and the native search core's time on the same snapshot
+// (each query asked of the Worker and then of a native process in turn, after a warm-up).
+import { execFileSync, spawn } from "node:child_process";
+import { createInterface } from "node:readline";
 import { mkdtempSync, readFileSync, readdirSync, statSync } from "node:fs";
 import { gzipSync } from "node:zlib";
 import { tmpdir } from "node:os";
@@ -17,6 +19,9 @@ const ROOT = join(dirname(fileURLToPath(import.meta.url)), "..", "..");
 const NATIVE = join(ROOT, "target", "release", "native-worker");
 const QUERIES = ["ka", "mi lo", "ra ten su", "\"ka lo\"", "vo", "ne shi", "da pe lu", "gor an"];
 const sizes = (process.argv[2] || "1000,10000,100000").split(",").map(Number);
+// Rounds of all QUERIES: discarded while both sides warm up, then measured for the ratio.
+const WARMUP_ROUNDS = 3;
+const RATIO_ROUNDS = 40;
 
 const run = (args) => execFileSync(NATIVE, args, { env: { ...process.env, RUST_LOG: "warn" }, maxBuffer: 1 << 30 });
 const pct = (sorted, p) => sorted[Math.min(sorted.length - 1, Math.floor(sorted.length * p))];
@@ -28,30 +33,50 @@ function files(dir, prefix = "") {
   });
 }
 
-const serverMs = [];
-
 async function timed(url) {
   const started = performance.now();
   const response = await fetch(url);
   await response.arrayBuffer();
   if (!response.ok) throw new Error(`${url}: ${response.status}`);
   const timing = /search;dur=(\d+(\.\d+)?)/.exec(response.headers.get("server-timing") || "");
-  if (timing) serverMs.push(Number(timing[1]));
-  return performance.now() - started;
+  return { ms: performance.now() - started, serverMs: timing && Number(timing[1]) };
 }
 
-function nativeQueryUs(snapshot) {
-  const out = execFileSync("cargo", ["bench", "-q", "-p", "pubsearch-shared", "--bench", "search"], {
-    cwd: ROOT, env: { ...process.env, SNAPSHOT: snapshot, QUERIES: QUERIES.join("|"), ROUNDS: "100" },
-  }).toString();
-  const rows = out.trim().split("\n").filter((l) => l.startsWith("{")).map((l) => JSON.parse(l));
-  return rows.reduce((sum, row) => sum + row.mean_us, 0) / rows.length;
+/** The native search core as a long-lived process: one query per line in, its microseconds out. */
+function nativeServer(snapshot) {
+  const child = spawn("cargo", ["bench", "-q", "-p", "pubsearch-shared", "--bench", "search"], {
+    cwd: ROOT, env: { ...process.env, SNAPSHOT: snapshot, SERVE: "1" }, stdio: ["pipe", "pipe", "inherit"],
+  });
+  const waiting = [];
+  createInterface({ input: child.stdout }).on("line", (line) => waiting.shift()(Number(line)));
+  return {
+    queryUs: (query) => new Promise((resolve) => { waiting.push(resolve); child.stdin.write(`${query}\n`); }),
+    close: () => child.stdin.end(),
+  };
+}
+
+/** Worker and native time for the same queries, taken in turn so both see the same machine noise. */
+async function interleaved(base, snapshot) {
+  const native = nativeServer(snapshot);
+  let workerMs = 0, nativeMs = 0, count = 0;
+  for (let round = 0; round < WARMUP_ROUNDS + RATIO_ROUNDS; round++) {
+    for (const query of QUERIES) {
+      const { serverMs } = await timed(`${base}/search?q=${encodeURIComponent(query)}`);
+      const us = await native.queryUs(query);
+      if (round < WARMUP_ROUNDS) continue;
+      workerMs += serverMs;
+      nativeMs += us / 1000;
+      count += 1;
+    }
+  }
+  native.close();
+  return { workerMs: workerMs / count, nativeMs: nativeMs / count };
 }
 
 const wasm = readFileSync(join(ROOT, "edge", "build", "index_bg.wasm"));
 const js = readFileSync(join(ROOT, "edge", "build", "index.js"));
 console.log(`bundle: wasm ${(wasm.length / 1e6).toFixed(2)} MB raw, ${(gzipSync(wasm).length / 1e6).toFixed(2)} MB gzip; js ${(js.length / 1e3).toFixed(1)} kB`);
-console.log("| documents | snapshot MB | cold start ms | warm p50 ms | warm p99 ms | health p50 ms | worker query ms (Server-Timing mean) | native query ms (mean) | ratio | wasm memory MB |");
+console.log("| documents | snapshot MB | cold start ms | warm p50 ms | warm p99 ms | health p50 ms | worker query ms (Server-Timing mean) | native query ms (mean, interleaved) | ratio | wasm memory MB |");
 console.log("|---|---|---|---|---|---|---|---|---|---|");
 for (const size of sizes) {
   const dir = mkdtempSync(join(tmpdir(), "pubsearch-edge-bench-"));
@@ -68,20 +93,19 @@ for (const size of sizes) {
   const base = (await mf.ready).toString().replace(/\/$/, "");
   const bucket = await mf.getR2Bucket("SNAPSHOTS");
   for (const [key, path] of files(join(dir, "pub"))) await bucket.put(key, Uint8Array.from(readFileSync(path)));
-  const cold = await timed(`${base}/search?q=ka`);
-  serverMs.length = 0;
+  const cold = (await timed(`${base}/search?q=ka`)).ms;
   const warm = [];
   const health = [];
   for (let i = 0; i < 400; i++) {
-    warm.push(await timed(`${base}/search?q=${encodeURIComponent(QUERIES[i % QUERIES.length])}`));
-    health.push(await timed(`${base}/health`));
+    warm.push((await timed(`${base}/search?q=${encodeURIComponent(QUERIES[i % QUERIES.length])}`)).ms);
+    health.push((await timed(`${base}/health`)).ms);
   }
   warm.sort((a, b) => a - b);
   health.sort((a, b) => a - b);
   const stats = await (await fetch(`${base}/stats`)).json();
+  // In-worker time of the search core (Date.now() around it; it advances locally in workerd),
+  // against the native core answering the same query right after it.
+  const { workerMs, nativeMs } = await interleaved(base, join(dir, "pub", manifest.artifact));
   await mf.dispose();
-  // In-worker time of the search core (Date.now() around it; it advances locally in workerd).
-  const workerMs = serverMs.reduce((sum, ms) => sum + ms, 0) / serverMs.length;
-  const nativeMs = nativeQueryUs(join(dir, "pub", manifest.artifact)) / 1000;
   console.log(`| ${manifest.counts.documents} | ${(manifest.byte_size / 1e6).toFixed(1)} | ${cold.toFixed(0)} | ${pct(warm, 0.5).toFixed(2)} | ${pct(warm, 0.99).toFixed(2)} | ${pct(health, 0.5).toFixed(2)} | ${workerMs.toFixed(2)} | ${nativeMs.toFixed(2)} | ${(workerMs / nativeMs).toFixed(2)} | ${(stats.wasm_memory_bytes / 1e6).toFixed(1)} |`);
 }

@@ -2,7 +2,12 @@
 //!
 //! `SNAPSHOT=path/to/snapshot.db QUERIES='ka lo|mi|ra' cargo bench -p pubsearch-shared --bench search`
 //! prints one JSON line per query: `{"query", "mean_us", "p50_us", "p99_us"}`.
+//!
+//! With `SERVE=1` it instead answers one query per stdin line, printing the microseconds that
+//! search took, so a driver can interleave native and Worker queries: both sides then see the
+//! same moments of machine noise, and their ratio holds still from run to run.
 
+use std::io::{BufRead, Write};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use pubsearch_shared::Timestamp;
@@ -14,11 +19,6 @@ fn main() {
         eprintln!("set SNAPSHOT to a snapshot file (and QUERIES to |-separated queries)");
         return;
     };
-    let queries = std::env::var("QUERIES").unwrap_or_else(|_| "ka|mi lo|\"ra ten\"".into());
-    let rounds: usize = std::env::var("ROUNDS")
-        .ok()
-        .and_then(|r| r.parse().ok())
-        .unwrap_or(200);
     // Same setup as the edge: the whole file in memory, read-only, small page cache.
     let bytes = std::fs::read(&path).expect("reading the snapshot");
     let mut conn = Connection::open_in_memory().unwrap();
@@ -32,15 +32,29 @@ fn main() {
             .as_millis() as i64,
     )
     .unwrap();
-    for query in queries.split('|') {
+    let time_one = |query: &str| {
         let request = SearchRequest::from_params([("q", query), ("format", "v2")]).unwrap();
-        let mut samples: Vec<u128> = (0..rounds)
-            .map(|_| {
-                let started = Instant::now();
-                std::hint::black_box(search::search(&conn, &request, now).unwrap());
-                started.elapsed().as_micros()
-            })
-            .collect();
+        let started = Instant::now();
+        std::hint::black_box(search::search(&conn, &request, now).unwrap());
+        started.elapsed().as_micros()
+    };
+
+    if std::env::var_os("SERVE").is_some() {
+        let mut out = std::io::stdout().lock();
+        for line in std::io::stdin().lock().lines() {
+            writeln!(out, "{}", time_one(&line.unwrap())).unwrap();
+            out.flush().unwrap();
+        }
+        return;
+    }
+
+    let queries = std::env::var("QUERIES").unwrap_or_else(|_| "ka|mi lo|\"ra ten\"".into());
+    let rounds: usize = std::env::var("ROUNDS")
+        .ok()
+        .and_then(|r| r.parse().ok())
+        .unwrap_or(200);
+    for query in queries.split('|') {
+        let mut samples: Vec<u128> = (0..rounds).map(|_| time_one(query)).collect();
         samples.sort();
         let mean = samples.iter().sum::<u128>() as f64 / samples.len() as f64;
         println!(
