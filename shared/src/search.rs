@@ -510,7 +510,7 @@ fn load_page(
          FROM documents_fts JOIN documents AS d ON d.id = documents_fts.rowid
          WHERE documents_fts MATCH ?1 AND documents_fts.rowid BETWEEN ?2 AND ?3
            AND +documents_fts.rowid IN ({})",
-        id_placeholders(documents.len())
+        id_placeholders()
     );
     for_each_row(conn, &documents_sql, request, &documents, |row| {
         let result = document_result(row, render_snippet(&row.get::<_, String>(10)?))?;
@@ -523,7 +523,7 @@ fn load_page(
          FROM publications_fts JOIN publications AS p ON p.id = publications_fts.rowid
          WHERE publications_fts MATCH ?1 AND publications_fts.rowid BETWEEN ?2 AND ?3
            AND +publications_fts.rowid IN ({})",
-        id_placeholders(publications.len())
+        id_placeholders()
     );
     for_each_row(conn, &publications_sql, request, &publications, |row| {
         let id = row.get(0)?;
@@ -559,9 +559,11 @@ fn load_page(
         .collect()
 }
 
-/// `?4, ?5, …`: one placeholder per rowid, after the expression and the rowid range.
-fn id_placeholders(count: usize) -> String {
-    (4..4 + count)
+/// `?4, ?5, …`: a placeholder for each of a page's rowids, after the expression and the rowid
+/// range. There are always [`MAX_LIMIT`] (unused ones bind NULL, which matches nothing), so each
+/// kind has one statement in the connection's statement cache whatever the page holds.
+fn id_placeholders() -> String {
+    (4..4 + MAX_LIMIT)
         .map(|n| format!("?{n}"))
         .collect::<Vec<_>>()
         .join(", ")
@@ -584,6 +586,11 @@ fn for_each_row(
         Value::Integer(high),
     ];
     args.extend(ids.iter().map(|&id| Value::Integer(id)));
+    debug_assert!(
+        ids.len() <= MAX_LIMIT as usize,
+        "a page holds at most MAX_LIMIT results"
+    );
+    args.resize(3 + MAX_LIMIT as usize, Value::Null);
     let mut statement = conn.prepare_cached(sql)?;
     let mut rows = statement.query(params_from_iter(args))?;
     while let Some(row) = rows.next()? {
