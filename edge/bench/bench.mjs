@@ -8,7 +8,7 @@
 // (each query asked of the Worker and then of a native process in turn, after a warm-up).
 import { execFileSync, spawn } from "node:child_process";
 import { createInterface } from "node:readline";
-import { mkdtempSync, readFileSync, readdirSync, statSync } from "node:fs";
+import { mkdtempSync, readFileSync, readdirSync, rmSync } from "node:fs";
 import { gzipSync } from "node:zlib";
 import { tmpdir } from "node:os";
 import { join, dirname } from "node:path";
@@ -107,5 +107,6 @@ for (const size of sizes) {
   // against the native core answering the same query right after it.
   const { workerMs, nativeMs } = await interleaved(base, join(dir, "pub", manifest.artifact));
   await mf.dispose();
+  rmSync(dir, { recursive: true, force: true });
   console.log(`| ${manifest.counts.documents} | ${(manifest.byte_size / 1e6).toFixed(1)} | ${cold.toFixed(0)} | ${pct(warm, 0.5).toFixed(2)} | ${pct(warm, 0.99).toFixed(2)} | ${pct(health, 0.5).toFixed(2)} | ${workerMs.toFixed(2)} | ${nativeMs.toFixed(2)} | ${(workerMs / nativeMs).toFixed(2)} | ${(stats.wasm_memory_bytes / 1e6).toFixed(1)} |`);
 }

@@ -518,35 +518,15 @@ fn load_page(
         Ok(())
     })?;
     let publications_sql = format!(
-        "SELECT publications_fts.rowid, p.uri, p.did, p.rkey, p.platform, p.name, p.created_at,
-                p.base_path, snippet(publications_fts, 1, {snippet_args})
+        "SELECT p.uri, p.did, p.rkey, p.platform, p.name, p.created_at, p.base_path,
+                snippet(publications_fts, 1, {snippet_args}), publications_fts.rowid
          FROM publications_fts JOIN publications AS p ON p.id = publications_fts.rowid
          WHERE publications_fts MATCH ?1 AND publications_fts.rowid BETWEEN ?2 AND ?3
            AND +publications_fts.rowid IN ({})",
         id_placeholders()
     );
     for_each_row(conn, &publications_sql, request, &publications, |row| {
-        let id = row.get(0)?;
-        let base_path: Option<String> = row.get(7)?;
-        let result = SearchResult {
-            kind: ResultKind::Publication,
-            uri: row.get(1)?,
-            did: row.get(2)?,
-            rkey: row.get(3)?,
-            platform: row.get::<_, String>(4)?.parse().unwrap_or(Platform::Other),
-            title: row.get(5)?,
-            created_at: row
-                .get::<_, Option<String>>(6)?
-                .and_then(|text| Timestamp::parse(&text).ok()),
-            url: base_path
-                .as_deref()
-                .map(|base| format!("https://{}", base.trim_end_matches('/'))),
-            base_path,
-            snippet: render_snippet(&row.get::<_, String>(8)?),
-            path: None,
-            cover_image: None,
-        };
-        loaded.insert((true, id), result);
+        loaded.insert((true, row.get(8)?), publication_result(row)?);
         Ok(())
     })?;
     page.iter()
@@ -557,6 +537,29 @@ fn load_page(
                 .ok_or(SearchError::Sqlite(rusqlite::Error::QueryReturnedNoRows))
         })
         .collect()
+}
+
+/// A publication result from a row of [`load_page`]'s publication statement.
+fn publication_result(row: &rusqlite::Row<'_>) -> rusqlite::Result<SearchResult> {
+    let base_path: Option<String> = row.get(6)?;
+    Ok(SearchResult {
+        kind: ResultKind::Publication,
+        uri: row.get(0)?,
+        did: row.get(1)?,
+        rkey: row.get(2)?,
+        platform: row.get::<_, String>(3)?.parse().unwrap_or(Platform::Other),
+        title: row.get(4)?,
+        created_at: row
+            .get::<_, Option<String>>(5)?
+            .and_then(|text| Timestamp::parse(&text).ok()),
+        url: base_path
+            .as_deref()
+            .map(|base| format!("https://{}", base.trim_end_matches('/'))),
+        base_path,
+        snippet: render_snippet(&row.get::<_, String>(7)?),
+        path: None,
+        cover_image: None,
+    })
 }
 
 /// `?4, ?5, …`: a placeholder for each of a page's rowids, after the expression and the rowid
