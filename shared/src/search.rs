@@ -14,6 +14,7 @@
 //! The pool has a fixed size, so every page of a query is cut from the same ordering.
 
 use std::collections::{HashMap, HashSet};
+use std::sync::LazyLock;
 
 use rusqlite::types::Value;
 use rusqlite::{Connection, params_from_iter};
@@ -499,33 +500,13 @@ fn load_page(
         .map(|c| c.id)
         .collect();
     let publications: Vec<i64> = page.iter().filter(is_publication).map(|c| c.id).collect();
-    let snippet_args = format!(
-        "char({}), char({}), '…', {SNIPPET_TOKENS}",
-        MARK_OPEN as u32, MARK_CLOSE as u32
-    );
     let mut loaded = HashMap::with_capacity(page.len());
-    let documents_sql = format!(
-        "SELECT {DOCUMENT_RESULT_COLUMNS}, snippet(documents_fts, 1, {snippet_args}),
-                documents_fts.rowid
-         FROM documents_fts JOIN documents AS d ON d.id = documents_fts.rowid
-         WHERE documents_fts MATCH ?1 AND documents_fts.rowid BETWEEN ?2 AND ?3
-           AND +documents_fts.rowid IN ({})",
-        id_placeholders()
-    );
-    for_each_row(conn, &documents_sql, request, &documents, |row| {
+    for_each_row(conn, &DOCUMENT_PAGE_SQL, request, &documents, |row| {
         let result = document_result(row, render_snippet(&row.get::<_, String>(10)?))?;
         loaded.insert((false, row.get(11)?), result);
         Ok(())
     })?;
-    let publications_sql = format!(
-        "SELECT p.uri, p.did, p.rkey, p.platform, p.name, p.created_at, p.base_path,
-                snippet(publications_fts, 1, {snippet_args}), publications_fts.rowid
-         FROM publications_fts JOIN publications AS p ON p.id = publications_fts.rowid
-         WHERE publications_fts MATCH ?1 AND publications_fts.rowid BETWEEN ?2 AND ?3
-           AND +publications_fts.rowid IN ({})",
-        id_placeholders()
-    );
-    for_each_row(conn, &publications_sql, request, &publications, |row| {
+    for_each_row(conn, &PUBLICATION_PAGE_SQL, request, &publications, |row| {
         loaded.insert((true, row.get(8)?), publication_result(row)?);
         Ok(())
     })?;
@@ -562,14 +543,40 @@ fn publication_result(row: &rusqlite::Row<'_>) -> rusqlite::Result<SearchResult>
     })
 }
 
-/// `?4, ?5, …`: a placeholder for each of a page's rowids, after the expression and the rowid
-/// range. There are always [`MAX_LIMIT`] (unused ones bind NULL, which matches nothing), so each
-/// kind has one statement in the connection's statement cache whatever the page holds.
-fn id_placeholders() -> String {
-    (4..4 + MAX_LIMIT)
+/// [`load_page`]'s statement for documents, read by [`document_result`].
+static DOCUMENT_PAGE_SQL: LazyLock<String> = LazyLock::new(|| {
+    page_statement(
+        DOCUMENT_RESULT_COLUMNS,
+        "documents_fts JOIN documents AS d ON d.id = documents_fts.rowid",
+        "documents_fts",
+    )
+});
+
+/// [`load_page`]'s statement for publications, read by [`publication_result`].
+static PUBLICATION_PAGE_SQL: LazyLock<String> = LazyLock::new(|| {
+    page_statement(
+        "p.uri, p.did, p.rkey, p.platform, p.name, p.created_at, p.base_path",
+        "publications_fts JOIN publications AS p ON p.id = publications_fts.rowid",
+        "publications_fts",
+    )
+});
+
+/// A page statement: `columns`, the snippet, then the rowid, for rows of `fts` matching `?1`
+/// with rowids in `?2..=?3` and among `?4, ?5, …`. There are always [`MAX_LIMIT`] rowid
+/// placeholders (unused ones bind NULL, which matches nothing), so each kind is one statement,
+/// built once and kept by the connection's statement cache whatever the page holds.
+fn page_statement(columns: &str, from: &str, fts: &str) -> String {
+    let (open, close) = (MARK_OPEN as u32, MARK_CLOSE as u32);
+    let ids = (4..4 + MAX_LIMIT)
         .map(|n| format!("?{n}"))
         .collect::<Vec<_>>()
-        .join(", ")
+        .join(", ");
+    format!(
+        "SELECT {columns}, snippet({fts}, 1, char({open}), char({close}), '…', {SNIPPET_TOKENS}),
+                {fts}.rowid
+         FROM {from}
+         WHERE {fts} MATCH ?1 AND {fts}.rowid BETWEEN ?2 AND ?3 AND +{fts}.rowid IN ({ids})"
+    )
 }
 
 /// Runs one of [`load_page`]'s statements for `ids` (none: nothing to run).
