@@ -7,18 +7,21 @@
 //! - [`snapshot`]: writes documents and publications into a snapshot (builders and test fixtures).
 //! - [`query`]: turns untrusted user text into a safe FTS5 `MATCH` expression.
 //! - [`search`]: validated search requests, ranking (bm25 top-K, then recency re-rank) and results.
+//! - [`rank`]: the bm25 function search ranks with, fed row lengths read once per snapshot.
 //! - [`lookup`]: documents by URI and tag counts, for the edge's non-search endpoints.
 //! - [`manifest`]: the contract between a published snapshot and the readers that adopt it.
 //! - [`platform`]: which publishing platform a record belongs to, and its public URL.
 //! - [`timestamp`]: the one timestamp format stored in snapshots and returned to clients.
 //!
 //! Data flows one way: the native worker extracts records, stores them, and builds snapshots with
-//! [`snapshot::SnapshotWriter`]; the edge opens the snapshot read-only and calls [`search::search`].
+//! [`snapshot::SnapshotWriter`]; the edge opens the snapshot read-only, calls [`rank::install`]
+//! and then [`search::search`].
 
 pub mod lookup;
 pub mod manifest;
 pub mod platform;
 pub mod query;
+pub mod rank;
 pub mod record;
 pub mod schema;
 pub mod search;

@@ -3,9 +3,10 @@
 //! Ranking runs in two phases so the request path does no work proportional to the corpus beyond
 //! what FTS5 itself does (DESIGN.md invariant 1):
 //!
-//! 1. **Candidates.** FTS5 ranks matches by weighted bm25 (`ORDER BY rank`) with cheap filters
-//!    applied in the same query (tags as an `IN` subquery, so the FTS index drives) and keeps the
-//!    best [`CANDIDATE_POOL`]. Publications are ranked the same way in their own index.
+//! 1. **Candidates.** Every FTS5 match is scored by weighted bm25 ([`rank`]'s function, with
+//!    row facts held in memory) with cheap filters applied in the same query (tags as an `IN`
+//!    subquery, so the FTS index drives), and the best [`CANDIDATE_POOL`] are kept (ties to the
+//!    lower rowid). Publications are ranked the same way in their own index.
 //! 2. **Re-rank and page.** Candidates get a recency penalty of one point per
 //!    [`DAYS_PER_RECENCY_POINT`] days of age (capped at [`MAX_RECENCY_PENALTY`]), are merged, lose
 //!    repeated `(author, title)` pairs (cross-posts) and are paged; only the page's rows are read in
@@ -22,8 +23,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::platform::{Platform, UnknownPlatform};
 use crate::query::{self, MatchExpr, QueryError};
-use crate::schema;
 use crate::timestamp::{Timestamp, TimestampError};
+use crate::{rank, schema};
 
 /// Results per page when the client does not say.
 pub const DEFAULT_LIMIT: u32 = 20;
@@ -311,13 +312,17 @@ fn parse_bounded(name: &'static str, value: &str, min: u32, max: u32) -> Result<
 struct Candidate {
     kind: ResultKind,
     id: i64,
-    score: f64,
-    /// `(did, lowercase title)` for documents with a title; cross-posts share it.
-    dedup_key: Option<(String, String)>,
+    /// bm25 with the index's column weights, negated: lower is better.
+    bm25: f64,
+    /// Points lost for age (documents only).
+    penalty: f64,
+    /// The document's cross-post family ([`rank`]'s `documents_fts_family`); `None` for
+    /// publications and untitled documents, which are never duplicates.
+    family: Option<i64>,
 }
 
-/// Answers a request from a snapshot. `now` anchors the recency boost; pass the current time in
-/// production and a fixed one in tests.
+/// Answers a request from a snapshot whose connection has had [`rank::install`]. `now` anchors
+/// the recency boost; pass the current time in production and a fixed one in tests.
 pub fn search(
     conn: &Connection,
     request: &SearchRequest,
@@ -326,19 +331,14 @@ pub fn search(
     let mut candidates = document_candidates(conn, request, now)?;
     candidates.extend(publication_candidates(conn, request)?);
     candidates.sort_by(|a, b| {
-        a.score
-            .total_cmp(&b.score)
+        (a.bm25 + a.penalty)
+            .total_cmp(&(b.bm25 + b.penalty))
             .then_with(|| (a.kind as u8).cmp(&(b.kind as u8)))
             .then_with(|| a.id.cmp(&b.id))
     });
 
     let mut seen = HashSet::new();
-    candidates.retain(|candidate| {
-        candidate
-            .dedup_key
-            .as_ref()
-            .is_none_or(|key| seen.insert(key.clone()))
-    });
+    candidates.retain(|candidate| candidate.family.is_none_or(|family| seen.insert(family)));
 
     let start = request.offset as usize;
     let end = start + request.limit as usize;
@@ -367,10 +367,7 @@ fn document_candidates(
         return Ok(Vec::new());
     }
     let now_seconds = now.unix_millis() as f64 / 1000.0;
-    let mut args = vec![
-        Value::Text(request.query.as_str().to_owned()),
-        Value::Real(now_seconds),
-    ];
+    let mut args = vec![Value::Text(request.query.as_str().to_owned())];
     let mut filters = String::new();
     let mut needs_row = false;
     let mut push = |clause: &str, value: Value, needs_document: bool| {
@@ -415,31 +412,65 @@ fn document_candidates(
     } else {
         ""
     };
-    let seconds_per_point = DAYS_PER_RECENCY_POINT * 86_400.0;
     let sql = format!(
-        "SELECT c.id,
-                c.rank + min(max((?2 - unixepoch(d.created_at)) / {seconds_per_point:.1}, 0.0), {MAX_RECENCY_PENALTY:.1}),
-                d.did, lower(d.title)
-         FROM (SELECT documents_fts.rowid AS id, documents_fts.rank AS rank
-               FROM documents_fts{join}
-               WHERE documents_fts MATCH ?1{filters}
-               ORDER BY documents_fts.rank
-               LIMIT {CANDIDATE_POOL}) AS c
-         JOIN documents AS d ON d.id = c.id"
+        "SELECT documents_fts.rowid, {bm25},
+                documents_fts_created(documents_fts), documents_fts_family(documents_fts)
+         FROM documents_fts{join}
+         WHERE documents_fts MATCH ?1{filters}",
+        bm25 = rank::bm25_call("documents_fts"),
     );
-    let mut statement = conn.prepare_cached(&sql)?;
-    let rows = statement.query_map(params_from_iter(args), |row| {
-        let did: String = row.get(2)?;
-        let title: String = row.get(3)?;
+    best_matches(conn, &sql, args, |row| {
         Ok(Candidate {
             // Article or looseleaf is decided when the row is loaded; here only "document" matters.
             kind: ResultKind::Article,
             id: row.get(0)?,
-            score: row.get(1)?,
-            dedup_key: (!title.trim().is_empty()).then_some((did, title)),
+            bm25: row.get(1)?,
+            penalty: recency_penalty(now_seconds, row.get(2)?),
+            family: row.get(3)?,
         })
-    })?;
-    Ok(rows.collect::<Result<_, _>>()?)
+    })
+}
+
+/// The best [`CANDIDATE_POOL`] rows of `sql` by bm25, ties to the lower rowid.
+///
+/// Every match is scored either way; choosing the pool here rather than with FTS5's
+/// `ORDER BY rank LIMIT` spares a nested statement that writes every match into SQLite's sorter
+/// and sorts them all. That was half of ranking's time on the bench's 7.5k-document snapshot.
+/// Memory stays at twice the pool however many rows match (wasm memory never shrinks).
+fn best_matches(
+    conn: &Connection,
+    sql: &str,
+    args: Vec<Value>,
+    candidate: impl FnMut(&rusqlite::Row<'_>) -> rusqlite::Result<Candidate>,
+) -> Result<Vec<Candidate>, SearchError> {
+    let pool = CANDIDATE_POOL as usize;
+    let keep_best = |matches: &mut Vec<Candidate>| {
+        if matches.len() > pool {
+            matches.select_nth_unstable_by(pool, |a, b| {
+                a.bm25.total_cmp(&b.bm25).then(a.id.cmp(&b.id))
+            });
+            matches.truncate(pool);
+        }
+    };
+    let mut statement = conn.prepare_cached(sql)?;
+    let mut matches = Vec::with_capacity(2 * pool);
+    for row in statement.query_map(params_from_iter(args), candidate)? {
+        matches.push(row?);
+        if matches.len() == 2 * pool {
+            keep_best(&mut matches);
+        }
+    }
+    keep_best(&mut matches);
+    Ok(matches)
+}
+
+/// Points a document loses for its age: one per [`DAYS_PER_RECENCY_POINT`] days, none for the
+/// future, at most [`MAX_RECENCY_PENALTY`] (also for a date that did not parse).
+fn recency_penalty(now_seconds: f64, created_seconds: Option<i64>) -> f64 {
+    const SECONDS_PER_POINT: f64 = DAYS_PER_RECENCY_POINT * 86_400.0;
+    created_seconds.map_or(MAX_RECENCY_PENALTY, |created| {
+        ((now_seconds - created as f64) / SECONDS_PER_POINT).clamp(0.0, MAX_RECENCY_PENALTY)
+    })
 }
 
 fn publication_candidates(
@@ -461,22 +492,20 @@ fn publication_candidates(
         filters.push_str(&format!(" AND p.did = ?{}", args.len()));
     }
     let sql = format!(
-        "SELECT publications_fts.rowid, publications_fts.rank
+        "SELECT publications_fts.rowid, {bm25}
          FROM publications_fts JOIN publications AS p ON p.id = publications_fts.rowid
-         WHERE publications_fts MATCH ?1 AND p.discoverable = 1{filters}
-         ORDER BY publications_fts.rank
-         LIMIT {CANDIDATE_POOL}"
+         WHERE publications_fts MATCH ?1 AND p.discoverable = 1{filters}",
+        bm25 = rank::bm25_call("publications_fts"),
     );
-    let mut statement = conn.prepare_cached(&sql)?;
-    let rows = statement.query_map(params_from_iter(args), |row| {
+    best_matches(conn, &sql, args, |row| {
         Ok(Candidate {
             kind: ResultKind::Publication,
             id: row.get(0)?,
-            score: row.get(1)?,
-            dedup_key: None,
+            bm25: row.get(1)?,
+            penalty: 0.0,
+            family: None,
         })
-    })?;
-    Ok(rows.collect::<Result<_, _>>()?)
+    })
 }
 
 /// Reads the page's rows in full and gives them snippets: one FTS5 statement per kind of result,
@@ -717,6 +746,35 @@ mod tests {
             render_snippet("<b>\u{E000}x&y\u{E001}</b>"),
             "&lt;b&gt;<mark>x&amp;y</mark>&lt;/b&gt;"
         );
+    }
+
+    #[test]
+    fn the_pool_is_the_best_by_bm25_with_ties_to_the_lower_rowid() {
+        let conn = Connection::open_in_memory().unwrap();
+        // 5,000 rows in a scrambled order, with only 13 distinct scores: ties everywhere.
+        let sql = "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 5000)
+                   SELECT (i * 7919) % 5003, ((i * 31) % 13) * -1.0 FROM n";
+        let pool = best_matches(&conn, sql, Vec::new(), |row| {
+            Ok(Candidate {
+                kind: ResultKind::Article,
+                id: row.get(0)?,
+                bm25: row.get(1)?,
+                penalty: 0.0,
+                family: None,
+            })
+        })
+        .unwrap();
+        let mut all: Vec<(f64, i64)> = conn
+            .prepare(sql)
+            .unwrap()
+            .query_map([], |row| Ok((row.get(1)?, row.get(0)?)))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        all.sort_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)));
+        let mut kept: Vec<(f64, i64)> = pool.iter().map(|c| (c.bm25, c.id)).collect();
+        kept.sort_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)));
+        assert_eq!(kept, all[..CANDIDATE_POOL as usize]);
     }
 
     #[test]

@@ -1,0 +1,513 @@
+//! Ranking inputs held in memory: facts about every row, read once per opened snapshot and
+//! served to SQL by FTS5 auxiliary functions.
+//!
+//! Search scores every match before it keeps the best [`crate::search::CANDIDATE_POOL`], then
+//! re-ranks those by age and drops cross-posts. In SQL alone each step costs a B-tree seek per row:
+//! FTS5's `bm25()` reads every match's length from `<index>_docsize` with a statement of its own,
+//! and the re-rank joined `documents` for each candidate's date, author and title. A snapshot never
+//! changes once opened, so [`install`] reads those facts once (a few ms for 7.5k documents) and
+//! registers:
+//!
+//! - `<index>_bm25(weight, …)` for both indexes: FTS5's bm25 formula, operation for operation
+//!   (fts5_aux.c, SQLite 3.54), with the row length taken from memory. The scores are the same
+//!   `f64`s bit for bit, so ranking does not change; a test compares every matching row.
+//! - `documents_fts_created(documents_fts)`: the row's `unixepoch(created_at)`.
+//! - `documents_fts_family(documents_fts)`: a number shared by the documents of one author with
+//!   the same title (ASCII case folded, as SQL's `lower`): cross-posts of one text. NULL when the
+//!   title is blank.
+//!
+//! rusqlite does not wrap FTS5's extension API, so this module is the crate's one use of raw
+//! SQLite FFI for queries; each `unsafe` block says what it relies on.
+
+use std::collections::HashMap;
+use std::ffi::{CStr, CString, c_int, c_void};
+use std::ptr::null_mut;
+use std::sync::Arc;
+
+use rusqlite::Connection;
+use rusqlite::ffi::{
+    self, Fts5Context, Fts5ExtensionApi, fts5_api, sqlite3_context, sqlite3_value,
+};
+
+use crate::schema::{NAME_WEIGHT, TITLE_WEIGHT};
+
+/// bm25's term-frequency saturation, as in FTS5.
+const K1: f64 = 1.2;
+/// bm25's length normalisation, as in FTS5.
+const B: f64 = 0.75;
+
+/// The FTS5 indexes ranked by [`install`]'s functions, each with its first column's weight (the
+/// second weighs 1), the same weights the snapshot's persistent `bm25` rank uses.
+const INDEXES: [(&str, f64); 2] = [
+    ("documents_fts", TITLE_WEIGHT),
+    ("publications_fts", NAME_WEIGHT),
+];
+
+/// The SQL that scores the current row of `index` with its installed bm25 and the schema's
+/// column weights.
+pub(crate) fn bm25_call(index: &str) -> String {
+    let weight = INDEXES
+        .iter()
+        .find(|(name, _)| *name == index)
+        .map_or(1.0, |(_, weight)| *weight);
+    format!("{index}_bm25({index}, {weight:.1}, 1.0)")
+}
+
+/// Reads the facts ranking needs from a snapshot and registers the functions that serve them
+/// (see the module docs). [`crate::search::search`] needs them: like rusqlite's `load_module`,
+/// call this once after opening. The facts describe the snapshot as it is now, so the connection
+/// must not write to it afterwards (snapshots are read-only); a row added later still gets its
+/// bm25 right, at FTS5's cost, but no date or family.
+pub fn install(conn: &Connection) -> rusqlite::Result<()> {
+    let api = fts5_api(conn)?;
+    for (index, _) in INDEXES {
+        let mut facts = RowFacts::default();
+        facts.read_lengths(conn, index)?;
+        if index == "documents_fts" {
+            facts.read_documents(conn)?;
+            let facts = Arc::new(facts);
+            register(api, "documents_fts_created", created, facts.clone())?;
+            register(api, "documents_fts_family", family, facts.clone())?;
+            register(api, "documents_fts_bm25", bm25, facts)?;
+        } else {
+            register(api, &format!("{index}_bm25"), bm25, Arc::new(facts))?;
+        }
+    }
+    Ok(())
+}
+
+/// An FTS5 auxiliary function, as FTS5 calls it.
+type AuxFunction = unsafe extern "C" fn(
+    *const Fts5ExtensionApi,
+    *mut Fts5Context,
+    *mut sqlite3_context,
+    c_int,
+    *mut *mut sqlite3_value,
+);
+
+/// Registers `function` as `name`, with `facts` as its user data.
+fn register(
+    api: *mut fts5_api,
+    name: &str,
+    function: AuxFunction,
+    facts: Arc<RowFacts>,
+) -> rusqlite::Result<()> {
+    let name = CString::new(name).expect("function names have no NUL");
+    // SAFETY: `api` is a live connection's fts5_api. FTS5 copies the name, and owns `facts` from
+    // here on: it hands the pointer back to `function` as user data and frees it with
+    // `drop_boxed::<Arc<RowFacts>>` when the connection closes.
+    let rc = unsafe {
+        let create = (*api)
+            .xCreateFunction
+            .ok_or_else(|| misuse("xCreateFunction"))?;
+        create(
+            api,
+            name.as_ptr(),
+            Box::into_raw(Box::new(facts)).cast(),
+            Some(function),
+            Some(drop_boxed::<Arc<RowFacts>>),
+        )
+    };
+    check(rc).map_err(sqlite_error)
+}
+
+/// Facts about the rows of one FTS5 index, indexed by rowid (dense from 1 in a snapshot).
+#[derive(Default)]
+struct RowFacts {
+    /// Tokens in the row, all columns together; [`RowFacts::NO_LENGTH`] where unread.
+    tokens: Vec<u32>,
+    /// Documents only: `unixepoch(created_at)`, `None` where unread or unparsable.
+    created: Vec<Option<i64>>,
+    /// Documents only: the cross-post family (see the module docs), `None` for blank titles.
+    family: Vec<Option<u32>>,
+}
+
+impl RowFacts {
+    const NO_LENGTH: u32 = u32::MAX;
+
+    /// The slot for `rowid` in a table of `rows` rows, or `None` for a rowid so far beyond the
+    /// row count that keeping it would waste memory (FTS5 then answers for it).
+    fn slot(rowid: i64, rows: usize) -> Option<usize> {
+        usize::try_from(rowid)
+            .ok()
+            .filter(|&slot| slot <= rows.saturating_mul(2) + 1024)
+    }
+
+    /// Reads `<index>_docsize`, whose `sz` blob holds one varint token count per column.
+    fn read_lengths(&mut self, conn: &Connection, index: &str) -> rusqlite::Result<()> {
+        let rows = row_count(conn, &format!("{index}_docsize"))?;
+        let mut statement = conn.prepare(&format!("SELECT id, sz FROM {index}_docsize"))?;
+        let mut cursor = statement.query([])?;
+        while let Some(row) = cursor.next()? {
+            let Some(slot) = Self::slot(row.get(0)?, rows) else {
+                continue;
+            };
+            if let Some(length) = total_tokens(row.get_ref(1)?.as_blob()?) {
+                grow_to(&mut self.tokens, slot, Self::NO_LENGTH)[slot] = length;
+            }
+        }
+        Ok(())
+    }
+
+    /// Reads each document's date and groups documents into cross-post families, with the same
+    /// SQL functions (`unixepoch`, `lower`) the re-rank used when it joined `documents`.
+    fn read_documents(&mut self, conn: &Connection) -> rusqlite::Result<()> {
+        let rows = row_count(conn, "documents")?;
+        let mut families: HashMap<(String, String), u32> = HashMap::new();
+        let mut statement =
+            conn.prepare("SELECT id, unixepoch(created_at), did, lower(title) FROM documents")?;
+        let mut cursor = statement.query([])?;
+        while let Some(row) = cursor.next()? {
+            let Some(slot) = Self::slot(row.get(0)?, rows) else {
+                continue;
+            };
+            grow_to(&mut self.created, slot, None)[slot] = row.get(1)?;
+            let (did, title): (String, String) = (row.get(2)?, row.get(3)?);
+            if !title.trim().is_empty() {
+                let next = families.len() as u32;
+                let family = *families.entry((did, title)).or_insert(next);
+                grow_to(&mut self.family, slot, None)[slot] = Some(family);
+            }
+        }
+        Ok(())
+    }
+
+    fn length(&self, rowid: i64) -> Option<u32> {
+        let tokens = *self.tokens.get(usize::try_from(rowid).ok()?)?;
+        (tokens != Self::NO_LENGTH).then_some(tokens)
+    }
+
+    fn created(&self, rowid: i64) -> Option<i64> {
+        *self.created.get(usize::try_from(rowid).ok()?)?
+    }
+
+    fn family(&self, rowid: i64) -> Option<u32> {
+        *self.family.get(usize::try_from(rowid).ok()?)?
+    }
+}
+
+fn row_count(conn: &Connection, table: &str) -> rusqlite::Result<usize> {
+    let rows: i64 = conn.query_row(&format!("SELECT count(*) FROM {table}"), [], |row| {
+        row.get(0)
+    })?;
+    Ok(usize::try_from(rows).unwrap_or(0))
+}
+
+/// `column`, grown with `fill` so that `slot` is in it.
+fn grow_to<T: Clone>(column: &mut Vec<T>, slot: usize, fill: T) -> &mut Vec<T> {
+    if column.len() <= slot {
+        column.resize(slot + 1, fill);
+    }
+    column
+}
+
+/// The sum of a docsize blob's varints (SQLite's format: 7 bits a byte, high bit set on all but
+/// the last, a ninth byte carrying 8). `None` if the blob is truncated or the sum does not fit.
+fn total_tokens(mut blob: &[u8]) -> Option<u32> {
+    let mut total = 0u32;
+    while !blob.is_empty() {
+        let mut value = 0u64;
+        let mut used = 0;
+        for (i, &byte) in blob.iter().enumerate().take(9) {
+            used = i + 1;
+            if i == 8 {
+                value = (value << 8) | u64::from(byte);
+                break;
+            }
+            value = (value << 7) | u64::from(byte & 0x7f);
+            if byte & 0x80 == 0 {
+                break;
+            }
+        }
+        if used < 9 && blob[used - 1] & 0x80 != 0 {
+            return None;
+        }
+        total = total.checked_add(u32::try_from(value).ok()?)?;
+        blob = &blob[used..];
+    }
+    (total != RowFacts::NO_LENGTH).then_some(total)
+}
+
+/// What one query's scoring shares across rows: kept by FTS5 as the cursor's auxiliary data.
+struct QueryStats {
+    /// Inverse document frequency of each phrase.
+    idf: Vec<f64>,
+    /// Average row length in tokens.
+    average_length: f64,
+    /// Scratch: the current row's weighted hits per phrase.
+    hits: Vec<f64>,
+}
+
+impl QueryStats {
+    /// FTS5's `fts5Bm25GetData`: row count, average length and each phrase's IDF.
+    ///
+    /// # Safety
+    /// `api` and `fts` must be the pair FTS5 passed to the running auxiliary function.
+    unsafe fn compute(api: &Fts5ExtensionApi, fts: *mut Fts5Context) -> Result<Self, c_int> {
+        let (mut rows, mut tokens) = (0i64, 0i64);
+        // SAFETY: the caller's contract; every out-pointer is a live local.
+        unsafe {
+            let phrases = call(api.xPhraseCount)?(fts);
+            check(call(api.xRowCount)?(fts, &mut rows))?;
+            check(call(api.xColumnTotalSize)?(fts, -1, &mut tokens))?;
+            let mut idf = Vec::with_capacity(phrases.max(0) as usize);
+            for phrase in 0..phrases {
+                let mut matching = 0i64;
+                let counter = (&raw mut matching).cast();
+                check(call(api.xQueryPhrase)?(
+                    fts,
+                    phrase,
+                    counter,
+                    Some(count_row),
+                ))?;
+                let value = ((rows - matching) as f64 + 0.5) / (matching as f64 + 0.5);
+                let value = value.ln();
+                idf.push(if value <= 0.0 { 1e-6 } else { value });
+            }
+            Ok(Self {
+                hits: vec![0.0; idf.len()],
+                idf,
+                average_length: tokens as f64 / rows as f64,
+            })
+        }
+    }
+}
+
+/// `<index>_bm25(weight, …)`: FTS5's bm25 (negated, so lower ranks first) with the row length
+/// taken from [`RowFacts`].
+unsafe extern "C" fn bm25(
+    api: *const Fts5ExtensionApi,
+    fts: *mut Fts5Context,
+    ctx: *mut sqlite3_context,
+    weight_count: c_int,
+    weights: *mut *mut sqlite3_value,
+) {
+    // SAFETY: FTS5 calls this with a live API, cursor context, result context and `weight_count`
+    // argument values, as its auxiliary-function contract says.
+    unsafe {
+        match score(&*api, fts, weight_count, weights) {
+            Ok(score) => ffi::sqlite3_result_double(ctx, score),
+            Err(rc) => ffi::sqlite3_result_error_code(ctx, rc),
+        }
+    }
+}
+
+/// # Safety
+/// The arguments are those FTS5 passed to [`bm25`].
+unsafe fn score(
+    api: &Fts5ExtensionApi,
+    fts: *mut Fts5Context,
+    weight_count: c_int,
+    weights: *mut *mut sqlite3_value,
+) -> Result<f64, c_int> {
+    // SAFETY: the caller's contract. The auxiliary data is only ever a QueryStats set below, and
+    // FTS5 keeps it for this cursor until `drop_boxed` frees it.
+    unsafe {
+        let mut stats = call(api.xGetAuxdata)?(fts, 0).cast::<QueryStats>();
+        if stats.is_null() {
+            let fresh = Box::into_raw(Box::new(QueryStats::compute(api, fts)?));
+            check(call(api.xSetAuxdata)?(
+                fts,
+                fresh.cast(),
+                Some(drop_boxed::<QueryStats>),
+            ))?;
+            stats = fresh;
+        }
+        let stats = &mut *stats;
+
+        stats.hits.fill(0.0);
+        let mut instances = 0;
+        check(call(api.xInstCount)?(fts, &mut instances))?;
+        for instance in 0..instances {
+            let (mut phrase, mut column, mut offset) = (0, 0, 0);
+            check(call(api.xInst)?(
+                fts,
+                instance,
+                &mut phrase,
+                &mut column,
+                &mut offset,
+            ))?;
+            let weight = if weight_count > column {
+                ffi::sqlite3_value_double(*weights.add(column as usize))
+            } else {
+                1.0
+            };
+            if let Some(hits) = stats.hits.get_mut(phrase as usize) {
+                *hits += weight;
+            }
+        }
+
+        let length = match facts(api, fts)?.length(call(api.xRowid)?(fts)) {
+            Some(tokens) => tokens as f64,
+            None => {
+                let mut tokens = 0;
+                check(call(api.xColumnSize)?(fts, -1, &mut tokens))?;
+                tokens as f64
+            }
+        };
+
+        let mut score = 0.0;
+        for (idf, hits) in stats.idf.iter().zip(&stats.hits) {
+            score += idf
+                * ((hits * (K1 + 1.0))
+                    / (hits + K1 * (1.0 - B + B * length / stats.average_length)));
+        }
+        Ok(-score)
+    }
+}
+
+/// `documents_fts_created(documents_fts)`: see the module docs.
+unsafe extern "C" fn created(
+    api: *const Fts5ExtensionApi,
+    fts: *mut Fts5Context,
+    ctx: *mut sqlite3_context,
+    _: c_int,
+    _: *mut *mut sqlite3_value,
+) {
+    // SAFETY: FTS5's auxiliary-function contract, as for `bm25`.
+    unsafe { result_integer(ctx, row_fact(&*api, fts, RowFacts::created)) }
+}
+
+/// `documents_fts_family(documents_fts)`: see the module docs.
+unsafe extern "C" fn family(
+    api: *const Fts5ExtensionApi,
+    fts: *mut Fts5Context,
+    ctx: *mut sqlite3_context,
+    _: c_int,
+    _: *mut *mut sqlite3_value,
+) {
+    // SAFETY: FTS5's auxiliary-function contract, as for `bm25`.
+    unsafe {
+        let fact = row_fact(&*api, fts, |facts, rowid| {
+            facts.family(rowid).map(i64::from)
+        });
+        result_integer(ctx, fact)
+    }
+}
+
+/// One fact about the current row, through `read`.
+///
+/// # Safety
+/// `api` and `fts` are the pair FTS5 passed to the running auxiliary function.
+unsafe fn row_fact(
+    api: &Fts5ExtensionApi,
+    fts: *mut Fts5Context,
+    read: impl Fn(&RowFacts, i64) -> Option<i64>,
+) -> Result<Option<i64>, c_int> {
+    // SAFETY: the caller's contract.
+    unsafe { Ok(read(facts(api, fts)?, call(api.xRowid)?(fts))) }
+}
+
+/// Sets an auxiliary function's result: an integer, NULL, or an error code.
+///
+/// # Safety
+/// `ctx` is the running function's result context.
+unsafe fn result_integer(ctx: *mut sqlite3_context, value: Result<Option<i64>, c_int>) {
+    // SAFETY: the caller's contract.
+    unsafe {
+        match value {
+            Ok(Some(value)) => ffi::sqlite3_result_int64(ctx, value),
+            Ok(None) => ffi::sqlite3_result_null(ctx),
+            Err(rc) => ffi::sqlite3_result_error_code(ctx, rc),
+        }
+    }
+}
+
+/// The facts `install` registered with the running function.
+///
+/// # Safety
+/// `api` and `fts` are the pair FTS5 passed to a function registered by [`register`], whose user
+/// data is a `Box<Arc<RowFacts>>` that lives as long as the connection.
+unsafe fn facts<'a>(api: &Fts5ExtensionApi, fts: *mut Fts5Context) -> Result<&'a RowFacts, c_int> {
+    // SAFETY: the caller's contract.
+    unsafe { Ok(&**call(api.xUserData)?(fts).cast::<Arc<RowFacts>>()) }
+}
+
+/// xQueryPhrase's callback: counts the rows that contain the phrase.
+unsafe extern "C" fn count_row(
+    _: *const Fts5ExtensionApi,
+    _: *mut Fts5Context,
+    counter: *mut c_void,
+) -> c_int {
+    // SAFETY: `counter` is the `i64` that `QueryStats::compute` passed to xQueryPhrase.
+    unsafe { *counter.cast::<i64>() += 1 };
+    ffi::SQLITE_OK
+}
+
+/// Frees a `Box<T>` that was handed to SQLite as a raw pointer.
+unsafe extern "C" fn drop_boxed<T>(pointer: *mut c_void) {
+    // SAFETY: SQLite calls this once, with a pointer made by `Box::<T>::into_raw`.
+    drop(unsafe { Box::from_raw(pointer.cast::<T>()) });
+}
+
+/// The connection's `fts5_api`, which FTS5 hands out through `SELECT fts5(?1)` with a bound
+/// pointer (the documented way; there is no C function for it).
+fn fts5_api(conn: &Connection) -> rusqlite::Result<*mut fts5_api> {
+    const QUERY: &CStr = c"SELECT fts5(?1)";
+    const POINTER_TYPE: &CStr = c"fts5_api_ptr";
+    let mut api: *mut fts5_api = null_mut();
+    // SAFETY: the handle is the connection's open database; the statement is finalized before
+    // returning, and `api` outlives it.
+    let rc = unsafe {
+        let db = conn.handle();
+        let mut statement = null_mut();
+        let mut rc = ffi::sqlite3_prepare_v2(db, QUERY.as_ptr(), -1, &mut statement, null_mut());
+        if rc == ffi::SQLITE_OK {
+            rc = ffi::sqlite3_bind_pointer(
+                statement,
+                1,
+                (&raw mut api).cast(),
+                POINTER_TYPE.as_ptr(),
+                None,
+            );
+            if rc == ffi::SQLITE_OK {
+                ffi::sqlite3_step(statement);
+            }
+        }
+        ffi::sqlite3_finalize(statement);
+        rc
+    };
+    check(rc).map_err(sqlite_error)?;
+    if api.is_null() {
+        return Err(misuse("fts5_api (is FTS5 compiled in?)"));
+    }
+    Ok(api)
+}
+
+/// A function pointer FTS5's API table must provide, or SQLITE_MISUSE.
+fn call<F>(function: Option<F>) -> Result<F, c_int> {
+    function.ok_or(ffi::SQLITE_MISUSE)
+}
+
+fn check(rc: c_int) -> Result<(), c_int> {
+    if rc == ffi::SQLITE_OK {
+        Ok(())
+    } else {
+        Err(rc)
+    }
+}
+
+fn sqlite_error(rc: c_int) -> rusqlite::Error {
+    rusqlite::Error::SqliteFailure(ffi::Error::new(rc), None)
+}
+
+fn misuse(what: &str) -> rusqlite::Error {
+    rusqlite::Error::SqliteFailure(
+        ffi::Error::new(ffi::SQLITE_MISUSE),
+        Some(format!("FTS5 does not provide {what}")),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn docsize_blobs_sum_their_varints() {
+        assert_eq!(total_tokens(&[]), Some(0));
+        assert_eq!(total_tokens(&[3, 120]), Some(123));
+        // 300 = 0b10_0101100 → 0x82 0x2c.
+        assert_eq!(total_tokens(&[0x82, 0x2c, 1]), Some(301));
+        assert_eq!(total_tokens(&[0x82]), None, "truncated varint");
+    }
+}
