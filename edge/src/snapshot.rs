@@ -17,7 +17,7 @@ use std::rc::Rc;
 
 use futures::StreamExt;
 use pubsearch_shared::manifest::{self, ArtifactDigest, Manifest, VerifyError};
-use pubsearch_shared::rank;
+use pubsearch_shared::search;
 use rusqlite::Connection;
 use rusqlite::serialize::OwnedData;
 use worker::{Bucket, Env};
@@ -285,7 +285,7 @@ async fn load_artifact(bucket: &Bucket, manifest: &Manifest) -> Result<Connectio
     let mut conn = Connection::open_in_memory()?;
     conn.deserialize(rusqlite::MAIN_DB, data, true)?;
     conn.pragma_update(None, "cache_size", -CACHE_KIB)?;
-    rank::install(&conn)?;
+    search::prepare(&conn)?;
     Ok(conn)
 }
 

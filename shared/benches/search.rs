@@ -11,7 +11,6 @@ use std::io::{BufRead, Write};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use pubsearch_shared::Timestamp;
-use pubsearch_shared::rank;
 use pubsearch_shared::search::{self, SearchRequest};
 use rusqlite::Connection;
 
@@ -26,7 +25,7 @@ fn main() {
     conn.deserialize_read_exact(rusqlite::MAIN_DB, &bytes[..], bytes.len(), true)
         .unwrap();
     conn.pragma_update(None, "cache_size", -2048).unwrap();
-    rank::install(&conn).unwrap();
+    search::prepare(&conn).unwrap();
     let now = Timestamp::from_unix_millis(
         SystemTime::now()
             .duration_since(UNIX_EPOCH)

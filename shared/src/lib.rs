@@ -7,16 +7,17 @@
 //! - [`snapshot`]: writes documents and publications into a snapshot (builders and test fixtures).
 //! - [`query`]: turns untrusted user text into a safe FTS5 `MATCH` expression.
 //! - [`search`]: validated search requests, ranking (bm25 top-K, then recency re-rank) and results.
-//! - [`rank`]: the bm25 function search ranks with, fed row lengths read once per snapshot.
+//! - [`rank`]: the bm25 and row-fact functions search ranks with, fed from memory.
 //! - [`lookup`]: documents by URI and tag counts, for the edge's non-search endpoints.
 //! - [`manifest`]: the contract between a published snapshot and the readers that adopt it.
 //! - [`platform`]: which publishing platform a record belongs to, and its public URL.
 //! - [`timestamp`]: the one timestamp format stored in snapshots and returned to clients.
 //!
 //! Data flows one way: the native worker extracts records, stores them, and builds snapshots with
-//! [`snapshot::SnapshotWriter`]; the edge opens the snapshot read-only, calls [`rank::install`]
+//! [`snapshot::SnapshotWriter`]; the edge opens the snapshot read-only, calls [`search::prepare`]
 //! and then [`search::search`].
 
+mod fts5;
 pub mod lookup;
 pub mod manifest;
 pub mod platform;
@@ -26,6 +27,7 @@ pub mod record;
 pub mod schema;
 pub mod search;
 pub mod snapshot;
+mod snippet;
 pub mod timestamp;
 
 pub use platform::Platform;

@@ -16,19 +16,17 @@
 //!   the same title (ASCII case folded, as SQL's `lower`): cross-posts of one text. NULL when the
 //!   title is blank.
 //!
-//! rusqlite does not wrap FTS5's extension API, so this module is the crate's one use of raw
-//! SQLite FFI for queries; each `unsafe` block says what it relies on.
+//! The functions use FTS5's C extension API through [`crate::fts5`]; each `unsafe` block says
+//! what it relies on.
 
 use std::collections::HashMap;
-use std::ffi::{CStr, CString, c_int, c_void};
-use std::ptr::null_mut;
+use std::ffi::{c_int, c_void};
 use std::sync::Arc;
 
 use rusqlite::Connection;
-use rusqlite::ffi::{
-    self, Fts5Context, Fts5ExtensionApi, fts5_api, sqlite3_context, sqlite3_value,
-};
+use rusqlite::ffi::{self, Fts5Context, Fts5ExtensionApi, sqlite3_context, sqlite3_value};
 
+use crate::fts5::{self, call, check};
 use crate::schema::{NAME_WEIGHT, TITLE_WEIGHT};
 
 /// bm25's term-frequency saturation, as in FTS5.
@@ -54,61 +52,25 @@ pub(crate) fn bm25_call(index: &str) -> String {
 }
 
 /// Reads the facts ranking needs from a snapshot and registers the functions that serve them
-/// (see the module docs). [`crate::search::search`] needs them: like rusqlite's `load_module`,
-/// call this once after opening. The facts describe the snapshot as it is now, so the connection
-/// must not write to it afterwards (snapshots are read-only); a row added later still gets its
-/// bm25 right, at FTS5's cost, but no date or family.
-pub fn install(conn: &Connection) -> rusqlite::Result<()> {
-    let api = fts5_api(conn)?;
+/// (see the module docs); [`crate::search::prepare`] calls it. The facts describe the snapshot as
+/// it is now, so the connection must not write to it afterwards (snapshots are read-only); a row
+/// added later still gets its bm25 right, at FTS5's cost, but no date or family.
+pub(crate) fn install(conn: &Connection) -> rusqlite::Result<()> {
+    let api = fts5::api(conn)?;
     for (index, _) in INDEXES {
         let mut facts = RowFacts::default();
         facts.read_lengths(conn, index)?;
         if index == "documents_fts" {
             facts.read_documents(conn)?;
             let facts = Arc::new(facts);
-            register(api, "documents_fts_created", created, facts.clone())?;
-            register(api, "documents_fts_family", family, facts.clone())?;
-            register(api, "documents_fts_bm25", bm25, facts)?;
+            fts5::register(api, "documents_fts_created", created, facts.clone())?;
+            fts5::register(api, "documents_fts_family", family, facts.clone())?;
+            fts5::register(api, "documents_fts_bm25", bm25, facts)?;
         } else {
-            register(api, &format!("{index}_bm25"), bm25, Arc::new(facts))?;
+            fts5::register(api, &format!("{index}_bm25"), bm25, Arc::new(facts))?;
         }
     }
     Ok(())
-}
-
-/// An FTS5 auxiliary function, as FTS5 calls it.
-type AuxFunction = unsafe extern "C" fn(
-    *const Fts5ExtensionApi,
-    *mut Fts5Context,
-    *mut sqlite3_context,
-    c_int,
-    *mut *mut sqlite3_value,
-);
-
-/// Registers `function` as `name`, with `facts` as its user data.
-fn register(
-    api: *mut fts5_api,
-    name: &str,
-    function: AuxFunction,
-    facts: Arc<RowFacts>,
-) -> rusqlite::Result<()> {
-    let name = CString::new(name).expect("function names have no NUL");
-    // SAFETY: `api` is a live connection's fts5_api. FTS5 copies the name, and owns `facts` from
-    // here on: it hands the pointer back to `function` as user data and frees it with
-    // `drop_boxed::<Arc<RowFacts>>` when the connection closes.
-    let rc = unsafe {
-        let create = (*api)
-            .xCreateFunction
-            .ok_or_else(|| misuse("xCreateFunction"))?;
-        create(
-            api,
-            name.as_ptr(),
-            Box::into_raw(Box::new(facts)).cast(),
-            Some(function),
-            Some(drop_boxed::<Arc<RowFacts>>),
-        )
-    };
-    check(rc).map_err(sqlite_error)
 }
 
 /// Facts about the rows of one FTS5 index, indexed by rowid (dense from 1 in a snapshot).
@@ -309,7 +271,7 @@ unsafe fn score(
             check(call(api.xSetAuxdata)?(
                 fts,
                 fresh.cast(),
-                Some(drop_boxed::<QueryStats>),
+                Some(fts5::drop_boxed::<QueryStats>),
             ))?;
             stats = fresh;
         }
@@ -416,11 +378,10 @@ unsafe fn result_integer(ctx: *mut sqlite3_context, value: Result<Option<i64>, c
 /// The facts `install` registered with the running function.
 ///
 /// # Safety
-/// `api` and `fts` are the pair FTS5 passed to a function registered by [`register`], whose user
-/// data is a `Box<Arc<RowFacts>>` that lives as long as the connection.
+/// `api` and `fts` are the pair FTS5 passed to one of this module's functions.
 unsafe fn facts<'a>(api: &Fts5ExtensionApi, fts: *mut Fts5Context) -> Result<&'a RowFacts, c_int> {
-    // SAFETY: the caller's contract.
-    unsafe { Ok(&**call(api.xUserData)?(fts).cast::<Arc<RowFacts>>()) }
+    // SAFETY: every function here is registered with an `Arc<RowFacts>`.
+    unsafe { fts5::user_data::<Arc<RowFacts>>(api, fts).map(|facts| &**facts) }
 }
 
 /// xQueryPhrase's callback: counts the rows that contain the phrase.
@@ -432,70 +393,6 @@ unsafe extern "C" fn count_row(
     // SAFETY: `counter` is the `i64` that `QueryStats::compute` passed to xQueryPhrase.
     unsafe { *counter.cast::<i64>() += 1 };
     ffi::SQLITE_OK
-}
-
-/// Frees a `Box<T>` that was handed to SQLite as a raw pointer.
-unsafe extern "C" fn drop_boxed<T>(pointer: *mut c_void) {
-    // SAFETY: SQLite calls this once, with a pointer made by `Box::<T>::into_raw`.
-    drop(unsafe { Box::from_raw(pointer.cast::<T>()) });
-}
-
-/// The connection's `fts5_api`, which FTS5 hands out through `SELECT fts5(?1)` with a bound
-/// pointer (the documented way; there is no C function for it).
-fn fts5_api(conn: &Connection) -> rusqlite::Result<*mut fts5_api> {
-    const QUERY: &CStr = c"SELECT fts5(?1)";
-    const POINTER_TYPE: &CStr = c"fts5_api_ptr";
-    let mut api: *mut fts5_api = null_mut();
-    // SAFETY: the handle is the connection's open database; the statement is finalized before
-    // returning, and `api` outlives it.
-    let rc = unsafe {
-        let db = conn.handle();
-        let mut statement = null_mut();
-        let mut rc = ffi::sqlite3_prepare_v2(db, QUERY.as_ptr(), -1, &mut statement, null_mut());
-        if rc == ffi::SQLITE_OK {
-            rc = ffi::sqlite3_bind_pointer(
-                statement,
-                1,
-                (&raw mut api).cast(),
-                POINTER_TYPE.as_ptr(),
-                None,
-            );
-            if rc == ffi::SQLITE_OK {
-                ffi::sqlite3_step(statement);
-            }
-        }
-        ffi::sqlite3_finalize(statement);
-        rc
-    };
-    check(rc).map_err(sqlite_error)?;
-    if api.is_null() {
-        return Err(misuse("fts5_api (is FTS5 compiled in?)"));
-    }
-    Ok(api)
-}
-
-/// A function pointer FTS5's API table must provide, or SQLITE_MISUSE.
-fn call<F>(function: Option<F>) -> Result<F, c_int> {
-    function.ok_or(ffi::SQLITE_MISUSE)
-}
-
-fn check(rc: c_int) -> Result<(), c_int> {
-    if rc == ffi::SQLITE_OK {
-        Ok(())
-    } else {
-        Err(rc)
-    }
-}
-
-fn sqlite_error(rc: c_int) -> rusqlite::Error {
-    rusqlite::Error::SqliteFailure(ffi::Error::new(rc), None)
-}
-
-fn misuse(what: &str) -> rusqlite::Error {
-    rusqlite::Error::SqliteFailure(
-        ffi::Error::new(ffi::SQLITE_MISUSE),
-        Some(format!("FTS5 does not provide {what}")),
-    )
 }
 
 #[cfg(test)]

@@ -24,7 +24,7 @@ use serde::{Deserialize, Serialize};
 use crate::platform::{Platform, UnknownPlatform};
 use crate::query::{self, MatchExpr, QueryError};
 use crate::timestamp::{Timestamp, TimestampError};
-use crate::{rank, schema};
+use crate::{rank, schema, snippet};
 
 /// Results per page when the client does not say.
 pub const DEFAULT_LIMIT: u32 = 20;
@@ -321,8 +321,16 @@ struct Candidate {
     family: Option<i64>,
 }
 
-/// Answers a request from a snapshot whose connection has had [`rank::install`]. `now` anchors
-/// the recency boost; pass the current time in production and a fixed one in tests.
+/// Readies a connection to a snapshot for [`search`]: reads the row facts ranking uses and
+/// registers the SQL functions search calls (see [`rank`] and `snippet`). Like rusqlite's
+/// `load_module`, call it once after opening; the snapshot must not change afterwards.
+pub fn prepare(conn: &Connection) -> rusqlite::Result<()> {
+    rank::install(conn)?;
+    snippet::install(conn)
+}
+
+/// Answers a request from a snapshot whose connection has been through [`prepare`]. `now`
+/// anchors the recency boost; pass the current time in production and a fixed one in tests.
 pub fn search(
     conn: &Connection,
     request: &SearchRequest,
@@ -601,10 +609,12 @@ fn page_statement(columns: &str, from: &str, fts: &str) -> String {
         .collect::<Vec<_>>()
         .join(", ");
     format!(
-        "SELECT {columns}, snippet({fts}, 1, char({open}), char({close}), '…', {SNIPPET_TOKENS}),
+        "SELECT {columns},
+                {snippet}({fts}, 1, char({open}), char({close}), '…', {SNIPPET_TOKENS}),
                 {fts}.rowid
          FROM {from}
-         WHERE {fts} MATCH ?1 AND {fts}.rowid BETWEEN ?2 AND ?3 AND +{fts}.rowid IN ({ids})"
+         WHERE {fts} MATCH ?1 AND {fts}.rowid BETWEEN ?2 AND ?3 AND +{fts}.rowid IN ({ids})",
+        snippet = snippet::FUNCTION,
     )
 }
 

@@ -5,9 +5,9 @@ mod support;
 #[cfg(target_arch = "wasm32")]
 use wasm_bindgen_test::wasm_bindgen_test as test;
 
+use pubsearch_shared::schema;
 use pubsearch_shared::search::{self, RequestError, ResultKind, SearchPage, SearchRequest};
 use pubsearch_shared::snapshot;
-use pubsearch_shared::{rank, schema};
 use rusqlite::Connection;
 use support::{now, open_fixture};
 
@@ -274,7 +274,7 @@ fn fixture_in_version_1_layout() -> Connection {
          DETACH fixture;",
     )
     .unwrap();
-    rank::install(&old).unwrap();
+    search::prepare(&old).unwrap();
     old
 }
 

@@ -16,7 +16,7 @@ use crate::firehose::jetstream;
 use crate::ingest::IngestConfig;
 use crate::run::{self, RunOptions, Source};
 use pubsearch_shared::search::{self, SearchRequest};
-use pubsearch_shared::{Timestamp, rank, schema};
+use pubsearch_shared::{Timestamp, schema};
 use rusqlite::{Connection, OpenFlags};
 
 /// pubsearch native worker: ingest, sync, workflows and snapshot publishing.
@@ -411,7 +411,8 @@ fn search_snapshot(path: &PathBuf, query: String, mut params: Vec<(String, Strin
     .with_context(|| format!("opening snapshot {}", path.display()))?;
     schema::check_compatible(&conn)
         .with_context(|| format!("checking snapshot {}", path.display()))?;
-    rank::install(&conn).with_context(|| format!("reading row lengths of {}", path.display()))?;
+    search::prepare(&conn)
+        .with_context(|| format!("preparing snapshot {} for search", path.display()))?;
     params.push(("q".into(), query));
     let request = SearchRequest::from_params(params)?;
     let now = SystemTime::now()

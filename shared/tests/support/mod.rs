@@ -8,7 +8,7 @@
 
 use pubsearch_shared::Platform;
 use pubsearch_shared::Timestamp;
-use pubsearch_shared::rank;
+use pubsearch_shared::search;
 use pubsearch_shared::snapshot::{SnapshotDocument, SnapshotPublication, SnapshotWriter};
 use rusqlite::Connection;
 
@@ -365,6 +365,6 @@ pub fn open_fixture() -> Connection {
         writer.add_document(&document).unwrap();
     }
     writer.finish(WATERMARK_US).unwrap();
-    rank::install(&conn).unwrap();
+    search::prepare(&conn).unwrap();
     conn
 }

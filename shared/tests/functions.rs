@@ -1,13 +1,14 @@
-//! The ranking function against FTS5's own bm25. Runs natively and, unchanged, as wasm under node.
+//! The SQL functions search registers, against FTS5's own: our bm25 against `bm25()`, our
+//! snippet against `snippet()`. Runs natively and, unchanged, as wasm under node.
 
 mod support;
 
 #[cfg(target_arch = "wasm32")]
 use wasm_bindgen_test::wasm_bindgen_test as test;
 
-use pubsearch_shared::rank;
 use pubsearch_shared::schema::{NAME_WEIGHT, TITLE_WEIGHT};
 use pubsearch_shared::search::{self, SearchRequest};
+use pubsearch_shared::snapshot::{SnapshotDocument, SnapshotWriter};
 use rusqlite::Connection;
 use support::{now, open_fixture};
 
@@ -77,7 +78,7 @@ fn rows_added_after_install_still_score_like_fts5() {
     // Install again over a gap in the rowids, then fill the gap, add a row past the end and
     // one far beyond any snapshot's rowids.
     add(next + 1, "Zebra notes", "zebra zebra garden");
-    rank::install(&conn).unwrap();
+    search::prepare(&conn).unwrap();
     add(
         next,
         "Zebra gap",
@@ -105,4 +106,93 @@ fn search_needs_the_function_installed_and_says_so() {
         .unwrap_err()
         .to_string();
     assert!(error.contains("documents_fts_bm25"), "{error}");
+}
+
+/// Documents made to stress the snippet: long texts with matches near the start, the middle and
+/// the end, sentences ending in `.` and `:`, line breaks, repeated and adjacent words, accents
+/// and emoji.
+fn snippet_corpus() -> Connection {
+    const WORDS: &[&str] = &[
+        "alpha", "beta", "gamma", "delta", "café", "naïve", "rocket", "🚀", "tea", "x",
+    ];
+    const BREAKS: &[&str] = &[" ", " ", " ", ", ", ". ", ": ", "\n", ".\n\n", " - "];
+    let template = support::documents().remove(0);
+    let mut seed = 7u64;
+    let mut next = move |n: usize| {
+        seed = seed
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        (seed >> 33) as usize % n
+    };
+    let mut conn = Connection::open_in_memory().unwrap();
+    let mut writer = SnapshotWriter::create(&mut conn).unwrap();
+    for i in 0..60 {
+        let words = [3, 20, 40, 300, 2000][i % 5];
+        let mut content = String::new();
+        for _ in 0..words {
+            content.push_str(WORDS[next(WORDS.len())]);
+            content.push_str(BREAKS[next(BREAKS.len())]);
+        }
+        writer
+            .add_document(&SnapshotDocument {
+                uri: format!("at://did:plc:snippets/site.standard.document/{i}"),
+                rkey: i.to_string(),
+                title: format!("{} {}", WORDS[next(WORDS.len())], WORDS[next(WORDS.len())]),
+                content,
+                ..template.clone()
+            })
+            .unwrap();
+    }
+    writer.finish(support::WATERMARK_US).unwrap();
+    search::prepare(&conn).unwrap();
+    conn
+}
+
+#[test]
+fn snippets_are_fts5_snippets_byte_for_byte() {
+    let corpus = snippet_corpus();
+    let fixture = open_fixture();
+    let cases: &[(&Connection, &str)] = &[
+        (&corpus, "rocket"),
+        (&corpus, "cafe"),
+        (&corpus, "tea OR x"),
+        (&corpus, "\"alpha beta\""),
+        (&corpus, "\"tea tea\" OR gamma"),
+        (&corpus, "del* naive"),
+        (&corpus, "title : alpha"),
+        (&fixture, "garden"),
+        (&fixture, "tom*"),
+        (&fixture, "rust OR systems"),
+    ];
+    let mut compared = 0;
+    for &(conn, expression) in cases {
+        for column in [0, 1] {
+            for tokens in [0, 1, 7, 24, 64] {
+                let args = format!("{column}, '[', ']', '…', {tokens}");
+                let sql = format!(
+                    "SELECT rowid, snippet(documents_fts, {args}), pubsearch_snippet(documents_fts, {args})
+                     FROM documents_fts WHERE documents_fts MATCH ?1"
+                );
+                let mut statement = conn.prepare(&sql).unwrap();
+                let rows = statement
+                    .query_map([expression], |row| {
+                        Ok((
+                            row.get::<_, i64>(0)?,
+                            row.get::<_, String>(1)?,
+                            row.get::<_, String>(2)?,
+                        ))
+                    })
+                    .unwrap();
+                for row in rows {
+                    let (rowid, theirs, ours) = row.unwrap();
+                    assert_eq!(
+                        ours, theirs,
+                        "{expression:?}, column {column}, {tokens} tokens, row {rowid}"
+                    );
+                    compared += 1;
+                }
+            }
+        }
+    }
+    assert!(compared > 2000, "only {compared} snippets compared");
 }
