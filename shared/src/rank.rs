@@ -1,23 +1,23 @@
 //! Ranking inputs held in memory: facts about every row, read once per opened snapshot and
-//! served to SQL by FTS5 auxiliary functions.
+//! served through SQL functions of our own.
 //!
 //! Search scores every match before it keeps the best [`crate::search::CANDIDATE_POOL`], then
 //! re-ranks those by age and drops cross-posts. In SQL alone each step costs a B-tree seek per row:
 //! FTS5's `bm25()` reads every match's length from `<index>_docsize` with a statement of its own,
 //! and the re-rank joined `documents` for each candidate's date, author and title. A snapshot never
-//! changes once opened, so [`install`] reads those facts once (a few ms for 7.5k documents) and
-//! registers:
+//! changes once opened, so [`install`] reads those facts once (12–24 ms natively for 7.5k
+//! documents, mostly reading `documents`) and registers:
 //!
 //! - `<index>_bm25(weight, …)` for both indexes: FTS5's bm25 formula, operation for operation
 //!   (fts5_aux.c, SQLite 3.54), with the row length taken from memory. The scores are the same
 //!   `f64`s bit for bit, so ranking does not change; a test compares every matching row.
-//! - `documents_fts_created(documents_fts)`: the row's `unixepoch(created_at)`.
-//! - `documents_fts_family(documents_fts)`: a number shared by the documents of one author with
-//!   the same title (ASCII case folded, as SQL's `lower`): cross-posts of one text. NULL when the
-//!   title is blank.
+//! - `pubsearch_document_facts(ids)`: each listed document's `unixepoch(created_at)` and
+//!   cross-post family (a number shared by the documents of one author with the same title, ASCII
+//!   case folded as SQL's `lower` does; none for a blank title). Search asks it once per query,
+//!   for the pool only, through [`document_facts`].
 //!
-//! The functions use FTS5's C extension API through [`crate::fts5`]; each `unsafe` block says
-//! what it relies on.
+//! The bm25 functions use FTS5's C extension API through [`crate::fts5`]; each `unsafe` block
+//! says what it relies on.
 
 use std::collections::HashMap;
 use std::ffi::{c_int, c_void};
@@ -25,6 +25,7 @@ use std::sync::Arc;
 
 use rusqlite::Connection;
 use rusqlite::ffi::{self, Fts5Context, Fts5ExtensionApi, sqlite3_context, sqlite3_value};
+use rusqlite::functions::FunctionFlags;
 
 use crate::fts5::{self, call, check};
 use crate::schema::{NAME_WEIGHT, TITLE_WEIGHT};
@@ -63,14 +64,68 @@ pub(crate) fn install(conn: &Connection) -> rusqlite::Result<()> {
         if index == "documents_fts" {
             facts.read_documents(conn)?;
             let facts = Arc::new(facts);
-            fts5::register(api, "documents_fts_created", created, facts.clone())?;
-            fts5::register(api, "documents_fts_family", family, facts.clone())?;
+            let shared = facts.clone();
+            conn.create_scalar_function(
+                DOCUMENT_FACTS,
+                1,
+                FunctionFlags::SQLITE_UTF8 | FunctionFlags::SQLITE_DETERMINISTIC,
+                move |ctx| Ok(encode_facts(&shared, ctx.get_raw(0).as_blob()?)),
+            )?;
             fts5::register(api, "documents_fts_bm25", bm25, facts)?;
         } else {
             fts5::register(api, &format!("{index}_bm25"), bm25, Arc::new(facts))?;
         }
     }
     Ok(())
+}
+
+/// The SQL function behind [`document_facts`].
+const DOCUMENT_FACTS: &str = "pubsearch_document_facts";
+/// Bytes per document in [`DOCUMENT_FACTS`]'s answer: `created` as i64, `family` as u32.
+const FACTS_BYTES: usize = 12;
+
+/// What ranking knows about one document beyond its bm25.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct DocumentFacts {
+    /// `unixepoch(created_at)`; `None` if it did not parse or the row was added after install.
+    pub created: Option<i64>,
+    /// The cross-post family; `None` for a blank title or a row added after install.
+    pub family: Option<u32>,
+}
+
+/// The facts of each of `ids`, in order, read from memory in one call. (The facts live with
+/// the connection, which only SQL can reach, so the ids go in and the facts come out as blobs.)
+pub(crate) fn document_facts(
+    conn: &Connection,
+    ids: &[i64],
+) -> rusqlite::Result<Vec<DocumentFacts>> {
+    let ids: Vec<u8> = ids.iter().flat_map(|id| id.to_le_bytes()).collect();
+    let mut statement = conn.prepare_cached(&format!("SELECT {DOCUMENT_FACTS}(?1)"))?;
+    let blob: Vec<u8> = statement.query_row([ids], |row| row.get(0))?;
+    Ok(blob
+        .chunks_exact(FACTS_BYTES)
+        .map(|chunk| {
+            let (created, family) = chunk.split_at(8);
+            let created = i64::from_le_bytes(created.try_into().expect("8 bytes"));
+            let family = u32::from_le_bytes(family.try_into().expect("4 bytes"));
+            DocumentFacts {
+                created: (created != i64::MIN).then_some(created),
+                family: (family != u32::MAX).then_some(family),
+            }
+        })
+        .collect())
+}
+
+/// [`DOCUMENT_FACTS`]: little-endian i64 ids in, [`FACTS_BYTES`] per id out (`i64::MIN` and
+/// `u32::MAX` for none).
+fn encode_facts(facts: &RowFacts, ids: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(ids.len() / 8 * FACTS_BYTES);
+    for id in ids.chunks_exact(8) {
+        let id = i64::from_le_bytes(id.try_into().expect("8 bytes"));
+        out.extend_from_slice(&facts.created(id).unwrap_or(i64::MIN).to_le_bytes());
+        out.extend_from_slice(&facts.family(id).unwrap_or(u32::MAX).to_le_bytes());
+    }
+    out
 }
 
 /// Facts about the rows of one FTS5 index, indexed by rowid (dense from 1 in a snapshot).
@@ -315,63 +370,6 @@ unsafe fn score(
                     / (hits + K1 * (1.0 - B + B * length / stats.average_length)));
         }
         Ok(-score)
-    }
-}
-
-/// `documents_fts_created(documents_fts)`: see the module docs.
-unsafe extern "C" fn created(
-    api: *const Fts5ExtensionApi,
-    fts: *mut Fts5Context,
-    ctx: *mut sqlite3_context,
-    _: c_int,
-    _: *mut *mut sqlite3_value,
-) {
-    // SAFETY: FTS5's auxiliary-function contract, as for `bm25`.
-    unsafe { result_integer(ctx, row_fact(&*api, fts, RowFacts::created)) }
-}
-
-/// `documents_fts_family(documents_fts)`: see the module docs.
-unsafe extern "C" fn family(
-    api: *const Fts5ExtensionApi,
-    fts: *mut Fts5Context,
-    ctx: *mut sqlite3_context,
-    _: c_int,
-    _: *mut *mut sqlite3_value,
-) {
-    // SAFETY: FTS5's auxiliary-function contract, as for `bm25`.
-    unsafe {
-        let fact = row_fact(&*api, fts, |facts, rowid| {
-            facts.family(rowid).map(i64::from)
-        });
-        result_integer(ctx, fact)
-    }
-}
-
-/// One fact about the current row, through `read`.
-///
-/// # Safety
-/// `api` and `fts` are the pair FTS5 passed to the running auxiliary function.
-unsafe fn row_fact(
-    api: &Fts5ExtensionApi,
-    fts: *mut Fts5Context,
-    read: impl Fn(&RowFacts, i64) -> Option<i64>,
-) -> Result<Option<i64>, c_int> {
-    // SAFETY: the caller's contract.
-    unsafe { Ok(read(facts(api, fts)?, call(api.xRowid)?(fts))) }
-}
-
-/// Sets an auxiliary function's result: an integer, NULL, or an error code.
-///
-/// # Safety
-/// `ctx` is the running function's result context.
-unsafe fn result_integer(ctx: *mut sqlite3_context, value: Result<Option<i64>, c_int>) {
-    // SAFETY: the caller's contract.
-    unsafe {
-        match value {
-            Ok(Some(value)) => ffi::sqlite3_result_int64(ctx, value),
-            Ok(None) => ffi::sqlite3_result_null(ctx),
-            Err(rc) => ffi::sqlite3_result_error_code(ctx, rc),
-        }
     }
 }
 

@@ -316,9 +316,9 @@ struct Candidate {
     bm25: f64,
     /// Points lost for age (documents only).
     penalty: f64,
-    /// The document's cross-post family ([`rank`]'s `documents_fts_family`); `None` for
-    /// publications and untitled documents, which are never duplicates.
-    family: Option<i64>,
+    /// The document's cross-post family (see [`rank`]); `None` for publications and untitled
+    /// documents, which are never duplicates.
+    family: Option<u32>,
 }
 
 /// Readies a connection to a snapshot for [`search`]: reads the row facts ranking uses and
@@ -421,22 +421,27 @@ fn document_candidates(
         ""
     };
     let sql = format!(
-        "SELECT documents_fts.rowid, {bm25},
-                documents_fts_created(documents_fts), documents_fts_family(documents_fts)
+        "SELECT documents_fts.rowid, {bm25}
          FROM documents_fts{join}
          WHERE documents_fts MATCH ?1{filters}",
         bm25 = rank::bm25_call("documents_fts"),
     );
-    best_matches(conn, &sql, args, |row| {
+    let mut pool = best_matches(conn, &sql, args, |row| {
         Ok(Candidate {
             // Article or looseleaf is decided when the row is loaded; here only "document" matters.
             kind: ResultKind::Article,
             id: row.get(0)?,
             bm25: row.get(1)?,
-            penalty: recency_penalty(now_seconds, row.get(2)?),
-            family: row.get(3)?,
+            penalty: 0.0,
+            family: None,
         })
-    })
+    })?;
+    let ids: Vec<i64> = pool.iter().map(|candidate| candidate.id).collect();
+    for (candidate, facts) in pool.iter_mut().zip(rank::document_facts(conn, &ids)?) {
+        candidate.penalty = recency_penalty(now_seconds, facts.created);
+        candidate.family = facts.family;
+    }
+    Ok(pool)
 }
 
 /// The best [`CANDIDATE_POOL`] rows of `sql` by bm25, ties to the lower rowid.

@@ -45,6 +45,30 @@ fn newer_document_wins_among_equal_matches() {
 }
 
 #[test]
+fn newer_document_wins_even_when_stored_first_is_older() {
+    // Same text, so the same bm25: only age can order them, not rowid (the older is stored first).
+    let template = support::documents().remove(0);
+    let mut conn = Connection::open_in_memory().unwrap();
+    let mut writer = snapshot::SnapshotWriter::create(&mut conn).unwrap();
+    for (rkey, did, age_days) in [("old", "did:plc:old", 400), ("new", "did:plc:new", 3)] {
+        writer
+            .add_document(&snapshot::SnapshotDocument {
+                uri: format!("at://{did}/site.standard.document/{rkey}"),
+                did: did.into(),
+                rkey: rkey.into(),
+                title: "Quince preserves".into(),
+                content: "Simmer the quince slowly.".into(),
+                created_at: support::days_ago(age_days),
+                ..template.clone()
+            })
+            .unwrap();
+    }
+    writer.finish(support::WATERMARK_US).unwrap();
+    search::prepare(&conn).unwrap();
+    assert_eq!(rkeys(&run(&conn, &[("q", "quince")])), ["new", "old"]);
+}
+
+#[test]
 fn cross_posts_collapse_to_the_best_copy() {
     let conn = open_fixture();
     let page = run(&conn, &[("q", "\"weekly notes\"")]);

@@ -17,7 +17,8 @@ pub fn now() -> Timestamp {
     Timestamp::parse("2026-06-01T00:00:00Z").unwrap()
 }
 
-fn days_ago(days: i64) -> Timestamp {
+/// The instant `days` days before [`now`].
+pub fn days_ago(days: i64) -> Timestamp {
     Timestamp::from_unix_millis(now().unix_millis() - days * 86_400_000).unwrap()
 }
 
