@@ -253,6 +253,8 @@ struct QueryStats {
     average_length: f64,
     /// Scratch: the current row's weighted hits per phrase.
     hits: Vec<f64>,
+    /// Scratch: the current row's column weights (the function's arguments).
+    weights: Vec<f64>,
 }
 
 impl QueryStats {
@@ -283,6 +285,7 @@ impl QueryStats {
             }
             Ok(Self {
                 hits: vec![0.0; idf.len()],
+                weights: Vec::new(),
                 idf,
                 average_length: tokens as f64 / rows as f64,
             })
@@ -333,24 +336,29 @@ unsafe fn score(
         let stats = &mut *stats;
 
         stats.hits.fill(0.0);
-        let mut instances = 0;
-        check(call(api.xInstCount)?(fts, &mut instances))?;
-        for instance in 0..instances {
-            let (mut phrase, mut column, mut offset) = (0, 0, 0);
-            check(call(api.xInst)?(
+        // The weights are the function's arguments: read once per row, not once per hit.
+        stats.weights.clear();
+        for i in 0..weight_count.max(0) as usize {
+            stats
+                .weights
+                .push(ffi::sqlite3_value_double(*weights.add(i)));
+        }
+        // Each phrase's hits, column by column: the same instances xInst would list, in the same
+        // order per phrase (so the same sums), without merging all phrases into one sorted array.
+        let next = call(api.xPhraseNext)?;
+        for (phrase, hits) in stats.hits.iter_mut().enumerate() {
+            let mut iter = std::mem::zeroed::<ffi::Fts5PhraseIter>();
+            let (mut column, mut offset) = (0, 0);
+            check(call(api.xPhraseFirst)?(
                 fts,
-                instance,
-                &mut phrase,
+                phrase as c_int,
+                &mut iter,
                 &mut column,
                 &mut offset,
             ))?;
-            let weight = if weight_count > column {
-                ffi::sqlite3_value_double(*weights.add(column as usize))
-            } else {
-                1.0
-            };
-            if let Some(hits) = stats.hits.get_mut(phrase as usize) {
-                *hits += weight;
+            while column >= 0 {
+                *hits += stats.weights.get(column as usize).copied().unwrap_or(1.0);
+                next(fts, &mut iter, &mut column, &mut offset);
             }
         }
 

@@ -338,7 +338,8 @@ pub fn search(
 ) -> Result<SearchPage, SearchError> {
     let mut candidates = document_candidates(conn, request, now)?;
     candidates.extend(publication_candidates(conn, request)?);
-    candidates.sort_by(|a, b| {
+    // Unstable is exact here: no two candidates compare equal (kind and id are unique together).
+    candidates.sort_unstable_by(|a, b| {
         (a.bm25 + a.penalty)
             .total_cmp(&(b.bm25 + b.penalty))
             .then_with(|| (a.kind as u8).cmp(&(b.kind as u8)))

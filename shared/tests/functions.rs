@@ -12,8 +12,8 @@ use pubsearch_shared::snapshot::{SnapshotDocument, SnapshotWriter};
 use rusqlite::Connection;
 use support::{now, open_fixture};
 
-/// FTS5 expressions of every shape the query language produces: terms, prefixes, phrases,
-/// several terms at once, alternatives and a column filter.
+/// FTS5 expressions of every shape the query language produces (terms, prefixes, phrases,
+/// several terms at once, alternatives, a column filter) and NEAR, which it does not.
 const EXPRESSIONS: &[&str] = &[
     "garden",
     "tom*",
@@ -22,6 +22,8 @@ const EXPRESSIONS: &[&str] = &[
     "rust OR garden*",
     "title : tomatoes",
     "water",
+    "NEAR(tomatoes water, 4)",
+    "NEAR(rust systems) OR garden",
 ];
 
 /// `(matching rows, rows whose scores differ in any bit)` between FTS5's bm25 and ours on `index`.
