@@ -7,7 +7,8 @@
 //! - [`snapshot`]: writes documents and publications into a snapshot (builders and test fixtures).
 //! - [`query`]: turns untrusted user text into a safe FTS5 `MATCH` expression.
 //! - [`search`]: validated search requests, ranking (bm25 top-K, then recency re-rank) and results.
-//! - [`rank`]: the bm25 and row-fact functions search ranks with, fed from memory.
+//! - `rank`, `snippet` and `fts5` (internal): the SQL functions search calls, built on FTS5's C
+//!   extension API: bm25 from row facts held in memory, and FTS5's snippet with less tokenizing.
 //! - [`lookup`]: documents by URI and tag counts, for the edge's non-search endpoints.
 //! - [`manifest`]: the contract between a published snapshot and the readers that adopt it.
 //! - [`platform`]: which publishing platform a record belongs to, and its public URL.
@@ -22,7 +23,7 @@ pub mod lookup;
 pub mod manifest;
 pub mod platform;
 pub mod query;
-pub mod rank;
+mod rank;
 pub mod record;
 pub mod schema;
 pub mod search;

@@ -3,7 +3,7 @@
 //! Ranking runs in two phases so the request path does no work proportional to the corpus beyond
 //! what FTS5 itself does (DESIGN.md invariant 1):
 //!
-//! 1. **Candidates.** Every FTS5 match is scored by weighted bm25 ([`rank`]'s function, with
+//! 1. **Candidates.** Every FTS5 match is scored by weighted bm25 (`rank`'s function, with
 //!    row facts held in memory) with cheap filters applied in the same query (tags as an `IN`
 //!    subquery, so the FTS index drives), and the best [`CANDIDATE_POOL`] are kept (ties to the
 //!    lower rowid). Publications are ranked the same way in their own index.
@@ -316,13 +316,13 @@ struct Candidate {
     bm25: f64,
     /// Points lost for age (documents only).
     penalty: f64,
-    /// The document's cross-post family (see [`rank`]); `None` for publications and untitled
+    /// The document's cross-post family (see `rank`); `None` for publications and untitled
     /// documents, which are never duplicates.
     family: Option<u32>,
 }
 
 /// Readies a connection to a snapshot for [`search`]: reads the row facts ranking uses and
-/// registers the SQL functions search calls (see [`rank`] and `snippet`). Like rusqlite's
+/// registers the SQL functions search calls (see `rank` and `snippet`). Like rusqlite's
 /// `load_module`, call it once after opening; the snapshot must not change afterwards.
 pub fn prepare(conn: &Connection) -> rusqlite::Result<()> {
     rank::install(conn)?;
