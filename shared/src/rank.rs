@@ -170,7 +170,10 @@ impl RowFacts {
     /// SQL functions (`unixepoch`, `lower`) the re-rank used when it joined `documents`.
     fn read_documents(&mut self, conn: &Connection) -> rusqlite::Result<()> {
         let rows = row_count(conn, "documents")?;
-        let mut families: HashMap<(String, String), u32> = HashMap::new();
+        // Keyed by `did NUL lower(title)` (a DID has no NUL), built in one buffer: a row allocates
+        // only when it starts a new family.
+        let mut families: HashMap<String, u32> = HashMap::with_capacity(rows);
+        let mut key = String::new();
         let mut statement =
             conn.prepare("SELECT id, unixepoch(created_at), did, lower(title) FROM documents")?;
         let mut cursor = statement.query([])?;
@@ -179,12 +182,23 @@ impl RowFacts {
                 continue;
             };
             grow_to(&mut self.created, slot, None)[slot] = row.get(1)?;
-            let (did, title): (String, String) = (row.get(2)?, row.get(3)?);
-            if !title.trim().is_empty() {
-                let next = families.len() as u32;
-                let family = *families.entry((did, title)).or_insert(next);
-                grow_to(&mut self.family, slot, None)[slot] = Some(family);
+            let title = row.get_ref(3)?.as_str()?;
+            if title.trim().is_empty() {
+                continue;
             }
+            key.clear();
+            key.push_str(row.get_ref(2)?.as_str()?);
+            key.push('\0');
+            key.push_str(title);
+            let family = match families.get(key.as_str()) {
+                Some(&family) => family,
+                None => {
+                    let family = families.len() as u32;
+                    families.insert(key.clone(), family);
+                    family
+                }
+            };
+            grow_to(&mut self.family, slot, None)[slot] = Some(family);
         }
         Ok(())
     }
