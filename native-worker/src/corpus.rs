@@ -9,6 +9,7 @@
 
 use std::io::{self, Write};
 
+use pubsearch_shared::record::at_uri;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde_json::{Value, json};
@@ -339,7 +340,7 @@ fn publication_record(
             "url": format!("https://{slug}.{}", kind.domain()), "preferences": {"showInDiscover": discoverable}}),
         )
     };
-    let uri = format!("at://{did}/{collection}/{rkey}");
+    let uri = at_uri(did, collection, &rkey);
     (
         PublicationRef {
             did: did.to_owned(),

@@ -2,7 +2,7 @@
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use pubsearch_shared::record::{Document, Publication, is_publication_collection};
+use pubsearch_shared::record::{Document, Publication, at_uri, is_publication_collection};
 use rusqlite::{Connection, params};
 
 use super::checkpoint::Checkpointer;
@@ -192,7 +192,7 @@ pub(super) fn written_row(change: &Change) -> Option<(Table, String)> {
             } else {
                 Table::Documents
             };
-            Some((table, format!("at://{did}/{collection}/{rkey}")))
+            Some((table, at_uri(did, collection, rkey)))
         }
         Change::Account { did, .. } | Change::Identity { did, .. } => {
             Some((Table::Accounts, did.clone()))
@@ -300,7 +300,7 @@ fn apply_change(tx: &Connection, change: &Change, indexed_at: i64) -> rusqlite::
             rkey,
             rev,
         } => {
-            let uri = format!("at://{did}/{collection}/{rkey}");
+            let uri = at_uri(did, collection, rkey);
             let sql = if is_publication_collection(collection) {
                 "INSERT INTO publications (uri, did, rkey, collection, rev, deleted, indexed_at)
                  VALUES (?1, ?2, ?3, ?4, ?5, 1, ?6)

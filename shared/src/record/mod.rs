@@ -147,8 +147,13 @@ struct RecordRef<'a> {
 
 impl RecordRef<'_> {
     fn uri(&self) -> String {
-        format!("at://{}/{}/{}", self.did, self.collection, self.rkey)
+        at_uri(self.did, self.collection, self.rkey)
     }
+}
+
+/// A record's `at://` URI, the key documents and publications are stored and looked up by.
+pub fn at_uri(did: &str, collection: &str, rkey: &str) -> String {
+    format!("at://{did}/{collection}/{rkey}")
 }
 
 /// Accessors that tolerate absent optional fields but refuse wrongly-typed required ones.
