@@ -345,29 +345,6 @@ fn snapshot_counts_and_version_are_recorded() {
 }
 
 #[test]
-fn tag_filter_lets_the_fts_index_drive() {
-    let conn = open_fixture();
-    let plan: Vec<String> = conn
-        .prepare(
-            "EXPLAIN QUERY PLAN SELECT documents_fts.rowid FROM documents_fts WHERE documents_fts MATCH 'rust'
-             AND documents_fts.rowid IN (SELECT document_id FROM document_tags WHERE tag = 'rust')",
-        )
-        .unwrap()
-        .query_map([], |row| row.get::<_, String>(3))
-        .unwrap()
-        .collect::<Result<_, _>>()
-        .unwrap();
-    assert!(
-        plan[0].starts_with("SCAN documents_fts VIRTUAL TABLE"),
-        "{plan:?}"
-    );
-    assert!(
-        plan.iter().any(|step| step.contains("USING PRIMARY KEY")),
-        "{plan:?}"
-    );
-}
-
-#[test]
 fn documents_are_looked_up_in_request_order() {
     use pubsearch_shared::lookup::{self, LookupError};
     let conn = open_fixture();
