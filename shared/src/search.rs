@@ -321,6 +321,19 @@ struct Candidate {
     family: Option<u32>,
 }
 
+impl Candidate {
+    /// A candidate from a scan row `(rowid, bm25)`, before age and family are known.
+    fn scored(kind: ResultKind, row: &rusqlite::Row<'_>) -> rusqlite::Result<Self> {
+        Ok(Self {
+            kind,
+            id: row.get(0)?,
+            bm25: row.get(1)?,
+            penalty: 0.0,
+            family: None,
+        })
+    }
+}
+
 /// Readies a connection to a snapshot for [`search`]: reads the row facts ranking uses and
 /// registers the SQL functions search calls (see `rank` and `snippet`). Like rusqlite's
 /// `load_module`, call it once after opening; the snapshot must not change afterwards.
@@ -377,15 +390,9 @@ fn document_candidates(
     }
     let now_seconds = now.unix_millis() as f64 / 1000.0;
     let (sql, args) = document_scan(request, articles, looseleafs);
+    // Article or looseleaf is decided when the row is loaded; here only "document" matters.
     let mut pool = best_matches(conn, &sql, args, |row| {
-        Ok(Candidate {
-            // Article or looseleaf is decided when the row is loaded; here only "document" matters.
-            kind: ResultKind::Article,
-            id: row.get(0)?,
-            bm25: row.get(1)?,
-            penalty: 0.0,
-            family: None,
-        })
+        Candidate::scored(ResultKind::Article, row)
     })?;
     let ids: Vec<i64> = pool.iter().map(|candidate| candidate.id).collect();
     for (candidate, facts) in pool.iter_mut().zip(rank::document_facts(conn, &ids)?) {
@@ -528,13 +535,7 @@ fn publication_candidates(
         bm25 = rank::bm25_call("publications_fts"),
     );
     best_matches(conn, &sql, args, |row| {
-        Ok(Candidate {
-            kind: ResultKind::Publication,
-            id: row.get(0)?,
-            bm25: row.get(1)?,
-            penalty: 0.0,
-            family: None,
-        })
+        Candidate::scored(ResultKind::Publication, row)
     })
 }
 
@@ -787,13 +788,7 @@ mod tests {
         let sql = "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 5000)
                    SELECT (i * 7919) % 5003, ((i * 31) % 13) * -1.0 FROM n";
         let pool = best_matches(&conn, sql, Vec::new(), |row| {
-            Ok(Candidate {
-                kind: ResultKind::Article,
-                id: row.get(0)?,
-                bm25: row.get(1)?,
-                penalty: 0.0,
-                family: None,
-            })
+            Candidate::scored(ResultKind::Article, row)
         })
         .unwrap();
         let mut all: Vec<(f64, i64)> = conn
