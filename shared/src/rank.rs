@@ -5,8 +5,8 @@
 //! re-ranks those by age and drops cross-posts. In SQL alone each step costs a B-tree seek per row:
 //! FTS5's `bm25()` reads every match's length from `<index>_docsize` with a statement of its own,
 //! and the re-rank joined `documents` for each candidate's date, author and title. A snapshot never
-//! changes once opened, so [`install`] reads those facts once (12–24 ms natively for 7.5k
-//! documents, mostly reading `documents`) and registers:
+//! changes once opened, so [`install`] reads those facts once (10–13 ms natively for 7.5k
+//! documents, mostly SQLite reading `documents`; 57–59 ms in workerd) and registers:
 //!
 //! - `<index>_bm25(weight, …)` for both indexes: FTS5's bm25 formula, operation for operation
 //!   (fts5_aux.c, SQLite 3.54), with the row length taken from memory. The scores are the same
@@ -28,24 +28,17 @@ use rusqlite::ffi::{self, Fts5Context, Fts5ExtensionApi, sqlite3_context, sqlite
 use rusqlite::functions::FunctionFlags;
 
 use crate::fts5::{self, call, check};
-use crate::schema::{NAME_WEIGHT, TITLE_WEIGHT};
+use crate::schema::FTS_WEIGHTS;
 
 /// bm25's term-frequency saturation, as in FTS5.
 const K1: f64 = 1.2;
 /// bm25's length normalisation, as in FTS5.
 const B: f64 = 0.75;
 
-/// The FTS5 indexes ranked by [`install`]'s functions, each with its first column's weight (the
-/// second weighs 1), the same weights the snapshot's persistent `bm25` rank uses.
-const INDEXES: [(&str, f64); 2] = [
-    ("documents_fts", TITLE_WEIGHT),
-    ("publications_fts", NAME_WEIGHT),
-];
-
 /// The SQL that scores the current row of `index` with its installed bm25 and the schema's
 /// column weights.
 pub(crate) fn bm25_call(index: &str) -> String {
-    let weight = INDEXES
+    let weight = FTS_WEIGHTS
         .iter()
         .find(|(name, _)| *name == index)
         .map_or(1.0, |(_, weight)| *weight);
@@ -58,7 +51,7 @@ pub(crate) fn bm25_call(index: &str) -> String {
 /// added later still gets its bm25 right, at FTS5's cost, but no date or family.
 pub(crate) fn install(conn: &Connection) -> rusqlite::Result<()> {
     let api = fts5::api(conn)?;
-    for (index, _) in INDEXES {
+    for (index, _) in FTS_WEIGHTS {
         let mut facts = RowFacts::default();
         facts.read_lengths(conn, index)?;
         if index == "documents_fts" {

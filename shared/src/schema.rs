@@ -11,7 +11,8 @@ use rusqlite::{Connection, OptionalExtension};
 /// Version of the table layout below.
 ///
 /// 2: `documents` keeps its text last, so reading the columns after it no longer walks the text's
-/// overflow pages (ranking reads `created_at` for every candidate), and `documents_fts` has a
+/// overflow pages (`search::prepare` reads every row's date, author and title; the `since`
+/// filter reads every match's date), and `documents_fts` has a
 /// prefix index for [`crate::query::MIN_PREFIX_CHARS`]-character prefixes, the shortest the query
 /// language expands (`shi*` merged hundreds of terms' doclists per query without it).
 pub const SCHEMA_VERSION: u32 = 2;
@@ -28,6 +29,12 @@ pub const SCORING_VERSION: u32 = 1;
 pub const TITLE_WEIGHT: f64 = 10.0;
 /// bm25 weight of a publication's name relative to its description (weight 1).
 pub const NAME_WEIGHT: f64 = 10.0;
+/// Each FTS5 index with the bm25 weight of its first column (the second weighs 1): the weights
+/// of the snapshot's persistent rank and of the functions search ranks with.
+pub const FTS_WEIGHTS: [(&str, f64); 2] = [
+    ("documents_fts", TITLE_WEIGHT),
+    ("publications_fts", NAME_WEIGHT),
+];
 
 /// Longest tag kept, in characters; longer ones are dropped rather than truncated into a different tag.
 pub const MAX_TAG_CHARS: usize = 64;
@@ -133,14 +140,12 @@ pub enum SchemaError {
 pub fn create(conn: &Connection) -> rusqlite::Result<()> {
     conn.execute_batch(DDL)?;
     // A persistent rank lets `ORDER BY rank` use FTS5's own sort with our column weights.
-    conn.execute(
-        "INSERT INTO documents_fts(documents_fts, rank) VALUES ('rank', ?1)",
-        [format!("bm25({TITLE_WEIGHT:.1}, 1.0)")],
-    )?;
-    conn.execute(
-        "INSERT INTO publications_fts(publications_fts, rank) VALUES ('rank', ?1)",
-        [format!("bm25({NAME_WEIGHT:.1}, 1.0)")],
-    )?;
+    for (index, weight) in FTS_WEIGHTS {
+        conn.execute(
+            &format!("INSERT INTO {index}({index}, rank) VALUES ('rank', ?1)"),
+            [format!("bm25({weight:.1}, 1.0)")],
+        )?;
+    }
     Ok(())
 }
 
