@@ -7,8 +7,10 @@
 //! - [`snapshot`]: writes documents and publications into a snapshot (builders and test fixtures).
 //! - [`query`]: turns untrusted user text into a safe FTS5 `MATCH` expression.
 //! - [`search`]: validated search requests, ranking (bm25 top-K, then recency re-rank) and results.
-//! - `rank`, `snippet` and `fts5` (internal): the SQL functions search calls, built on FTS5's C
-//!   extension API: bm25 from row facts held in memory, and FTS5's snippet with less tokenizing.
+//! - `facts`, `rank`, `snippet` and `fts5` (internal): the SQL functions search calls. `facts`
+//!   holds what search needs of every row in memory and filters documents from it; `rank` and
+//!   `snippet` are built on FTS5's C extension API: bm25 from the facts' row lengths, and FTS5's
+//!   snippet with less tokenizing.
 //! - [`lookup`]: documents by URI and tag counts, for the edge's non-search endpoints.
 //! - [`manifest`]: the contract between a published snapshot and the readers that adopt it.
 //! - [`platform`]: which publishing platform a record belongs to, and its public URL.
@@ -18,6 +20,7 @@
 //! [`snapshot::SnapshotWriter`]; the edge opens the snapshot read-only, calls [`search::prepare`]
 //! and then [`search::search`].
 
+mod facts;
 mod fts5;
 pub mod lookup;
 pub mod manifest;

@@ -110,6 +110,121 @@ fn search_needs_the_function_installed_and_says_so() {
     assert!(error.contains("documents_fts_bm25"), "{error}");
 }
 
+/// Every filter the search statement can pass the document filter, as
+/// `(platform, since, author, in a publication)`; `None` filters nothing.
+fn filter_cases(conn: &Connection) -> Vec<[Option<String>; 4]> {
+    let boundary: String = conn
+        .query_row(
+            "SELECT created_at FROM documents ORDER BY created_at LIMIT 1 OFFSET 100",
+            [],
+            |row| row.get(0),
+        )
+        .unwrap();
+    let platforms = [None, Some("leaflet"), Some("whitewind"), Some("nowhere")];
+    let sinces = [
+        None,
+        Some(boundary.as_str()),
+        Some("2025-06-01T00:00:00.000Z"),
+        Some("2024-01-01T00:00:00.000Z"),
+        Some("2024"),
+    ];
+    let authors = [None, Some("did:plc:gen1"), Some("did:plc:nobody")];
+    let kinds = [None, Some("1"), Some("0")];
+    let mut cases = Vec::new();
+    for platform in platforms {
+        for since in sinces {
+            for author in authors {
+                for kind in kinds {
+                    cases.push([platform, since, author, kind].map(|v| v.map(str::to_owned)));
+                }
+            }
+        }
+    }
+    cases
+}
+
+#[test]
+fn document_filter_answers_as_sql_does_on_every_row() {
+    let conn = open_fixture();
+    // A date that is not canonical text: memory must leave that row to SQL.
+    conn.execute(
+        "UPDATE documents SET created_at = '2024-01-01' WHERE id = (SELECT min(id) FROM documents)",
+        [],
+    )
+    .unwrap();
+    search::prepare(&conn).unwrap();
+    let mut statement = conn
+        .prepare(
+            "SELECT pubsearch_document_filter(id, ?1, ?2, ?3, CAST(?4 AS INTEGER)),
+                    (?1 IS NULL OR platform = ?1) AND (?2 IS NULL OR created_at >= ?2)
+                    AND (?3 IS NULL OR did = ?3)
+                    AND (?4 IS NULL OR (publication_uri IS NOT NULL) = CAST(?4 AS INTEGER))
+             FROM documents",
+        )
+        .unwrap();
+    let (mut passed, mut failed) = (0, 0);
+    for case in filter_cases(&conn) {
+        let answers: Vec<(Option<bool>, bool)> = statement
+            .query_map(rusqlite::params_from_iter(&case), |row| {
+                Ok((row.get(0)?, row.get(1)?))
+            })
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        let unanswered = answers.iter().filter(|(ours, _)| ours.is_none()).count();
+        assert_eq!(unanswered, 1, "{case:?}: only the odd date goes to SQL");
+        for (ours, sql) in answers {
+            if let Some(ours) = ours {
+                assert_eq!(ours, sql, "{case:?}");
+                if sql { passed += 1 } else { failed += 1 }
+            }
+        }
+    }
+    assert!(
+        passed > 1_000 && failed > 1_000,
+        "{passed} passed, {failed} failed"
+    );
+}
+
+#[test]
+fn documents_added_after_prepare_are_filtered_by_sql() {
+    let conn = open_fixture();
+    conn.execute(
+        "INSERT INTO documents (uri, did, rkey, collection, platform, created_at, indexed_at,
+                                title, content)
+         VALUES ('at://did:plc:late/site.standard.document/z', 'did:plc:late', 'z',
+                 'site.standard.document', 'pckt', '2026-05-01T00:00:00.000Z', 1,
+                 'Zebra late', 'a zebra arrives')",
+        [],
+    )
+    .unwrap();
+    conn.execute(
+        "INSERT INTO documents_fts (rowid, title, content)
+         SELECT id, title, content FROM documents WHERE did = 'did:plc:late'",
+        [],
+    )
+    .unwrap();
+    let found = |filters: &[(&str, &str)]| {
+        let mut params = vec![("q", "zebra")];
+        params.extend_from_slice(filters);
+        let request = SearchRequest::from_params(params).unwrap();
+        search::search(&conn, &request, now())
+            .unwrap()
+            .results
+            .len()
+    };
+    assert_eq!(found(&[]), 1);
+    assert_eq!(
+        found(&[("author", "did:plc:late"), ("platform", "pckt")]),
+        1
+    );
+    assert_eq!(found(&[("since", "2026-05-01"), ("type", "looseleaf")]), 1);
+    assert_eq!(found(&[("author", "did:plc:gen1")]), 0);
+    assert_eq!(found(&[("platform", "leaflet")]), 0);
+    assert_eq!(found(&[("since", "2026-05-02")]), 0);
+    assert_eq!(found(&[("type", "article")]), 0);
+}
+
 /// Documents made to stress the snippet: long texts with matches near the start, the middle and
 /// the end, sentences ending in `.` and `:`, line breaks, repeated and adjacent words, accents
 /// and emoji.
