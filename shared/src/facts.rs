@@ -161,14 +161,14 @@ struct DocumentRow {
     family: Option<u32>,
 }
 
-/// A document's filter columns; `None` fields are SQL NULLs, which no filter matches.
+/// A document's filter columns, as the snapshot schema has them: text, never NULL.
 #[derive(Clone, Copy)]
 struct FilterColumns {
-    did: Option<u32>,
-    platform: Option<u32>,
-    /// `created_at`, kept only as text of the canonical length (any other text leaves the row to
+    did: u32,
+    platform: u32,
+    /// `created_at`, kept only as text of the canonical length (any other value leaves the row to
     /// SQL, so that this stays fixed-size). Canonical text is fixed width: byte order is time order.
-    created_at: Option<[u8; CANONICAL_TIME_LEN]>,
+    created_at: [u8; CANONICAL_TIME_LEN],
     /// `publication_uri IS NOT NULL`.
     in_publication: bool,
 }
@@ -203,6 +203,9 @@ impl RowFacts {
     /// Reads `<index>_docsize`, whose `sz` blob holds one varint token count per column.
     fn read_lengths(&mut self, conn: &Connection, index: &str) -> rusqlite::Result<()> {
         let rows = row_count(conn, &format!("{index}_docsize"))?;
+        // Sized once for dense rowids: growing by doubling would leave up to twice the memory
+        // taken, and wasm memory never shrinks.
+        self.tokens = vec![Self::NO_LENGTH; rows + 1];
         let mut statement = conn.prepare(&format!("SELECT id, sz FROM {index}_docsize"))?;
         let mut cursor = statement.query([])?;
         while let Some(row) = cursor.next()? {
@@ -220,6 +223,8 @@ impl RowFacts {
     /// functions (`unixepoch`, `lower`) the re-rank used when it joined `documents`.
     fn read_documents(&mut self, conn: &Connection) -> rusqlite::Result<()> {
         let rows = row_count(conn, "documents")?;
+        self.documents = vec![None; rows + 1];
+        self.filters = vec![None; rows + 1];
         // Keyed by `did NUL lower(title)` (a DID has no NUL), built in one reused buffer.
         let mut families = Interner::with_capacity(rows);
         let mut key = String::new();
@@ -263,17 +268,14 @@ impl RowFacts {
     /// cannot say.
     fn passes(&self, rowid: i64, filter: &Filter<'_>) -> Option<bool> {
         let columns = (*self.filters.get(usize::try_from(rowid).ok()?)?)?;
-        let equals = |wanted: Option<&str>, interner: &Interner, have: Option<u32>| {
-            wanted.is_none_or(|wanted| have.is_some() && interner.get(wanted) == have)
-        };
-        let since = match (filter.since, columns.created_at) {
-            (None, _) => true,
-            (Some(_), None) => false,
-            // Byte order, then length: SQL's BINARY collation, which `>=` on text uses.
-            (Some(since), Some(created_at)) => created_at.as_slice() >= since,
+        let equals = |wanted: Option<&str>, interner: &Interner, have: u32| {
+            wanted.is_none_or(|wanted| interner.get(wanted) == Some(have))
         };
         Some(
-            since
+            // Byte order, then length: SQL's BINARY collation, which `>=` on text uses.
+            filter
+                .since
+                .is_none_or(|since| columns.created_at.as_slice() >= since)
                 && equals(filter.platform, &self.platforms, columns.platform)
                 && equals(filter.author, &self.dids, columns.did)
                 && filter
@@ -285,7 +287,7 @@ impl RowFacts {
 
 /// A `documents` row's filter columns (columns 2, 4, 5 and 6 of [`RowFacts::read_documents`]'s
 /// statement), or `None` if one holds what memory cannot compare as SQL would: a DID or platform
-/// that is not text, or a `created_at` that is neither NULL nor text of the canonical length.
+/// that is not text, or a `created_at` that is not text of the canonical length.
 fn filter_columns(
     row: &rusqlite::Row<'_>,
     dids: &mut Interner,
@@ -295,8 +297,7 @@ fn filter_columns(
         did: dids.intern_text(row.get_ref(2).ok()?)?,
         platform: platforms.intern_text(row.get_ref(4).ok()?)?,
         created_at: match row.get_ref(5).ok()? {
-            ValueRef::Null => None,
-            ValueRef::Text(text) => Some(text.try_into().ok()?),
+            ValueRef::Text(text) => text.try_into().ok()?,
             _ => return None,
         },
         in_publication: row.get(6).ok()?,
@@ -326,11 +327,10 @@ impl Interner {
         number
     }
 
-    /// A column value's number: `Some(None)` for NULL, `None` for a value that is not text.
-    fn intern_text(&mut self, value: ValueRef<'_>) -> Option<Option<u32>> {
+    /// A column value's number, `None` for a value that is not text.
+    fn intern_text(&mut self, value: ValueRef<'_>) -> Option<u32> {
         match value {
-            ValueRef::Null => Some(None),
-            ValueRef::Text(text) => Some(Some(self.intern(std::str::from_utf8(text).ok()?))),
+            ValueRef::Text(text) => Some(self.intern(std::str::from_utf8(text).ok()?)),
             _ => None,
         }
     }
