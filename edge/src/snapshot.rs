@@ -5,8 +5,9 @@
 //! a lock the loading request releases: the Workers runtime cancels a request that waits on
 //! another request's I/O as hung. Afterwards the pointer is re-read at most every
 //! `POINTER_CHECK_SECONDS` by one request while the others keep answering from the live build, and
-//! a new build replaces the live one only after it passes every check. A failure is recorded for `/stats` and `/snapshot` and the current build
-//! keeps serving (DESIGN.md invariant 2).
+//! a new build replaces the live one only after its size, digest and contents check out (see
+//! `manifest::verify_published`). A failure is recorded for `/stats` and `/snapshot` and the
+//! current build keeps serving (DESIGN.md invariant 2).
 //!
 //! The artifact streams from R2 straight into memory SQLite owns (`sqlite3_malloc64`), hashed on
 //! the way, then opens read-only with `sqlite3_deserialize`: one copy of the bytes, ever.
@@ -237,7 +238,7 @@ async fn refresh(env: &Env, config: &Config) -> Result<Option<Live>, LoadError> 
         return Ok(None);
     }
     let conn = load_artifact(&bucket, &manifest).await?;
-    manifest::verify_snapshot(&conn, &manifest)?;
+    manifest::verify_published(&conn, &manifest)?;
     Ok(Some(Live {
         conn,
         manifest,

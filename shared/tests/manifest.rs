@@ -48,26 +48,31 @@ fn mismatches_are_refused_with_reasons() {
     let conn = support::open_fixture();
     let good = manifest_for(&conn);
 
-    let mut counts = good.clone();
-    counts.counts.documents += 1;
-    assert!(matches!(
-        manifest::verify_snapshot(&conn, &counts),
-        Err(VerifyError::Counts { .. })
-    ));
+    // The publisher's gate and the reader's check refuse the same mismatches.
+    for verify in [manifest::verify_snapshot, manifest::verify_published] {
+        verify(&conn, &good).unwrap();
 
-    let mut sentinel = good.clone();
-    sentinel.sentinel.as_mut().unwrap().documents += 1;
-    assert!(matches!(
-        manifest::verify_snapshot(&conn, &sentinel),
-        Err(VerifyError::Sentinel { .. })
-    ));
+        let mut counts = good.clone();
+        counts.counts.documents += 1;
+        assert!(matches!(
+            verify(&conn, &counts),
+            Err(VerifyError::Counts { .. })
+        ));
 
-    let mut watermark = good.clone();
-    watermark.source_watermark_us += 1;
-    assert!(matches!(
-        manifest::verify_snapshot(&conn, &watermark),
-        Err(VerifyError::Meta(_))
-    ));
+        let mut sentinel = good.clone();
+        sentinel.sentinel.as_mut().unwrap().documents += 1;
+        assert!(matches!(
+            verify(&conn, &sentinel),
+            Err(VerifyError::Sentinel { .. })
+        ));
+
+        let mut watermark = good.clone();
+        watermark.source_watermark_us += 1;
+        assert!(matches!(
+            verify(&conn, &watermark),
+            Err(VerifyError::Meta(_))
+        ));
+    }
 
     let mut future = good.clone();
     future.schema_version += 1;
@@ -100,4 +105,30 @@ fn streaming_digest_equals_whole_digest() {
         ArtifactDigest::of(b""),
         "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
     );
+}
+
+#[test]
+fn a_damaged_page_is_refused_before_publishing() {
+    let mut fixture = support::open_fixture();
+    let manifest = manifest_for(&fixture);
+    let (page_size, root): (i64, i64) = fixture
+        .query_row(
+            "SELECT (SELECT page_size FROM pragma_page_size()),
+                    (SELECT rootpage FROM sqlite_schema WHERE name = 'document_tags')",
+            [],
+            |row| Ok((row.get(0)?, row.get(1)?)),
+        )
+        .unwrap();
+    let mut bytes = fixture.serialize(rusqlite::MAIN_DB).unwrap().to_vec();
+    // A table no check of the contents reads: its root page's b-tree type byte, made invalid.
+    bytes[((root - 1) * page_size) as usize] = 0xff;
+    let mut damaged = rusqlite::Connection::open_in_memory().unwrap();
+    damaged
+        .deserialize_read_exact(rusqlite::MAIN_DB, &bytes[..], bytes.len(), true)
+        .unwrap();
+    let error = manifest::verify_snapshot(&damaged, &manifest).unwrap_err();
+    assert!(matches!(error, VerifyError::Integrity(_)), "{error}");
+    // A reader trusts the digest instead: these bytes could only be served if the publisher's
+    // gate had passed them.
+    manifest::verify_published(&damaged, &manifest).unwrap();
 }
