@@ -1,6 +1,7 @@
 //! The pubsearch edge: a Cloudflare Worker that answers search from a published SQLite snapshot.
 //!
 //! - [`snapshot`]: loads the channel's live build from R2, verifies it, swaps it atomically.
+//! - [`download`]: streams a build's artifact into SQLite's memory, checking size and digest.
 //! - [`routes`]: `/search`, `/document`, `/tags`, `/stats`, `/snapshot`, `/health` and the page.
 //! - [`page`]: the single-page search UI at `/`.
 //! - [`stats`]: per-endpoint request timings for `/stats`.
@@ -9,6 +10,7 @@
 //! The Worker owns no search logic: ranking, the query language and the snapshot schema all live
 //! in `pubsearch-shared`, so the edge answers exactly what the native side answers.
 
+pub mod download;
 pub mod error;
 pub mod page;
 pub mod routes;

@@ -10,19 +10,18 @@
 //! current build keeps serving (DESIGN.md invariant 2).
 //!
 //! The artifact streams from R2 straight into memory SQLite owns (`sqlite3_malloc64`), hashed on
-//! the way, then opens read-only with `sqlite3_deserialize`: one copy of the bytes, ever.
+//! the way ([`crate::download`]), then opens read-only with `sqlite3_deserialize`: one copy of the
+//! bytes in wasm memory, ever.
 
 use std::cell::RefCell;
-use std::ptr::NonNull;
 use std::rc::Rc;
 
-use futures::StreamExt;
-use pubsearch_shared::manifest::{self, ArtifactDigest, Manifest, VerifyError};
+use pubsearch_shared::manifest::{self, Manifest, VerifyError};
 use pubsearch_shared::search;
 use rusqlite::Connection;
-use rusqlite::serialize::OwnedData;
 use worker::{Bucket, Env};
 
+use crate::download;
 use crate::error::EdgeError;
 
 /// The R2 binding holding published builds.
@@ -52,6 +51,8 @@ pub enum LoadError {
     MissingArtifact(String),
     #[error("R2: {0}")]
     R2(#[from] worker::Error),
+    #[error("streaming the artifact: {0}")]
+    Stream(worker::Error),
     #[error(transparent)]
     Verify(#[from] VerifyError),
     #[error("sqlite cannot allocate {0} bytes for the snapshot")]
@@ -246,61 +247,12 @@ async fn refresh(env: &Env, config: &Config) -> Result<Option<Live>, LoadError> 
     }))
 }
 
-/// Streams the artifact into SQLite-owned memory, checking size and digest, and opens it.
+/// Downloads the artifact into SQLite-owned memory (see [`crate::download`]) and opens it.
 async fn load_artifact(bucket: &Bucket, manifest: &Manifest) -> Result<Connection, LoadError> {
-    let object = bucket
-        .get(&manifest.artifact)
-        .execute()
-        .await?
-        .ok_or_else(|| LoadError::MissingArtifact(manifest.artifact.clone()))?;
-    let size = manifest.byte_size;
-    if object.size() != size {
-        return Err(VerifyError::Size {
-            expected: size,
-            actual: object.size(),
-        }
-        .into());
-    }
-    let mut data = allocate(size)?;
-    let mut stream = object
-        .body()
-        .ok_or_else(|| LoadError::MissingArtifact(manifest.artifact.clone()))?
-        .stream()?;
-    let mut digest = ArtifactDigest::default();
-    let mut offset = 0usize;
-    while let Some(chunk) = stream.next().await {
-        let chunk = chunk?;
-        let end = offset + chunk.len();
-        if end as u64 > size {
-            return Err(VerifyError::Size {
-                expected: size,
-                actual: end as u64,
-            }
-            .into());
-        }
-        data[offset..end].copy_from_slice(&chunk);
-        digest.update(&chunk);
-        offset = end;
-    }
-    manifest.check_artifact(digest.bytes(), &digest.finish())?;
+    let data = download::artifact(bucket, manifest).await?;
     let mut conn = Connection::open_in_memory()?;
     conn.deserialize(rusqlite::MAIN_DB, data, true)?;
     conn.pragma_update(None, "cache_size", -CACHE_KIB)?;
     search::prepare(&conn)?;
     Ok(conn)
-}
-
-/// A zeroed buffer of `size` bytes allocated by SQLite, which frees it when the connection closes.
-fn allocate(size: u64) -> Result<OwnedData, LoadError> {
-    if size == 0 {
-        return Err(VerifyError::Integrity("empty artifact".into()).into());
-    }
-    // SAFETY: sqlite3_malloc64 returns null or a block of at least `size` bytes; we check null,
-    // and hand ownership to OwnedData, whose contract is exactly "allocated by sqlite3_malloc64".
-    let pointer = unsafe { rusqlite::ffi::sqlite3_malloc64(size) }.cast::<u8>();
-    let pointer = NonNull::new(pointer).ok_or(LoadError::OutOfMemory(size))?;
-    // SAFETY: the block is `size` bytes long; zeroing it makes every byte initialised before any
-    // slice over it exists, and a short download then leaves zeros, which the digest rejects.
-    unsafe { std::ptr::write_bytes(pointer.as_ptr(), 0, size as usize) };
-    Ok(unsafe { OwnedData::from_raw_nonnull(pointer, size as usize) })
 }

@@ -127,6 +127,14 @@ test("a corrupted build is refused and the live one keeps serving; a good one is
   assert.equal(stats.snapshot.build_id, first.build_id);
   assert.match(stats.snapshot.last_failure, /sha256/);
 
+  const truncated = { ...second, build_id: "truncated-build", artifact: "builds/truncated-build/snapshot.db" };
+  await worker.bucket.put(truncated.artifact, Uint8Array.from(artifact.subarray(0, artifact.length - 4096)));
+  await pointTo(truncated);
+  assert.equal((await get("/search?q=ka")).status, 200, "the old build still answers");
+  const afterTruncated = await (await get("/stats")).json();
+  assert.equal(afterTruncated.snapshot.build_id, first.build_id);
+  assert.match(afterTruncated.snapshot.last_failure, /bytes, manifest says/);
+
   await pointTo(second);
   assert.equal((await (await get("/snapshot")).json()).manifest.build_id, second.build_id);
 });

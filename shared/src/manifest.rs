@@ -170,11 +170,13 @@ impl ArtifactDigest {
     /// The lowercase hex digest.
     pub fn finish(self) -> String {
         use sha2::Digest;
-        self.hasher
-            .finalize()
-            .iter()
-            .map(|byte| format!("{byte:02x}"))
-            .collect()
+        Self::hex(&self.hasher.finalize())
+    }
+
+    /// A SHA-256 digest computed elsewhere (the edge asks the Workers runtime for it), written as
+    /// manifests write digests: lowercase hex.
+    pub fn hex(digest: &[u8]) -> String {
+        digest.iter().map(|byte| format!("{byte:02x}")).collect()
     }
 
     /// Digest of a whole buffer.
