@@ -387,3 +387,20 @@ fn documents_are_looked_up_in_request_order() {
     assert_eq!(tags.len(), 3);
     assert!(tags[0].documents >= tags[1].documents && tags[1].documents >= tags[2].documents);
 }
+
+/// `search::prepare` has SQLite read snapshot pages in place, which SQLite compiles out on
+/// platforms it does not know; `.cargo/config.toml` compiles it in for wasm32.
+#[cfg(target_arch = "wasm32")]
+#[test]
+fn sqlite_reads_pages_in_place_on_wasm() {
+    let conn = Connection::open_in_memory().unwrap();
+    let options: Vec<String> = conn
+        .prepare("PRAGMA compile_options")
+        .unwrap()
+        .query_map([], |row| row.get(0))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    let limit = format!("MAX_MMAP_SIZE={}", search::MMAP_BYTES);
+    assert!(options.contains(&limit), "{options:?}");
+}
