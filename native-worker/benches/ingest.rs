@@ -2,7 +2,8 @@
 //!
 //! 1. End to end: replay a synthetic Jetstream corpus (`native-worker gen-corpus`) through
 //!    decode → extract → queue → batched WAL commits with FTS maintenance.
-//! 2. Ceiling: the same rows, pre-extracted, inserted by a bare rusqlite loop into the same schema.
+//! 2. Ceiling: the same rows, pre-extracted, inserted by a bare rusqlite loop into the same schema;
+//!    and once more without the full-text index, to show what maintaining it costs per document.
 //! 3. Search latency on a read connection, idle and while a second corpus is being ingested.
 //!
 //! `cargo bench -p pubsearch-native-worker --bench ingest` (INGEST_BENCH_RECORDS, default 100000).
@@ -35,9 +36,17 @@ fn replay(data_dir: &Path, file: &Path) -> (Duration, u64) {
     (started.elapsed(), summary.applied)
 }
 
+/// Whether the raw loop maintains the full-text index.
+#[derive(Clone, Copy, PartialEq)]
+enum FullText {
+    Maintained,
+    /// Rows only: how much of the ceiling the index costs, for the 20k docs/s question.
+    Skipped,
+}
+
 /// The ceiling: pre-extracted documents, bare prepared INSERTs, one transaction per 2,000 rows,
 /// each indexing its new rows with one `INSERT … SELECT` into the full-text index.
-fn raw_ceiling(data_dir: &Path, file: &Path) -> (Duration, u64) {
+fn raw_ceiling(data_dir: &Path, file: &Path, full_text: FullText) -> (Duration, u64) {
     let documents: Vec<record::Document> = std::fs::read_to_string(file)
         .unwrap()
         .lines()
@@ -84,12 +93,14 @@ fn raw_ceiling(data_dir: &Path, file: &Path) -> (Duration, u64) {
                 inserted += 1;
             }
         }
-        tx.execute(
-            "INSERT INTO documents_fts (rowid, title, content)
-             SELECT id, title, content FROM documents WHERE id > ?1",
-            [indexed_through],
-        )
-        .unwrap();
+        if full_text == FullText::Maintained {
+            tx.execute(
+                "INSERT INTO documents_fts (rowid, title, content)
+                 SELECT id, title, content FROM documents WHERE id > ?1",
+                [indexed_through],
+            )
+            .unwrap();
+        }
         indexed_through = tx
             .query_row("SELECT max(id) FROM documents", [], |row| row.get(0))
             .unwrap();
@@ -180,7 +191,9 @@ fn main() {
     let end_to_end_dir = dir.path().join("e2e");
     let (e2e_time, applied) = replay(&end_to_end_dir, &corpus);
     let ceiling_dir = dir.path().join("raw");
-    let (raw_time, inserted) = raw_ceiling(&ceiling_dir, &corpus);
+    let (raw_time, inserted) = raw_ceiling(&ceiling_dir, &corpus, FullText::Maintained);
+    let (rows_time, rows_inserted) =
+        raw_ceiling(&dir.path().join("rows-only"), &corpus, FullText::Skipped);
 
     let store = Store::open(store_path(&end_to_end_dir)).unwrap();
     let stop = std::sync::atomic::AtomicBool::new(false);
@@ -222,6 +235,7 @@ fn main() {
 
     let e2e_rate = applied as f64 / e2e_time.as_secs_f64();
     let raw_rate = inserted as f64 / raw_time.as_secs_f64();
+    let rows_rate = rows_inserted as f64 / rows_time.as_secs_f64();
     println!();
     println!(
         "ingest benchmark: {records} records ({:.1} MB NDJSON, generated in {:.1}s), 2 cores",
@@ -244,6 +258,11 @@ fn main() {
     println!(
         "| end to end as % of ceiling                | {:>13.0}% |",
         100.0 * e2e_rate / raw_rate
+    );
+    println!("| the raw loop without FTS, docs/s          | {rows_rate:>14.0} |");
+    println!(
+        "|   FTS maintenance, µs/doc of ceiling      | {:>12.1}µs |",
+        1e6 / raw_rate - 1e6 / rows_rate
     );
     println!(
         "| search p50 idle                           | {:>12.0}µs |",
