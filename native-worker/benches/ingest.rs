@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use pubsearch_native_worker::firehose::{Payload, decode_jetstream};
 use pubsearch_native_worker::run::{self, RunOptions, Source, store_path};
-use pubsearch_native_worker::store::Store;
+use pubsearch_native_worker::store::{BACKSTOP_PAGES, Checkpointer, Store};
 use pubsearch_native_worker::telemetry;
 use pubsearch_shared::record::{self, Extracted};
 use tokio_util::sync::CancellationToken;
@@ -45,7 +45,8 @@ enum FullText {
 }
 
 /// The ceiling: pre-extracted documents, bare prepared INSERTs, one transaction per 2,000 rows,
-/// each indexing its new rows with one `INSERT … SELECT` into the full-text index.
+/// each indexing its new rows with one `INSERT … SELECT` into the full-text index, and WAL
+/// checkpoints on a thread of their own, as the store's writer has them.
 fn raw_ceiling(data_dir: &Path, file: &Path, full_text: FullText) -> (Duration, u64) {
     let documents: Vec<record::Document> = std::fs::read_to_string(file)
         .unwrap()
@@ -65,6 +66,10 @@ fn raw_ceiling(data_dir: &Path, file: &Path, full_text: FullText) -> (Duration, 
     let store = Store::open(store_path(data_dir)).unwrap();
     let mut conn = rusqlite::Connection::open(store.path()).unwrap();
     conn.pragma_update(None, "synchronous", "FULL").unwrap();
+    // Checkpoints as the store's writer does them: off the committing thread.
+    conn.pragma_update(None, "wal_autocheckpoint", BACKSTOP_PAGES)
+        .unwrap();
+    let checkpointer = Checkpointer::spawn(store.path()).unwrap();
     let started = Instant::now();
     let mut inserted = 0u64;
     let mut indexed_through = 0i64;
@@ -105,6 +110,7 @@ fn raw_ceiling(data_dir: &Path, file: &Path, full_text: FullText) -> (Duration, 
             .query_row("SELECT max(id) FROM documents", [], |row| row.get(0))
             .unwrap();
         tx.commit().unwrap();
+        checkpointer.nudge();
     }
     (started.elapsed(), inserted)
 }

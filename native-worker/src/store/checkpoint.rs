@@ -15,19 +15,20 @@ use rusqlite::Connection;
 
 /// WAL pages after which a commit checkpoints by itself (SQLite's default is 1,000): only
 /// reached if this thread falls behind.
-pub(super) const BACKSTOP_PAGES: i64 = 16_384;
+pub const BACKSTOP_PAGES: i64 = 16_384;
 /// How often to checkpoint when no commit asks for it.
 const IDLE_INTERVAL: Duration = Duration::from_secs(5);
 
-/// The running checkpoint thread; stops (after a last checkpoint) when dropped.
-pub(super) struct Checkpointer {
+/// The running checkpoint thread; stops (after a last checkpoint) when dropped. Public so the
+/// ingest bench's raw ceiling loop checkpoints exactly as the writer does.
+pub struct Checkpointer {
     wake: Option<SyncSender<()>>,
     thread: Option<JoinHandle<()>>,
 }
 
 impl Checkpointer {
     /// Starts checkpointing `path` on its own connection.
-    pub(super) fn spawn(path: &Path) -> rusqlite::Result<Self> {
+    pub fn spawn(path: &Path) -> rusqlite::Result<Self> {
         let conn = Connection::open(path)?;
         conn.busy_timeout(Duration::from_secs(1))?;
         let (wake, nudges) = mpsc::sync_channel::<()>(1);
@@ -53,7 +54,7 @@ impl Checkpointer {
     }
 
     /// Asks for a checkpoint soon; never waits (nudges made while one is pending merge).
-    pub(super) fn nudge(&self) {
+    pub fn nudge(&self) {
         if let Some(wake) = &self.wake {
             let _ = wake.try_send(());
         }

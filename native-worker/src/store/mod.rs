@@ -21,6 +21,7 @@ use std::time::Duration;
 
 use rusqlite::{Connection, OpenFlags};
 
+pub use checkpoint::{BACKSTOP_PAGES, Checkpointer};
 pub use migrations::{CURRENT_VERSION, MigrationError};
 pub use writer::{Batch, BatchOutcome, Change, StoreWriter};
 
