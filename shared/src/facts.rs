@@ -4,9 +4,9 @@
 //! match's length from `<index>_docsize`, the filters (platform, since, author, type) join
 //! `documents` for every match, and the re-rank joined `documents` again for each candidate's date,
 //! author and title. A snapshot never changes once opened, so [`RowFacts::read`] reads what those
-//! steps need once (15–25 ms natively for 7.5k documents on this noisy machine, mostly SQLite
-//! reading `documents`, of which the filter columns take 2–4 ms; about four times that in
-//! workerd), and [`install`] registers the SQL functions that serve it:
+//! steps need once (on the bench's 7.5k documents, 15–25 ms natively on this noisy machine, of
+//! which the filter columns take 2–4 ms, and 43–44 ms in workerd, mostly SQLite reading every
+//! page of `documents`), and [`install`] registers the SQL functions that serve it:
 //!
 //! - `pubsearch_document_facts(ids)`: each listed document's `unixepoch(created_at)` and
 //!   cross-post family (a number shared by the documents of one author with the same title, ASCII
