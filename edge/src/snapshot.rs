@@ -19,7 +19,8 @@ use std::rc::Rc;
 use pubsearch_shared::manifest::{self, Manifest, VerifyError};
 use pubsearch_shared::search;
 use rusqlite::Connection;
-use worker::{Bucket, Env};
+use rusqlite::serialize::OwnedData;
+use worker::Env;
 
 use crate::download;
 use crate::error::EdgeError;
@@ -40,6 +41,11 @@ pub struct Live {
     pub conn: Connection,
     pub manifest: Manifest,
     pub loaded_at_ms: f64,
+    /// From reading the pointer to a verified build. Workers' clocks advance only on I/O, so in
+    /// production this is the I/O; locally (workerd) it includes opening and verifying.
+    pub load_ms: f64,
+    /// The artifact download alone (see [`crate::download`]).
+    pub download_ms: f64,
 }
 
 /// Why a build was not adopted.
@@ -104,6 +110,9 @@ pub struct LoadStatus {
     pub failures: u64,
     pub last_failure: Option<String>,
     pub loaded_at_ms: Option<f64>,
+    /// The live build's [`Live::load_ms`] and [`Live::download_ms`].
+    pub load_ms: Option<f64>,
+    pub download_ms: Option<f64>,
 }
 
 /// The current load status.
@@ -119,6 +128,8 @@ pub fn status() -> LoadStatus {
             failures: state.failures,
             last_failure: state.last_failure.clone(),
             loaded_at_ms: state.live.as_ref().map(|live| live.loaded_at_ms),
+            load_ms: state.live.as_ref().map(|live| live.load_ms),
+            download_ms: state.live.as_ref().map(|live| live.download_ms),
         }
     })
 }
@@ -198,7 +209,13 @@ fn adopt(result: Result<Option<Live>, LoadError>) -> Result<Rc<Live>, EdgeError>
         match result {
             Ok(Some(live)) => {
                 state.loads += 1;
-                worker::console_log!("adopted build {}", live.manifest.build_id);
+                worker::console_log!(
+                    "adopted build {}: {} bytes, loaded in {} ms (download {} ms)",
+                    live.manifest.build_id,
+                    live.manifest.byte_size,
+                    live.load_ms,
+                    live.download_ms
+                );
                 state.live = Some(Rc::new(live));
             }
             Ok(None) => {}
@@ -222,6 +239,7 @@ fn adopt(result: Result<Option<Live>, LoadError>) -> Result<Rc<Live>, EdgeError>
 /// Reads the pointer; loads and verifies the build it names if that is not the live one.
 /// `Ok(None)` means the live build is still current.
 async fn refresh(env: &Env, config: &Config) -> Result<Option<Live>, LoadError> {
+    let started = now_ms();
     let bucket = env.bucket(BUCKET_BINDING)?;
     let pointer_key = manifest::pointer_key(&config.channel);
     let pointer = bucket
@@ -238,18 +256,23 @@ async fn refresh(env: &Env, config: &Config) -> Result<Option<Live>, LoadError> 
     if peek().is_some_and(|live| live.manifest.build_id == manifest.build_id) {
         return Ok(None);
     }
-    let conn = load_artifact(&bucket, &manifest).await?;
+    let download_started = now_ms();
+    let data = download::artifact(&bucket, &manifest).await?;
+    let download_ms = now_ms() - download_started;
+    let conn = open(data)?;
     manifest::verify_published(&conn, &manifest)?;
+    let loaded_at_ms = now_ms();
     Ok(Some(Live {
         conn,
         manifest,
-        loaded_at_ms: now_ms(),
+        loaded_at_ms,
+        load_ms: loaded_at_ms - started,
+        download_ms,
     }))
 }
 
-/// Downloads the artifact into SQLite-owned memory (see [`crate::download`]) and opens it.
-async fn load_artifact(bucket: &Bucket, manifest: &Manifest) -> Result<Connection, LoadError> {
-    let data = download::artifact(bucket, manifest).await?;
+/// Opens a downloaded artifact read-only and readies it for search.
+fn open(data: OwnedData) -> Result<Connection, LoadError> {
     let mut conn = Connection::open_in_memory()?;
     conn.deserialize(rusqlite::MAIN_DB, data, true)?;
     conn.pragma_update(None, "cache_size", -CACHE_KIB)?;

@@ -86,6 +86,7 @@ test("serves the published build with every endpoint", async () => {
   assert.equal(stats.snapshot.build_id, first.build_id);
   assert.equal(stats.counts.documents, first.counts.documents);
   assert.ok(stats.requests.search.requests >= 1);
+  assert.ok(stats.snapshot.download_ms >= 0 && stats.snapshot.load_ms >= stats.snapshot.download_ms, JSON.stringify(stats.snapshot));
 
   const hostile = await get("/search?q=" + encodeURIComponent('NEAR(ka lo) title:x "unbalanced ^*'));
   assert.equal(hostile.status, 200);
