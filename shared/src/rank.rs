@@ -13,8 +13,9 @@
 use std::ffi::{c_int, c_void};
 use std::sync::Arc;
 
-use rusqlite::Connection;
-use rusqlite::ffi::{self, Fts5Context, Fts5ExtensionApi, sqlite3_context, sqlite3_value};
+use rusqlite::ffi::{
+    self, Fts5Context, Fts5ExtensionApi, fts5_api, sqlite3_context, sqlite3_value,
+};
 
 use crate::facts::RowFacts;
 use crate::fts5::{self, call, check};
@@ -35,12 +36,12 @@ pub(crate) fn bm25_call(index: &str) -> String {
     format!("{index}_bm25({index}, {weight:.1}, 1.0)")
 }
 
-/// Registers `<index>_bm25` for each index, scoring from its row facts (see [`crate::facts::install`]).
+/// Registers `<index>_bm25` with the connection's FTS5 (`api`, see [`fts5::api`]) for each index,
+/// scoring from its row facts (see [`crate::facts::install`]).
 pub(crate) fn install(
-    conn: &Connection,
+    api: *mut fts5_api,
     indexes: &[(&str, Arc<RowFacts>)],
 ) -> rusqlite::Result<()> {
-    let api = fts5::api(conn)?;
     for (index, facts) in indexes {
         fts5::register(api, &format!("{index}_bm25"), bm25, facts.clone())?;
     }

@@ -24,7 +24,7 @@ use serde::{Deserialize, Serialize};
 use crate::platform::{Platform, UnknownPlatform};
 use crate::query::{self, MatchExpr, QueryError};
 use crate::timestamp::{Timestamp, TimestampError};
-use crate::{facts, rank, schema, snippet};
+use crate::{facts, fts5, rank, schema, snippet};
 
 /// How much of a snapshot SQLite may read in place rather than copy into its page cache (SQLite's
 /// own ceiling). For a deserialized snapshot (the edge's) that is memory already, which SQLite
@@ -347,8 +347,9 @@ impl Candidate {
 pub fn prepare(conn: &Connection) -> rusqlite::Result<()> {
     conn.execute_batch(&format!("PRAGMA mmap_size = {MMAP_BYTES}"))?;
     let indexes = facts::install(conn)?;
-    rank::install(conn, &indexes)?;
-    snippet::install(conn)
+    let fts5 = fts5::api(conn)?;
+    rank::install(fts5, &indexes)?;
+    snippet::install(fts5)
 }
 
 /// Answers a request from a snapshot whose connection has been through [`prepare`]. `now`

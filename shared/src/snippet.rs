@@ -12,8 +12,9 @@
 
 use std::ffi::{c_char, c_int, c_void};
 
-use rusqlite::Connection;
-use rusqlite::ffi::{self, Fts5Context, Fts5ExtensionApi, sqlite3_context, sqlite3_value};
+use rusqlite::ffi::{
+    self, Fts5Context, Fts5ExtensionApi, fts5_api, sqlite3_context, sqlite3_value,
+};
 
 use crate::fts5::{self, call, check};
 
@@ -29,9 +30,10 @@ const REPEAT_HIT: u32 = 1;
 const SENTENCE_BONUS: u32 = 100;
 const TEXT_START_BONUS: u32 = 120;
 
-/// Registers `pubsearch_snippet(index, column, open, close, ellipsis, tokens)` on a connection.
-pub(crate) fn install(conn: &Connection) -> rusqlite::Result<()> {
-    fts5::register(fts5::api(conn)?, FUNCTION, snippet, ())
+/// Registers `pubsearch_snippet(index, column, open, close, ellipsis, tokens)` with a
+/// connection's FTS5 (`api`, see [`fts5::api`]).
+pub(crate) fn install(api: *mut fts5_api) -> rusqlite::Result<()> {
+    fts5::register(api, FUNCTION, snippet, ())
 }
 
 /// One match of a phrase in the snippet's column.
