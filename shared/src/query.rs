@@ -72,15 +72,19 @@ pub fn build(input: &str) -> Result<MatchExpr, QueryError> {
         let text = match term {
             Term::Word(text) | Term::Phrase(text) => clean(text),
         };
-        if !text.chars().any(char::is_alphanumeric) {
+        let term_words: Vec<&str> = tokens(&text).collect();
+        let Some(last_word) = term_words.last() else {
             continue;
-        }
+        };
+        // FTS5 applies a prefix to the string's last token only, so that is what must be long
+        // enough: counting all of `-lo` made FTS5 merge every term starting with `lo` (7 ms for
+        // one count on the bench's 7.5k snapshot), and `--a` every term starting with `a` (20 ms).
         let prefix =
-            prefix_last && index == last_index && last_token_chars(&text) >= MIN_PREFIX_CHARS;
+            prefix_last && index == last_index && last_word.chars().count() >= MIN_PREFIX_CHARS;
         if !seen.insert((text.to_lowercase(), prefix)) {
             continue;
         }
-        words += tokens(&text).count();
+        words += term_words.len();
         let quoted = format!("\"{}\"", text.replace('"', "\"\""));
         parts.push(if prefix { format!("{quoted}*") } else { quoted });
     }
@@ -116,15 +120,8 @@ fn split_terms(input: &str) -> Vec<Term<'_>> {
     }
 }
 
-/// Characters in the last token the tokenizer will cut from `word`: its last run of letters and
-/// digits (unicode61 separates tokens at everything else). A prefix applies to that token only,
-/// so `-lo` counting three characters made FTS5 merge every term starting with `lo` (7 ms for one
-/// count on the bench's 7.5k snapshot), and `--a` every term starting with `a` (20 ms).
-fn last_token_chars(word: &str) -> usize {
-    tokens(word).last().map_or(0, |token| token.chars().count())
-}
-
-/// The tokens the tokenizer will cut from `text`, approximately: its runs of letters and digits.
+/// The tokens the tokenizer will cut from `text`, approximately: its runs of letters and digits
+/// (unicode61 separates tokens at everything else).
 fn tokens(text: &str) -> impl Iterator<Item = &str> {
     text.split(|c: char| !c.is_alphanumeric())
         .filter(|token| !token.is_empty())
