@@ -374,7 +374,8 @@ pub fn search(
 
     let start = request.offset as usize;
     let end = start + request.limit as usize;
-    let has_more = candidates.len() > end;
+    // No next page past MAX_OFFSET: the candidate pool runs deeper, but that offset is a 400.
+    let has_more = end <= MAX_OFFSET as usize && candidates.len() > end;
     let page = candidates
         .get(start..end.min(candidates.len()))
         .unwrap_or_default();

@@ -232,6 +232,50 @@ fn paging_is_consistent_and_reports_more() {
 }
 
 #[test]
+fn paging_ends_at_the_deepest_offset_a_request_may_ask_for() {
+    // More matches than MAX_OFFSET + MAX_LIMIT, so only the offset limit can end the paging.
+    let template = support::documents().remove(0);
+    let mut conn = Connection::open_in_memory().unwrap();
+    let mut writer = snapshot::SnapshotWriter::create(&mut conn).unwrap();
+    let matches = (search::MAX_OFFSET + 2 * search::MAX_LIMIT) as usize;
+    for n in 0..matches {
+        let did = format!("did:plc:deep{n}");
+        writer
+            .add_document(&snapshot::SnapshotDocument {
+                uri: format!("at://{did}/site.standard.document/p{n}"),
+                did,
+                rkey: format!("p{n}"),
+                title: format!("Quince note {n}"),
+                content: "Simmer the quince slowly.".into(),
+                ..template.clone()
+            })
+            .unwrap();
+    }
+    writer.finish(support::WATERMARK_US).unwrap();
+    search::prepare(&conn).unwrap();
+
+    let limit = search::MAX_LIMIT.to_string();
+    let before_last = (search::MAX_OFFSET - search::MAX_LIMIT).to_string();
+    let page = run(
+        &conn,
+        &[("q", "quince"), ("limit", &limit), ("offset", &before_last)],
+    );
+    assert_eq!(page.next_offset, Some(search::MAX_OFFSET));
+    let last = search::MAX_OFFSET.to_string();
+    let page = run(
+        &conn,
+        &[("q", "quince"), ("limit", &limit), ("offset", &last)],
+    );
+    assert_eq!(page.results.len(), search::MAX_LIMIT as usize);
+    assert!(
+        !page.has_more,
+        "a next page at {} would be refused",
+        search::MAX_OFFSET + search::MAX_LIMIT
+    );
+    assert_eq!(page.next_offset, None);
+}
+
+#[test]
 fn hostile_queries_are_inert() {
     let conn = open_fixture();
     for hostile in [
