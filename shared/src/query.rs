@@ -72,19 +72,21 @@ pub fn build(input: &str) -> Result<MatchExpr, QueryError> {
         let text = match term {
             Term::Word(text) | Term::Phrase(text) => clean(text),
         };
-        let term_words: Vec<&str> = tokens(&text).collect();
-        let Some(last_word) = term_words.last() else {
+        let tokens = Tokens::cut(&text);
+        let Some(&last_token_chars) = tokens.lengths.last() else {
             continue;
         };
         // FTS5 applies a prefix to the string's last token only, so that is what must be long
         // enough: counting all of `-lo` made FTS5 merge every term starting with `lo` (7 ms for
         // one count on the bench's 7.5k snapshot), and `--a` every term starting with `a` (20 ms).
-        let prefix =
-            prefix_last && index == last_index && last_word.chars().count() >= MIN_PREFIX_CHARS;
+        let prefix = prefix_last
+            && index == last_index
+            && tokens.last_ends_text
+            && last_token_chars >= MIN_PREFIX_CHARS;
         if !seen.insert((text.to_lowercase(), prefix)) {
             continue;
         }
-        words += term_words.len();
+        words += tokens.lengths.len();
         let quoted = format!("\"{}\"", text.replace('"', "\"\""));
         parts.push(if prefix { format!("{quoted}*") } else { quoted });
     }
@@ -120,11 +122,68 @@ fn split_terms(input: &str) -> Vec<Term<'_>> {
     }
 }
 
-/// The tokens the tokenizer will cut from `text`, approximately: its runs of letters and digits
-/// (unicode61 separates tokens at everything else).
-fn tokens(text: &str) -> impl Iterator<Item = &str> {
-    text.split(|c: char| !c.is_alphanumeric())
-        .filter(|token| !token.is_empty())
+/// The tokens FTS5's unicode61 tokenizer cuts from a text, as far as this crate can tell.
+struct Tokens {
+    /// Each token's length in characters.
+    lengths: Vec<usize>,
+    /// Whether only ASCII separators follow the last token, so that it is surely the token FTS5
+    /// expands when the text is a prefix (see [`Tokens::cut`] for why it might not be).
+    last_ends_text: bool,
+}
+
+impl Tokens {
+    /// Cuts `text` the way unicode61 does: a token is a run of letters, digits and private-use
+    /// characters (its default categories, `L* N* Co`), which the combining diacritics it folds
+    /// away may continue without adding to its length. Every other character separates tokens,
+    /// marks included: Rust's `is_alphanumeric` counts some (U+0345, Devanagari's signs) as
+    /// letters, which once let `a\u{345}b\u{345}c…` pass as one word while FTS5 read one per
+    /// letter. One difference remains: FTS5 also keeps characters its Unicode tables predate
+    /// (emoji, say) in tokens. Splitting at them only counts more words, but a token of them
+    /// alone could be the one FTS5 expands, hence [`Tokens::last_ends_text`].
+    fn cut(text: &str) -> Self {
+        let mut lengths = Vec::new();
+        let mut current = 0;
+        let mut last_ends_text = true;
+        for c in text.chars() {
+            if is_token_char(c) {
+                current += 1;
+                last_ends_text = true;
+            } else if current > 0 && is_folded_diacritic(c) {
+                continue;
+            } else {
+                if current > 0 {
+                    lengths.push(current);
+                    current = 0;
+                }
+                last_ends_text &= c.is_ascii();
+            }
+        }
+        if current > 0 {
+            lengths.push(current);
+        }
+        Self {
+            lengths,
+            last_ends_text,
+        }
+    }
+}
+
+/// Whether unicode61, with its default categories, keeps `c` in a token.
+fn is_token_char(c: char) -> bool {
+    use unicode_properties::{GeneralCategory, GeneralCategoryGroup, UnicodeGeneralCategory};
+    matches!(
+        c.general_category_group(),
+        GeneralCategoryGroup::Letter | GeneralCategoryGroup::Number
+    ) || c.general_category() == GeneralCategory::PrivateUse
+}
+
+/// Whether `c` is one of the combining diacritics (U+0300–U+0331, less a few) that unicode61
+/// lets continue a token and removes from it: SQLite's `sqlite3Fts5UnicodeIsdiacritic`.
+fn is_folded_diacritic(c: char) -> bool {
+    const FIRST: u32 = 0x300;
+    const MASKS: [u32; 2] = [0x0802_9FDF, 0x0003_61F8];
+    let offset = (c as u32).wrapping_sub(FIRST);
+    offset < 50 && MASKS[(offset / 32) as usize] & (1 << (offset % 32)) != 0
 }
 
 /// Replaces control characters (NUL included) with spaces and trims.
@@ -164,6 +223,26 @@ mod tests {
         assert_eq!(expr("well-kno"), r#""well-kno"*"#);
         assert_eq!(expr("garden."), r#""garden."*"#);
         assert_eq!(expr("café"), r#""café"*"#);
+    }
+
+    #[test]
+    fn marks_split_tokens_as_fts5_splits_them() {
+        // U+0345 and U+0903 are marks that Rust calls alphabetic; FTS5 cuts words at them.
+        let joined: Vec<String> = (0..=MAX_TERMS).map(|i| format!("w{i}")).collect();
+        assert_eq!(
+            build(&format!("\"{}\"", joined.join("\u{345}"))),
+            Err(QueryError::TooManyTerms)
+        );
+        assert_eq!(
+            expr("ab\u{903}"),
+            "\"ab\u{903}\"",
+            "the token is `ab`: no prefix"
+        );
+        assert_eq!(expr("a\u{345}\u{345}"), "\"a\u{345}\u{345}\"");
+        // A folded diacritic continues its token and is removed from it.
+        assert_eq!(expr("cafe\u{301}"), "\"cafe\u{301}\"*");
+        assert_eq!(expr("e\u{301}\u{301}\u{301}"), "\"e\u{301}\u{301}\u{301}\"");
+        assert_eq!(build("\u{345}\u{301}"), Err(QueryError::Empty));
     }
 
     #[test]
