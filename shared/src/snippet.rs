@@ -343,6 +343,33 @@ struct Marks<'a> {
     ellipsis: &'a [u8],
 }
 
+impl Marks<'_> {
+    /// Appends a piece of the document's text as [`append`] does, leaving out any marks it
+    /// holds: a document containing the marks' characters would otherwise open and close
+    /// highlights around text that matched nothing. (FTS5's snippet keeps them.)
+    fn append_text(&self, out: &mut Vec<u8>, piece: &[u8]) {
+        let piece = &piece[..piece.iter().position(|&b| b == 0).unwrap_or(piece.len())];
+        let mut rest = piece;
+        while let Some((at, mark)) = self.find_mark(rest) {
+            out.extend_from_slice(&rest[..at]);
+            rest = &rest[at + mark..];
+        }
+        out.extend_from_slice(rest);
+    }
+
+    /// Where the first open or close mark in `text` starts, and its length.
+    fn find_mark(&self, text: &[u8]) -> Option<(usize, usize)> {
+        [self.open, self.close]
+            .into_iter()
+            .filter(|mark| !mark.is_empty())
+            .filter_map(|mark| {
+                let at = text.windows(mark.len()).position(|window| window == mark)?;
+                Some((at, mark.len()))
+            })
+            .min()
+    }
+}
+
 /// `fts5HighlightCb` over the scanned tokens, plus the ending `fts5SnippetFunction` appends.
 fn highlight(
     text: &[u8],
@@ -384,7 +411,7 @@ fn highlight(
             open = false;
         }
         if position == phrases.start && !open {
-            append(&mut out, slice(text, copied, token_start));
+            marks.append_text(&mut out, slice(text, copied, token_start));
             append(&mut out, marks.open);
             copied = token_start;
             open = true;
@@ -394,20 +421,20 @@ fn highlight(
                 append(&mut out, marks.open);
                 open = true;
             }
-            append(&mut out, slice(text, copied, token_end));
+            marks.append_text(&mut out, slice(text, copied, token_end));
             copied = token_end;
             phrases.advance();
         }
         if position == range_end {
             if open {
                 if phrases.start >= 0 && position >= phrases.start {
-                    append(&mut out, slice(text, copied, token_end));
+                    marks.append_text(&mut out, slice(text, copied, token_end));
                     copied = token_end;
                 }
                 append(&mut out, marks.close);
                 open = false;
             }
-            append(&mut out, slice(text, copied, token_end));
+            marks.append_text(&mut out, slice(text, copied, token_end));
             copied = token_end;
         }
     }
@@ -415,7 +442,7 @@ fn highlight(
         append(&mut out, marks.close);
     }
     if range_end >= column_size - 1 {
-        append(&mut out, slice(text, copied, text.len()));
+        marks.append_text(&mut out, slice(text, copied, text.len()));
     } else {
         append(&mut out, marks.ellipsis);
     }

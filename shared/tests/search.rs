@@ -69,6 +69,29 @@ fn newer_document_wins_even_when_stored_first_is_older() {
 }
 
 #[test]
+fn text_holding_the_match_markers_highlights_only_matches() {
+    // The snippet marks matches with U+E000/U+E001 before escaping: a document's own copies of
+    // them must not become highlights.
+    let template = support::documents().remove(0);
+    let mut conn = Connection::open_in_memory().unwrap();
+    let mut writer = snapshot::SnapshotWriter::create(&mut conn).unwrap();
+    writer
+        .add_document(&snapshot::SnapshotDocument {
+            title: "Zebra notes".into(),
+            content: "zebra \u{E001} stripes \u{E000} and more".into(),
+            ..template
+        })
+        .unwrap();
+    writer.finish(support::WATERMARK_US).unwrap();
+    search::prepare(&conn).unwrap();
+    let page = run(&conn, &[("q", "stripes")]);
+    assert_eq!(
+        page.results[0].snippet,
+        "zebra  <mark>stripes</mark>  and more"
+    );
+}
+
+#[test]
 fn cross_posts_collapse_to_the_best_copy() {
     let conn = open_fixture();
     let page = run(&conn, &[("q", "\"weekly notes\"")]);
