@@ -58,8 +58,9 @@ impl Timestamp {
                 .midnight()
                 .assume_utc(),
         };
-        let unix_millis =
-            i64::try_from(instant.unix_timestamp_nanos() / 1_000_000).map_err(|_| error())?;
+        // Floor, so precision is truncated before 1970 too (`/` would round those up).
+        let unix_millis = i64::try_from(instant.unix_timestamp_nanos().div_euclid(1_000_000))
+            .map_err(|_| error())?;
         Self::from_unix_millis(unix_millis).ok_or_else(error)
     }
 
@@ -105,6 +106,12 @@ mod tests {
         let ts = Timestamp::parse("2024-05-01T14:30:15.123456+02:00").unwrap();
         assert_eq!(ts.to_rfc3339(), "2024-05-01T12:30:15.123Z");
         assert_eq!(Timestamp::parse(&ts.to_rfc3339()).unwrap(), ts);
+        assert_eq!(
+            Timestamp::parse("1969-12-31T23:59:59.9999Z")
+                .unwrap()
+                .to_rfc3339(),
+            "1969-12-31T23:59:59.999Z"
+        );
     }
 
     #[test]
