@@ -1,7 +1,7 @@
 //! The endpoints. Each reads the live snapshot through `shared`, so answers match the native
 //! side exactly; none writes SQL of its own for search.
 
-use pubsearch_shared::lookup::{self, LookupError};
+use pubsearch_shared::lookup;
 use pubsearch_shared::search::{self, SearchRequest};
 use pubsearch_shared::{Timestamp, schema};
 use serde_json::json;
@@ -91,23 +91,12 @@ async fn search(url: &Url, env: &Env) -> Result<Response, EdgeError> {
 }
 
 async fn document(url: &Url, env: &Env) -> Result<Response, EdgeError> {
-    let uris: Vec<String> = url
-        .query_pairs()
-        .filter(|(key, _)| key == "uri")
-        .flat_map(|(_, value)| {
-            value
-                .split(',')
-                .map(|uri| uri.trim().to_owned())
-                .collect::<Vec<_>>()
-        })
-        .filter(|uri| !uri.is_empty())
-        .collect();
-    if uris.is_empty() {
-        return Err(EdgeError::BadRequest(LookupError::NoUris.to_string()));
-    }
-    if uris.len() > lookup::MAX_URIS {
-        return Err(EdgeError::BadRequest(LookupError::TooMany.to_string()));
-    }
+    let uris = lookup::requested_uris(
+        url.query_pairs()
+            .filter(|(key, _)| key == "uri")
+            .map(|(_, value)| value),
+    )
+    .map_err(|refused| EdgeError::BadRequest(refused.to_string()))?;
     let live = snapshot::current(env).await?;
     let found = lookup::documents_by_uri(&live.conn, &uris)?
         .map_err(|e| EdgeError::BadRequest(e.to_string()))?;

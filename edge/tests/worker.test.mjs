@@ -78,6 +78,9 @@ test("serves the published build with every endpoint", async () => {
   const doc = await (await get(`/document?uri=${encodeURIComponent(uris[1])}&uri=${encodeURIComponent(missing)}&uri=${encodeURIComponent(uris[0])}`)).json();
   assert.deepEqual(doc.documents.map((d) => d.uri), [uris[1], uris[0]]);
   assert.deepEqual(doc.missing, [missing]);
+  const repeated = await get(`/document?uri=${Array(26).fill(encodeURIComponent(uris[0])).join(",")}`);
+  assert.equal(repeated.status, 200, "a repeated uri is asked for once");
+  assert.deepEqual((await repeated.json()).documents.map((d) => d.uri), [uris[0]]);
 
   const tags = await (await get("/tags?limit=3")).json();
   assert.equal(tags.tags.length, 3);

@@ -34,17 +34,44 @@ pub enum LookupError {
     TooMany,
 }
 
+/// The URIs a request asks for: its `uri` values, each a comma-separated list, trimmed, in order,
+/// each once (a repeat costs nothing, so it does not count against [`MAX_URIS`]).
+pub fn requested_uris<S: AsRef<str>>(
+    values: impl IntoIterator<Item = S>,
+) -> Result<Vec<String>, LookupError> {
+    let values: Vec<S> = values.into_iter().collect();
+    let listed = values
+        .iter()
+        .flat_map(|value| value.as_ref().split(','))
+        .map(str::trim)
+        .filter(|uri| !uri.is_empty());
+    distinct(listed)
+}
+
+/// `uris` in order, each once, if there are some and not too many.
+fn distinct<'a>(uris: impl IntoIterator<Item = &'a str>) -> Result<Vec<String>, LookupError> {
+    let mut seen = std::collections::HashSet::new();
+    let uris: Vec<String> = uris
+        .into_iter()
+        .filter(|uri| seen.insert(*uri))
+        .map(str::to_owned)
+        .collect();
+    match uris.len() {
+        0 => Err(LookupError::NoUris),
+        count if count > MAX_URIS => Err(LookupError::TooMany),
+        _ => Ok(uris),
+    }
+}
+
 /// Looks up documents by at-uri, keeping request order; duplicates are answered once.
 pub fn documents_by_uri(
     conn: &Connection,
     uris: &[String],
 ) -> Result<Result<DocumentLookup, LookupError>, rusqlite::Error> {
-    if uris.is_empty() {
-        return Ok(Err(LookupError::NoUris));
-    }
-    if uris.len() > MAX_URIS {
-        return Ok(Err(LookupError::TooMany));
-    }
+    let uris = match distinct(uris.iter().map(String::as_str)) {
+        Ok(uris) => uris,
+        Err(refused) => return Ok(Err(refused)),
+    };
     let mut statement = conn.prepare_cached(&format!(
         "SELECT {DOCUMENT_RESULT_COLUMNS}, substr(d.content, 1, {EXCERPT_CHARS})
          FROM documents AS d WHERE d.uri = ?1"
@@ -53,19 +80,15 @@ pub fn documents_by_uri(
         documents: Vec::new(),
         missing: Vec::new(),
     };
-    let mut seen = std::collections::HashSet::new();
     for uri in uris {
-        if !seen.insert(uri.as_str()) {
-            continue;
-        }
         let found = statement
-            .query_row([uri], |row| {
+            .query_row([&uri], |row| {
                 document_result(row, crate::search::escape_html(&row.get::<_, String>(10)?))
             })
             .optional()?;
         match found {
             Some(document) => lookup.documents.push(document),
-            None => lookup.missing.push(uri.clone()),
+            None => lookup.missing.push(uri),
         }
     }
     Ok(Ok(lookup))

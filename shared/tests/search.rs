@@ -444,9 +444,26 @@ fn documents_are_looked_up_in_request_order() {
         lookup::documents_by_uri(&conn, &[]).unwrap(),
         Err(LookupError::NoUris)
     );
-    let many = vec![uris[0].clone(); lookup::MAX_URIS + 1];
+    // Repeats are answered once and do not count against the limit.
+    let repeated = vec![uris[0].clone(); lookup::MAX_URIS + 1];
+    let found_once = lookup::documents_by_uri(&conn, &repeated).unwrap().unwrap();
+    assert_eq!(found_once.documents.len(), 1);
+    let many: Vec<String> = (0..=lookup::MAX_URIS)
+        .map(|n| format!("at://did:plc:nobody/site.standard.document/{n}"))
+        .collect();
     assert_eq!(
         lookup::documents_by_uri(&conn, &many).unwrap(),
+        Err(LookupError::TooMany)
+    );
+    let listed = format!(" {} ,,{},{}", uris[2], uris[0], uris[2]);
+    assert_eq!(
+        lookup::requested_uris([listed.as_str(), uris[1].as_str()]),
+        Ok(vec![uris[2].clone(), uris[0].clone(), uris[1].clone()])
+    );
+    assert_eq!(lookup::requested_uris([" , "]), Err(LookupError::NoUris));
+    let joined = many.join(",");
+    assert_eq!(
+        lookup::requested_uris([joined.as_str()]),
         Err(LookupError::TooMany)
     );
 
