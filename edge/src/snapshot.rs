@@ -143,20 +143,31 @@ fn now_ms() -> f64 {
     worker::Date::now().as_millis() as f64
 }
 
-/// The live build if it was checked recently enough.
-fn fresh(config: &Config) -> Option<Rc<Live>> {
+/// Whether the pointer is due for a check.
+enum Freshness {
+    /// The live build, checked recently enough.
+    Fresh(Rc<Live>),
+    /// No build is live and the last attempt failed less than [`RETRY_EMPTY_MS`] ago: its error.
+    Failed(String),
+    Due,
+}
+
+fn freshness(config: &Config) -> Freshness {
     STATE.with(|state| {
         let state = state.borrow();
-        let checked = state.checked_at_ms?;
-        let wait = if state.live.is_some() {
-            config.check_every_ms
-        } else {
-            RETRY_EMPTY_MS
+        let Some(checked) = state.checked_at_ms else {
+            return Freshness::Due;
         };
-        if now_ms() - checked < wait {
-            state.live.clone()
-        } else {
-            None
+        let since = now_ms() - checked;
+        match &state.live {
+            Some(live) if since < config.check_every_ms => Freshness::Fresh(live.clone()),
+            None if since < RETRY_EMPTY_MS => Freshness::Failed(
+                state
+                    .last_failure
+                    .clone()
+                    .unwrap_or_else(|| "no snapshot loaded".into()),
+            ),
+            _ => Freshness::Due,
         }
     })
 }
@@ -167,8 +178,12 @@ pub async fn current(env: &Env) -> Result<Rc<Live>, EdgeError> {
     let config = Config::from_env(env);
     let started = now_ms();
     loop {
-        if let Some(live) = fresh(&config) {
-            return Ok(live);
+        // A failure stands for RETRY_EMPTY_MS, for this request and those that waited on the
+        // load: without a build, retrying at once would re-download for every request.
+        match freshness(&config) {
+            Freshness::Fresh(live) => return Ok(live),
+            Freshness::Failed(error) => return Err(EdgeError::Unavailable(error)),
+            Freshness::Due => {}
         }
         let claimed = STATE.with(|state| {
             let mut state = state.borrow_mut();

@@ -34,6 +34,12 @@ test("before any snapshot: health answers, search is a 503 with Retry-After, nev
   assert.equal(search.status, 503);
   assert.equal(search.headers.get("retry-after"), "5");
   assert.match((await search.json()).error, /nothing has been published/);
+  // The failure stands for a while: a burst does not make every request try R2 again.
+  const burst = await Promise.all(Array.from({ length: 5 }, () => get("/search?q=garden")));
+  assert.deepEqual(burst.map((r) => r.status), Array(5).fill(503));
+  assert.equal((await (await get("/stats")).json()).snapshot.failures, 1);
+  // Let it lapse (RETRY_EMPTY_MS), so the next test's first request loads.
+  await new Promise((resolve) => setTimeout(resolve, 2100));
 });
 
 test("bad parameters are a JSON 400 even before a snapshot loads", async () => {
