@@ -60,3 +60,42 @@ test("an error is shown, not an empty list", async () => {
   await page.waitForFunction(() => document.querySelector("#status").textContent.includes("empty query"));
   assert.equal(await page.$$eval("#results li", (items) => items.length), 0);
 });
+
+const titles = (page) => page.$$eval("#results li a, #results li span", (items) => items.map((item) => item.textContent));
+const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
+
+async function expectedTitles(q, offset) {
+  const body = await (await fetch(`${worker.url}/search?q=${q}&limit=10&offset=${offset}&format=v2`)).json();
+  return body.results.map((result) => result.title || "(untitled)");
+}
+
+test("the newest search wins, and paging keeps the submitted query", async () => {
+  const page = await browser.newPage();
+  await page.goto(worker.url + "/");
+  // The first search's answer arrives after the second's.
+  await page.route((url) => url.pathname === "/search" && url.searchParams.get("q") === "ka",
+    async (route) => { await sleep(500); await route.continue(); });
+  await page.fill("#q", "ka");
+  await page.click("button[type=submit]");
+  await page.fill("#q", "lo");
+  await page.click("button[type=submit]");
+  await page.waitForFunction(() => document.querySelector("#status").textContent.startsWith("Results 1–"));
+  await sleep(800);
+  assert.deepEqual(await titles(page), await expectedTitles("lo", 0), "the late answer for ka was dropped");
+
+  await page.fill("#q", "edited but not submitted");
+  await page.click("#next");
+  await page.waitForFunction(() => document.querySelector("#status").textContent.startsWith("Results 11"));
+  assert.deepEqual(await titles(page), await expectedTitles("lo", 10));
+});
+
+test("an answer that is not JSON is reported, not left searching", async () => {
+  const page = await browser.newPage();
+  await page.goto(worker.url + "/");
+  await page.route((url) => url.pathname === "/search",
+    (route) => route.fulfill({ status: 502, contentType: "text/html", body: "<h1>Bad gateway</h1>" }));
+  await page.fill("#q", "ka");
+  await page.click("button[type=submit]");
+  await page.waitForFunction(() => document.querySelector("#status").textContent.startsWith("Search failed"));
+  assert.match(await page.textContent("#status"), /\(502\)/);
+});
