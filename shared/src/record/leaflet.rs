@@ -21,8 +21,10 @@ pub(super) fn publication(
     let base_path = fields
         .text("base_path")?
         .map(|base| {
+            // A bare host by the lexicon, but some records carry a scheme; links add https://.
             base.trim()
                 .trim_start_matches("https://")
+                .trim_start_matches("http://")
                 .trim_end_matches('/')
                 .to_ascii_lowercase()
         })
@@ -185,6 +187,15 @@ mod tests {
         assert_eq!(publication.base_path.as_deref(), Some("alice.leaflet.pub"));
         assert!(!publication.discoverable);
         assert_eq!(publication.platform, crate::Platform::Leaflet);
+        for written in ["http://Alice.leaflet.pub/", "https://alice.leaflet.pub"] {
+            let record = json!({"name": "Alice's garden", "base_path": written});
+            let Ok(Extracted::Publication(publication)) =
+                extract("did:plc:alice", "pub.leaflet.publication", "3kpub", &record)
+            else {
+                panic!("not a publication")
+            };
+            assert_eq!(publication.base_path.as_deref(), Some("alice.leaflet.pub"));
+        }
     }
 
     #[test]
