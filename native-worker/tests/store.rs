@@ -1,6 +1,10 @@
 //! The store's revision rules, tombstones, cursor atomicity and reader isolation.
 
+mod support;
+
+use pubsearch_native_worker::store::replica::RowImage;
 use pubsearch_native_worker::store::{Batch, Change, Store, read_cursor};
+use pubsearch_native_worker::turso::hrana::Value;
 use pubsearch_shared::record::{self, Extracted};
 use serde_json::json;
 
@@ -276,4 +280,111 @@ fn commits_reach_the_database_file_without_the_writer_checkpointing() {
         file_size() > before,
         "the committed pages were checkpointed into the database file"
     );
+}
+
+/// `(active, handle, version)` of `did`'s account row.
+fn account(store: &Store, did: &str) -> (bool, Option<String>, i64) {
+    store
+        .reader()
+        .unwrap()
+        .query_row(
+            "SELECT active, handle, version FROM accounts WHERE did = ?1",
+            [did],
+            |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)),
+        )
+        .unwrap()
+}
+
+#[test]
+fn an_older_account_copy_never_undoes_a_newer_takedown() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path().join("store.db")).unwrap();
+    let mut writer = store.writer().unwrap();
+    let did = "did:plc:a";
+    let takedown = Change::Account {
+        did: did.into(),
+        active: false,
+        status: Some("takendown".into()),
+        version: 200,
+    };
+    writer.apply(&batch(vec![takedown])).unwrap();
+    // An older copy from Turso, stamped with a later watermark, and a replayed older event.
+    let older = writer
+        .apply(&batch(vec![
+            Change::Replica(support::account_image(did, true, 100)),
+            Change::Account {
+                did: did.into(),
+                active: true,
+                status: None,
+                version: 150,
+            },
+        ]))
+        .unwrap();
+    assert_eq!((older.applied, older.stale), (0, 2));
+    assert_eq!(account(&store, did), (false, None, 200));
+    // Newer events and copies do apply.
+    writer
+        .apply(&batch(vec![Change::Identity {
+            did: did.into(),
+            handle: Some("a.test".into()),
+            version: 300,
+        }]))
+        .unwrap();
+    assert_eq!(account(&store, did), (false, Some("a.test".into()), 300));
+    writer
+        .apply(&batch(vec![Change::Replica(support::account_image(
+            did, true, 400,
+        ))]))
+        .unwrap();
+    assert_eq!(account(&store, did), (true, None, 400));
+}
+
+#[test]
+fn accounts_from_before_versions_stay_readable_and_lose_to_any_event() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("store.db");
+    drop(Store::open(&path).unwrap());
+    // Put the store back at schema 4: accounts without a version, a 5-column image queued.
+    let legacy = rusqlite::Connection::open(&path).unwrap();
+    let queued = r#"[{"table":"accounts","values":[{"type":"text","value":"did:plc:old"},{"type":"null"},{"type":"integer","value":"0"},{"type":"text","value":"deactivated"},{"type":"integer","value":"7"}]}]"#;
+    legacy
+        .execute_batch(&format!(
+            "ALTER TABLE accounts DROP COLUMN version;
+             INSERT INTO accounts (did, active, status, updated_at) VALUES ('did:plc:old', 0, 'deactivated', 7);
+             INSERT INTO upstream_queue (rows, row_count, enqueued_at) VALUES ('{queued}', 1, 7);
+             PRAGMA user_version = 4;"
+        ))
+        .unwrap();
+    drop(legacy);
+
+    let store = Store::open(&path).unwrap();
+    assert_eq!(account(&store, "did:plc:old"), (false, None, 0));
+    let rows: String = store
+        .reader()
+        .unwrap()
+        .query_row("SELECT rows FROM upstream_queue", [], |row| row.get(0))
+        .unwrap();
+    let images: Vec<RowImage> = serde_json::from_str(&rows).unwrap();
+    assert_eq!(
+        images[0].values,
+        [
+            Value::from("did:plc:old"),
+            Value::Null,
+            Value::from(0),
+            Value::from("deactivated"),
+            Value::from(0),
+            Value::from(7),
+        ]
+    );
+    store
+        .writer()
+        .unwrap()
+        .apply(&batch(vec![Change::Account {
+            did: "did:plc:old".into(),
+            active: true,
+            status: None,
+            version: 1,
+        }]))
+        .unwrap();
+    assert_eq!(account(&store, "did:plc:old"), (true, None, 1));
 }

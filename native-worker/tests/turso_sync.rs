@@ -10,8 +10,8 @@ use std::time::{Duration, Instant};
 
 use pubsearch_native_worker::run::{self, RunOptions, Source, store_path};
 use pubsearch_native_worker::store::replica::Table;
-use pubsearch_native_worker::turso::upstream::UpstreamStats;
-use pubsearch_native_worker::turso::{Replication, TursoConfig};
+use pubsearch_native_worker::turso::upstream::{self, UpstreamStats};
+use pubsearch_native_worker::turso::{Replication, TursoClient, TursoConfig};
 use rusqlite::Connection;
 use support::firehose::{Faults, JetstreamServer};
 use support::hrana_server::{HranaServer, connect};
@@ -345,4 +345,45 @@ async fn rows_another_writer_puts_in_turso_reach_the_local_store_page_by_page() 
         .await
     );
     setup.worker.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn turso_keeps_the_newest_account_copy_whatever_the_push_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let remote = dir.path().join("turso.db");
+    let server = HranaServer::start(&remote, Some(TOKEN)).await;
+    // A database an earlier build created: accounts without a version column.
+    connect(&remote)
+        .execute_batch(
+            "CREATE TABLE accounts (did TEXT PRIMARY KEY, handle, active, status, updated_at INTEGER NOT NULL);
+             INSERT INTO accounts VALUES ('did:plc:old', 'old.test', 1, NULL, 5);",
+        )
+        .unwrap();
+    let client = TursoClient::new(replication(&server).config).unwrap();
+    upstream::ensure_schema(&client).await.unwrap();
+    upstream::ensure_schema(&client).await.unwrap();
+
+    // Another worker's takedown lands first; an older active copy is drained late.
+    let did = "did:plc:a";
+    upstream::send(&client, &[support::account_image(did, false, 200)])
+        .await
+        .unwrap();
+    upstream::send(&client, &[support::account_image(did, true, 100)])
+        .await
+        .unwrap();
+    let account = |did: &str| -> (i64, i64) {
+        connect(&remote)
+            .query_row(
+                "SELECT active, version FROM accounts WHERE did = ?1",
+                [did],
+                |row| Ok((row.get(0)?, row.get(1)?)),
+            )
+            .unwrap()
+    };
+    assert_eq!(account(did), (0, 200));
+    assert_eq!(account("did:plc:old"), (1, 0), "old rows stay readable");
+    upstream::send(&client, &[support::account_image(did, true, 300)])
+        .await
+        .unwrap();
+    assert_eq!(account(did), (1, 300));
 }

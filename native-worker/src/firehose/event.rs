@@ -30,6 +30,18 @@ pub struct Event {
     pub payload: Payload,
 }
 
+impl Event {
+    /// The event's place in its source's order: the tap id, else the source's `time_us` (0
+    /// when it has neither). It versions account rows, so it compares only between events of
+    /// one kind of source: a store and its Turso database are fed by Jetstream or by tap.
+    pub fn order(&self) -> i64 {
+        match self.position {
+            Position::TapId(id) => i64::try_from(id).unwrap_or(i64::MAX),
+            _ => self.time_us.unwrap_or(0),
+        }
+    }
+}
+
 /// What happened.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Payload {
@@ -286,6 +298,7 @@ mod tests {
         )
         .unwrap();
         assert_eq!(event.position, Position::TimeUs(1725911162329308));
+        assert_eq!(event.order(), 1725911162329308);
         let Payload::Commit(commit) = event.payload else {
             panic!("not a commit")
         };
@@ -352,6 +365,11 @@ mod tests {
                 active: false,
                 status: Some("deactivated".into())
             }
+        );
+        assert_eq!(
+            (event.order(), account.order()),
+            (7, 8),
+            "tap events order by id"
         );
         let (id, _) = decode_tap(r#"{"id":9,"type":"mystery"}"#).unwrap_err();
         assert_eq!(id, Some(9));

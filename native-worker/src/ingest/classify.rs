@@ -26,11 +26,13 @@ pub fn classify(event: &Event, policy: &Policy) -> Result<Change, Skip> {
         Payload::Identity { handle } => Ok(Change::Identity {
             did: event.did.clone(),
             handle: handle.clone(),
+            version: event.order(),
         }),
         Payload::Account { active, status } => Ok(Change::Account {
             did: event.did.clone(),
             active: *active,
             status: status.clone(),
+            version: event.order(),
         }),
         Payload::Commit(commit) => {
             if !firehose::is_wanted(&commit.collection) {

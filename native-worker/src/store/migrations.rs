@@ -120,6 +120,24 @@ const MIGRATIONS: &[&str] = &[
     DROP TRIGGER documents_fts_update;
     INSERT INTO documents_fts (documents_fts, rank) VALUES ('hashsize', 67108864);
     "#,
+    // 5: accounts carry the source order of the event that set them (`version`), so an older
+    // copy never overwrites a newer one. Earlier rows are version 0, older than any event, and
+    // account images already queued for Turso gain the column as version 0 too.
+    r#"
+    ALTER TABLE accounts ADD COLUMN version INTEGER NOT NULL DEFAULT 0;
+    UPDATE upstream_queue SET rows = (
+        SELECT json_group_array(
+            CASE WHEN image.value ->> '$.table' = 'accounts'
+                      AND json_array_length(image.value -> '$.values') = 5
+                 THEN json_object('table', 'accounts', 'values', json_array(
+                          image.value -> '$.values[0]', image.value -> '$.values[1]',
+                          image.value -> '$.values[2]', image.value -> '$.values[3]',
+                          json_object('type', 'integer', 'value', '0'),
+                          image.value -> '$.values[4]'))
+                 ELSE json(image.value) END)
+        FROM json_each(upstream_queue.rows) AS image)
+    WHERE rows LIKE '%"accounts"%';
+    "#,
 ];
 
 /// The schema version this build writes.

@@ -8,7 +8,8 @@
 //! The watermark column (`indexed_at`, or `updated_at` for accounts) is stamped by whoever
 //! applies the row: Turso's clock upstream — so rows drained late after an outage still sort
 //! after every earlier sync — and the local writer's clock locally, so snapshot watermarks keep
-//! cutting cleanly between local commits.
+//! cutting cleanly between local commits. The watermark is never a version: which copy is
+//! newer is the record's `rev`, or for accounts the `version` of the event that set the row.
 
 use rusqlite::Connection;
 use serde::{Deserialize, Serialize};
@@ -63,7 +64,7 @@ const PUBLICATION_COLUMNS: &[&str] = &[
     "indexed_at",
 ];
 
-const ACCOUNT_COLUMNS: &[&str] = &["did", "handle", "active", "status", "updated_at"];
+const ACCOUNT_COLUMNS: &[&str] = &["did", "handle", "active", "status", "version", "updated_at"];
 
 /// Who stamps the watermark column of an upserted row.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -104,11 +105,22 @@ impl Table {
         self.columns()[self.columns().len() - 1]
     }
 
-    /// Which copy of a row is newer.
+    /// Which copy of a row is newer: the source's order of the event that wrote it, never the
+    /// watermark (a stamp of when it was applied, which any late copy would win on).
     fn version(self) -> &'static str {
         match self {
             Table::Documents | Table::Publications => "rev",
-            Table::Accounts => "updated_at",
+            Table::Accounts => "version",
+        }
+    }
+
+    /// Definitions of the columns added after the table first shipped, `(column, definition)`:
+    /// what an older copy (a Turso database created by an earlier build) gets with
+    /// `ALTER TABLE … ADD COLUMN`. Each has a default, so existing rows stay readable.
+    pub fn added_columns(self) -> &'static [(&'static str, &'static str)] {
+        match self {
+            Table::Accounts => &[("version", "version INTEGER NOT NULL DEFAULT 0")],
+            Table::Documents | Table::Publications => &[],
         }
     }
 
@@ -120,7 +132,12 @@ impl Table {
             .map(|column| match *column {
                 column if column == self.key() => format!("{column} TEXT PRIMARY KEY"),
                 column if column == self.watermark() => format!("{column} INTEGER NOT NULL"),
-                column => column.to_string(),
+                column => self
+                    .added_columns()
+                    .iter()
+                    .find(|(added, _)| *added == column)
+                    .map_or(column, |(_, definition)| definition)
+                    .to_string(),
             })
             .collect::<Vec<_>>()
             .join(", ");

@@ -27,14 +27,21 @@ pub enum Change {
         rkey: String,
         rev: String,
     },
-    /// An account's hosting status changed (deactivated, taken down, reactivated).
+    /// An account's hosting status changed (deactivated, taken down, reactivated). `version`
+    /// is the event's place in its source's order ([`crate::firehose::Event::order`]); the
+    /// change applies only over an older one, so a replay cannot undo a later takedown.
     Account {
         did: String,
         active: bool,
         status: Option<String>,
+        version: i64,
     },
-    /// A DID's handle changed.
-    Identity { did: String, handle: Option<String> },
+    /// A DID's handle changed; versioned like [`Change::Account`], whose row it shares.
+    Identity {
+        did: String,
+        handle: Option<String>,
+        version: i64,
+    },
     /// A row replicated from Turso (sync down): applied if newer, never queued back up.
     Replica(RowImage),
     /// A position in some source other than the firehose (Turso sync watermarks), queued after
@@ -319,13 +326,19 @@ fn apply_change(tx: &Connection, change: &Change, indexed_at: i64) -> rusqlite::
             tx.prepare_cached(sql)?
                 .execute(params![uri, did, rkey, collection, rev, indexed_at])?
         }
-        Change::Account { did, active, status } => tx
+        Change::Account {
+            did,
+            active,
+            status,
+            version,
+        } => tx
             .prepare_cached(
-                "INSERT INTO accounts (did, active, status, updated_at) VALUES (?1, ?2, ?3, ?4)
+                "INSERT INTO accounts (did, active, status, version, updated_at) VALUES (?1, ?2, ?3, ?4, ?5)
                  ON CONFLICT(did) DO UPDATE SET active = excluded.active, status = excluded.status,
-                                                updated_at = excluded.updated_at",
+                                                version = excluded.version, updated_at = excluded.updated_at
+                 WHERE excluded.version > accounts.version",
             )?
-            .execute(params![did, active, status, indexed_at])?,
+            .execute(params![did, active, status, version, indexed_at])?,
         Change::BackfillProgress {
             did,
             collection,
@@ -339,12 +352,18 @@ fn apply_change(tx: &Connection, change: &Change, indexed_at: i64) -> rusqlite::
                                                            records = records + excluded.records",
             )?
             .execute(params![did, collection, cursor, done, *records as i64])?,
-        Change::Identity { did, handle } => tx
+        Change::Identity {
+            did,
+            handle,
+            version,
+        } => tx
             .prepare_cached(
-                "INSERT INTO accounts (did, handle, updated_at) VALUES (?1, ?2, ?3)
-                 ON CONFLICT(did) DO UPDATE SET handle = excluded.handle, updated_at = excluded.updated_at",
+                "INSERT INTO accounts (did, handle, version, updated_at) VALUES (?1, ?2, ?3, ?4)
+                 ON CONFLICT(did) DO UPDATE SET handle = excluded.handle, version = excluded.version,
+                                                updated_at = excluded.updated_at
+                 WHERE excluded.version > accounts.version",
             )?
-            .execute(params![did, handle, indexed_at])?,
+            .execute(params![did, handle, version, indexed_at])?,
     };
     Ok(changed > 0)
 }

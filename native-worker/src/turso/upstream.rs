@@ -16,7 +16,7 @@ use rusqlite::params;
 use tokio_util::sync::CancellationToken;
 
 use super::client::{Retry, TursoClient, TursoError};
-use super::hrana::{Batch, Stmt, StreamRequest, StreamResult};
+use super::hrana::{Batch, Stmt, StreamRequest, StreamResult, Value};
 use crate::firehose::Position;
 use crate::ingest::Sink;
 use crate::store::replica::{RowImage, Stamp, Table};
@@ -57,8 +57,17 @@ pub struct UpstreamStats {
     pub failures: AtomicU64,
 }
 
-/// Creates the replicated tables in Turso if they are missing.
+/// Creates the replicated tables in Turso if they are missing, and adds the columns later
+/// builds introduced to tables an earlier build created.
 pub async fn ensure_schema(client: &TursoClient) -> Result<(), TursoError> {
+    create_tables(client).await?;
+    for table in Table::ALL {
+        add_missing_columns(client, table).await?;
+    }
+    Ok(())
+}
+
+async fn create_tables(client: &TursoClient) -> Result<(), TursoError> {
     let sql = Table::ALL
         .iter()
         .map(|table| table.remote_ddl())
@@ -80,6 +89,44 @@ pub async fn ensure_schema(client: &TursoClient) -> Result<(), TursoError> {
         }),
         _ => Ok(()),
     }
+}
+
+/// Adds [`Table::added_columns`] that `table` lacks in Turso. Another worker may add one at
+/// the same moment, so "duplicate column" counts as done.
+async fn add_missing_columns(client: &TursoClient, table: Table) -> Result<(), TursoError> {
+    let added = table.added_columns();
+    if added.is_empty() {
+        return Ok(());
+    }
+    let present = client
+        .execute(
+            Stmt::new(
+                "SELECT name FROM pragma_table_info(?1)",
+                [Value::from(table.name())],
+            ),
+            Retry::Idempotent,
+        )
+        .await?;
+    let present: Vec<&str> = present
+        .rows
+        .iter()
+        .filter_map(|row| row.first().and_then(Value::as_str))
+        .collect();
+    for (column, definition) in added {
+        if present.contains(column) {
+            continue;
+        }
+        let alter = format!("ALTER TABLE {} ADD COLUMN {definition}", table.name());
+        match client
+            .execute(Stmt::new(alter, []), Retry::Idempotent)
+            .await
+        {
+            Ok(_) => tracing::info!(table = table.name(), column, "added a column in Turso"),
+            Err(TursoError::Sql { message, .. }) if message.contains("duplicate column") => {}
+            Err(error) => return Err(error),
+        }
+    }
+    Ok(())
 }
 
 /// Queued entries read ahead of the drain, and how far into the first one the drain is.

@@ -9,6 +9,8 @@ use std::time::{Duration, Instant};
 
 use pubsearch_native_worker::ingest::StatsSnapshot;
 use pubsearch_native_worker::run::{self, RunOptions, Source};
+use pubsearch_native_worker::store::replica::{RowImage, Table};
+use pubsearch_native_worker::turso::hrana::Value;
 use rusqlite::{Connection, OpenFlags};
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
@@ -178,4 +180,20 @@ pub async fn http_get(addr: std::net::SocketAddr, path: &str) -> (u16, String) {
     let (head, body) = response.split_once("\r\n\r\n").unwrap();
     let status = head.split_whitespace().nth(1).unwrap().parse().unwrap();
     (status, body.to_owned())
+}
+
+/// An account row image at `version`, as Turso or the upstream queue carries it (its
+/// watermark is whatever the applying side stamps).
+pub fn account_image(did: &str, active: bool, version: i64) -> RowImage {
+    RowImage {
+        table: Table::Accounts,
+        values: vec![
+            Value::from(did),
+            Value::Null,
+            Value::from(i64::from(active)),
+            Value::Null,
+            Value::from(version),
+            Value::from(1),
+        ],
+    }
 }
