@@ -208,3 +208,68 @@ async fn readers_never_see_a_pointer_to_a_partial_build() {
         "readers kept reading during the publishes ({checked} reads)"
     );
 }
+
+/// The same whitewind entry (title and text) posted by `did`.
+fn cross_post(did: &str) -> Change {
+    let body = serde_json::json!({"$type": "com.whtwnd.blog.entry", "title": "Cross-posted",
+        "content": "the same essay about tidal gardens", "createdAt": "2025-01-01T00:00:00Z",
+        "visibility": "public"});
+    match pubsearch_shared::record::extract(did, "com.whtwnd.blog.entry", "3kpost", &body).unwrap()
+    {
+        pubsearch_shared::record::Extracted::Document(document) => Change::Document {
+            document,
+            rev: "3l1".into(),
+        },
+        pubsearch_shared::record::Extracted::Publication(_) => unreachable!(),
+    }
+}
+
+#[test]
+fn the_first_eligible_copy_of_a_cross_post_is_the_one_published() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(store_path(dir.path())).unwrap();
+    let mut writer = store.writer().unwrap();
+    writer
+        .replace_banned_dids(&["did:plc:banned".into()])
+        .unwrap();
+    // The earlier copies are by a deactivated and a banned author: alice's must stay findable.
+    let changes = vec![
+        cross_post("did:plc:old"),
+        cross_post("did:plc:banned"),
+        cross_post("did:plc:alice"),
+        Change::Account {
+            did: "did:plc:old".into(),
+            active: false,
+            status: Some("deactivated".into()),
+            version: 1,
+        },
+    ];
+    writer
+        .apply(&Batch {
+            changes,
+            cursor: None,
+        })
+        .unwrap();
+    drop(writer);
+
+    let built = build::build(
+        &store,
+        &dir.path().join("snapshot.db"),
+        "b1",
+        "prod",
+        |_| {},
+    )
+    .unwrap();
+    let expected =
+        build::expected_document_count(&store, built.manifest.source_watermark_us).unwrap();
+    assert_eq!(expected, 1);
+    let snapshot = rusqlite::Connection::open(&built.path).unwrap();
+    let dids: Vec<String> = snapshot
+        .prepare("SELECT did FROM documents")
+        .unwrap()
+        .query_map([], |row| row.get(0))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    assert_eq!(dids, ["did:plc:alice"]);
+}

@@ -50,14 +50,30 @@ pub struct BuiltSnapshot {
     pub manifest: Manifest,
 }
 
-/// Where documents pass policy: live, searchable, author not banned or deactivated, publication
-/// (if any) discoverable, and the first copy of any cross-posted text.
-const DOCUMENT_POLICY: &str = "
-    d.deleted = 0 AND d.searchable = 1 AND d.indexed_at <= :watermark
-    AND d.did NOT IN (SELECT did FROM banned_dids)
-    AND NOT EXISTS (SELECT 1 FROM accounts a WHERE a.did = d.did AND a.active = 0)
-    AND NOT EXISTS (SELECT 1 FROM publications hidden
-                    WHERE hidden.uri = d.publication_uri AND hidden.deleted = 0 AND hidden.discoverable = 0)";
+/// Where the document aliased `d` passes policy at `:watermark`: live, searchable, author not
+/// banned or deactivated, publication (if any) discoverable, and the first copy of any
+/// cross-posted text among those that pass the same checks (so a banned or deactivated early
+/// copy cannot hide the legitimate one).
+fn document_policy() -> String {
+    format!(
+        "{own} AND (d.content_hash IS NULL OR d.id = (
+             SELECT min(d2.id) FROM documents d2 WHERE d2.content_hash = d.content_hash AND {copy}))",
+        own = eligible("d"),
+        copy = eligible("d2"),
+    )
+}
+
+/// The per-row policy checks for the document aliased `doc`, dedup aside.
+fn eligible(doc: &str) -> String {
+    format!(
+        "{doc}.deleted = 0 AND {doc}.searchable = 1 AND {doc}.indexed_at <= :watermark
+         AND {doc}.did NOT IN (SELECT did FROM banned_dids)
+         AND NOT EXISTS (SELECT 1 FROM accounts a WHERE a.did = {doc}.did AND a.active = 0)
+         AND NOT EXISTS (SELECT 1 FROM publications hidden
+                         WHERE hidden.uri = {doc}.publication_uri AND hidden.deleted = 0
+                           AND hidden.discoverable = 0)"
+    )
+}
 
 /// Builds a snapshot of `store` into `out` (replaced if present) and returns it with its manifest.
 /// `progress` is called with the number of documents written so far.
@@ -220,13 +236,10 @@ fn read_documents(
                 d.title, d.content, d.created_at, d.indexed_at, d.publication_uri, d.path, d.tags, d.cover_image
          FROM documents d
          LEFT JOIN publications p ON p.uri = d.publication_uri AND p.deleted = 0
-         WHERE d.id > :after AND {DOCUMENT_POLICY}
-           AND (d.content_hash IS NULL OR d.id = (
-                SELECT min(d2.id) FROM documents d2
-                WHERE d2.content_hash = d.content_hash AND d2.deleted = 0 AND d2.searchable = 1
-                  AND d2.indexed_at <= :watermark))
+         WHERE d.id > :after AND {policy}
          ORDER BY d.id
-         LIMIT :limit"
+         LIMIT :limit",
+        policy = document_policy(),
     );
     let mut statement = conn.prepare_cached(&sql)?;
     let rows = statement.query_map(
@@ -274,11 +287,8 @@ fn read_documents(
 pub fn expected_document_count(store: &Store, watermark: i64) -> Result<u64, BuildError> {
     let conn = store.reader()?;
     let sql = format!(
-        "SELECT count(*) FROM documents d WHERE {DOCUMENT_POLICY}
-           AND (d.content_hash IS NULL OR d.id = (
-                SELECT min(d2.id) FROM documents d2
-                WHERE d2.content_hash = d.content_hash AND d2.deleted = 0 AND d2.searchable = 1
-                  AND d2.indexed_at <= :watermark))"
+        "SELECT count(*) FROM documents d WHERE {}",
+        document_policy()
     );
     conn.query_row(
         &sql,
