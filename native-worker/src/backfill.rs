@@ -64,6 +64,8 @@ pub struct BackfillReport {
     pub pages: u64,
     /// Collections skipped because an earlier run finished them.
     pub already_done: usize,
+    /// Repos skipped because their DID is banned.
+    pub banned_repos: usize,
     /// Repos that could not be read (not found, deactivated), with the reason.
     pub failed_repos: Vec<(String, String)>,
 }
@@ -119,12 +121,13 @@ struct ListedRecord {
     value: Value,
 }
 
-/// Backfills `dids` into `store`, resuming whatever an earlier run left unfinished.
+/// Backfills `dids` into `store`, resuming whatever an earlier run left unfinished. Banned
+/// repos are skipped; `policy` replaces the stored ban list, `None` uses it.
 pub async fn backfill(
     store: &Store,
     dids: &[String],
     config: &BackfillConfig,
-    policy: Policy,
+    policy: Option<Policy>,
 ) -> Result<BackfillReport, BackfillError> {
     let client = reqwest::Client::builder()
         .timeout(config.request_timeout)
@@ -143,6 +146,11 @@ pub async fn backfill(
     let mut report = BackfillReport::default();
     for did in dids {
         report.repos += 1;
+        if sink.policy().is_banned(did) {
+            tracing::info!(did, "skipping banned repo");
+            report.banned_repos += 1;
+            continue;
+        }
         if let Err(error) = backfill_repo(&client, &sink, &reader, did, config, &mut report).await {
             match error {
                 RepoFailure::Repo(error) => {

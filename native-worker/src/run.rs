@@ -46,6 +46,7 @@ pub struct RunOptions {
     /// Directory holding `store.db` (created if missing).
     pub data_dir: PathBuf,
     pub source: Source,
+    /// Banned-DID list to enforce and store; `None` enforces the list the store already has.
     pub banned_dids: Option<PathBuf>,
     /// Where `/health` and `/stats` listen; `None` disables the endpoint.
     pub admin_addr: Option<SocketAddr>,
@@ -90,10 +91,11 @@ pub fn store_path(data_dir: &std::path::Path) -> PathBuf {
 /// Runs ingest until Ctrl-C, `shutdown`, or the end of a replay; returns the final counters.
 pub async fn run(options: RunOptions, shutdown: CancellationToken) -> Result<StatsSnapshot> {
     let store = Store::open(store_path(&options.data_dir))?;
-    let policy = match &options.banned_dids {
-        Some(path) => Policy::load(path)?,
-        None => Policy::default(),
-    };
+    let policy = options
+        .banned_dids
+        .as_deref()
+        .map(Policy::load)
+        .transpose()?;
     let (ack_sender, ack_receiver) = match options.source {
         Source::Tap(_) => {
             let (sender, receiver) = mpsc::unbounded_channel();

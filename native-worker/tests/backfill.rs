@@ -15,7 +15,6 @@ use axum::routing::get;
 use axum::{Json, Router};
 use pubsearch_native_worker::backfill::{self, BackfillConfig};
 use pubsearch_native_worker::firehose::Backoff;
-use pubsearch_native_worker::ingest::Policy;
 use pubsearch_native_worker::store::Store;
 use serde_json::{Value, json};
 
@@ -160,7 +159,7 @@ async fn resolves_pages_and_retries() {
         "did:plc:bob".to_owned(),
         "did:key:zunsupported".to_owned(),
     ];
-    let report = backfill::backfill(&store, &dids, &config(&base), Policy::default())
+    let report = backfill::backfill(&store, &dids, &config(&base), None)
         .await
         .unwrap();
 
@@ -201,7 +200,7 @@ async fn an_interrupted_backfill_resumes_without_refetching() {
     let mut failing = pds_with(&[("did:plc:carol", 450)]);
     failing.outage_after = Some(5);
     let (base, server) = start(failing.clone()).await;
-    let report = backfill::backfill(&store, &dids, &config(&base), Policy::default())
+    let report = backfill::backfill(&store, &dids, &config(&base), None)
         .await
         .unwrap();
     server.abort();
@@ -214,7 +213,7 @@ async fn an_interrupted_backfill_resumes_without_refetching() {
 
     let healthy = pds_with(&[("did:plc:carol", 450)]);
     let (base, _server) = start(healthy.clone()).await;
-    let report = backfill::backfill(&store, &dids, &config(&base), Policy::default())
+    let report = backfill::backfill(&store, &dids, &config(&base), None)
         .await
         .unwrap();
     assert!(report.failed_repos.is_empty(), "{:?}", report.failed_repos);
@@ -265,14 +264,9 @@ async fn newer_firehose_revisions_beat_backfilled_ones() {
         .unwrap();
 
     let (base, _server) = start(pds_with(&[("did:plc:dan", 3)])).await;
-    backfill::backfill(
-        &store,
-        &["did:plc:dan".to_owned()],
-        &config(&base),
-        Policy::default(),
-    )
-    .await
-    .unwrap();
+    backfill::backfill(&store, &["did:plc:dan".to_owned()], &config(&base), None)
+        .await
+        .unwrap();
     let title: String = store
         .reader()
         .unwrap()
@@ -284,4 +278,40 @@ async fn newer_firehose_revisions_beat_backfilled_ones() {
         .unwrap();
     assert_eq!(title, "Edited live");
     assert_eq!(count(&store, "SELECT count(*) FROM documents"), 3);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backfill_without_a_ban_list_keeps_and_honours_the_stored_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path().join("store.db")).unwrap();
+    store
+        .writer()
+        .unwrap()
+        .replace_banned_dids(&["did:plc:spam".to_owned()])
+        .unwrap();
+    let pds = pds_with(&[("did:plc:alice", 3), ("did:plc:spam", 4)]);
+    let (base, _server) = start(pds.clone()).await;
+    let dids = ["did:plc:alice".to_owned(), "did:plc:spam".to_owned()];
+    let report = backfill::backfill(&store, &dids, &config(&base), None)
+        .await
+        .unwrap();
+
+    assert_eq!(
+        count(
+            &store,
+            "SELECT count(*) FROM banned_dids WHERE did = 'did:plc:spam'"
+        ),
+        1,
+        "the stored ban list survives"
+    );
+    assert_eq!(count(&store, "SELECT count(*) FROM documents"), 3);
+    assert_eq!(count(&store, "SELECT count(*) FROM publications"), 1);
+    assert_eq!(report.banned_repos, 1);
+    let fetched_spam = pds
+        .requests
+        .lock()
+        .unwrap()
+        .iter()
+        .any(|r| r.0 == "did:plc:spam");
+    assert!(!fetched_spam, "a banned repo is not even fetched");
 }

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use opentelemetry_sdk::error::OTelSdkResult;
 use opentelemetry_sdk::trace::{SdkTracerProvider, SpanData, SpanExporter};
 use pubsearch_native_worker::admin::{self, AdminState};
-use pubsearch_native_worker::ingest::{self, IngestConfig, Policy};
+use pubsearch_native_worker::ingest::{self, IngestConfig};
 use pubsearch_native_worker::store::Store;
 use pubsearch_native_worker::telemetry::{self, TraceConfig};
 use tokio_util::sync::CancellationToken;
@@ -72,7 +72,7 @@ fn admin_under(
     let dir = tempfile::tempdir().unwrap();
     let store = Store::open(dir.path().join("store.db")).unwrap();
     let (sink, writer) =
-        ingest::spawn_writer(&store, &IngestConfig::default(), Policy::default(), None).unwrap();
+        ingest::spawn_writer(&store, &IngestConfig::default(), None, None).unwrap();
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     listener.set_nonblocking(true).unwrap();
     let addr = listener.local_addr().unwrap();

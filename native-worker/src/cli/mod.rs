@@ -48,7 +48,8 @@ enum Command {
         /// Directory holding the store.
         #[arg(long, env = "PUBSEARCH_DATA_DIR", default_value = "data")]
         data_dir: PathBuf,
-        /// File of banned DIDs: their records are never stored.
+        /// File of banned DIDs: their repos are not copied. Replaces the stored list; without
+        /// it the stored list applies.
         #[arg(long, env = "PUBSEARCH_BANNED_DIDS", value_name = "FILE")]
         banned_dids: Option<PathBuf>,
     },
@@ -111,6 +112,7 @@ struct RunArgs {
     #[arg(long, value_name = "FILE.ndjson", conflicts_with = "source")]
     replay: Option<PathBuf>,
     /// File of banned DIDs (one per line, `#` comments): their records are never stored.
+    /// Replaces the stored list; without it the stored list applies.
     #[arg(long, env = "PUBSEARCH_BANNED_DIDS", value_name = "FILE")]
     banned_dids: Option<PathBuf>,
     /// Address of the admin endpoint (`/health`, `/stats`); `off` disables it.
@@ -298,10 +300,10 @@ fn backfill(
         !dids.is_empty(),
         "name at least one repo with --did or --dids-file"
     );
-    let policy = match banned_dids {
-        Some(path) => crate::ingest::Policy::load(&path)?,
-        None => crate::ingest::Policy::default(),
-    };
+    let policy = banned_dids
+        .as_deref()
+        .map(crate::ingest::Policy::load)
+        .transpose()?;
     let store = crate::store::Store::open(run::store_path(data_dir))?;
     let config = BackfillConfig {
         pds,

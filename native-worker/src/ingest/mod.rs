@@ -106,6 +106,11 @@ impl Sink {
         self.queue.send(item).await.is_ok()
     }
 
+    /// The policy events are checked against.
+    pub fn policy(&self) -> &Policy {
+        &self.policy
+    }
+
     /// Live counters, shared with the admin endpoint.
     pub fn stats(&self) -> &Arc<IngestStats> {
         &self.stats

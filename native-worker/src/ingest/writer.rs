@@ -25,16 +25,24 @@ impl WriterHandle {
     }
 }
 
-/// Starts the writer on its own thread. `acks` receives, after each commit, the tap ids that
-/// commit made durable.
+/// Starts the writer on its own thread. `policy`, when given, replaces the banned-DID list the
+/// store keeps; when not, the stored list is enforced, so a run or backfill without a list
+/// never unbans anyone. `acks` receives, after each commit, the tap ids that commit made
+/// durable.
 pub fn spawn_writer(
     store: &Store,
     config: &IngestConfig,
-    policy: Policy,
+    policy: Option<Policy>,
     acks: Option<mpsc::UnboundedSender<Vec<u64>>>,
 ) -> Result<(Sink, WriterHandle), StoreError> {
     let mut writer = store.writer()?;
-    writer.replace_banned_dids(&policy.banned_dids())?;
+    let policy = match policy {
+        Some(policy) => {
+            writer.replace_banned_dids(&policy.banned_dids())?;
+            policy
+        }
+        None => Policy::from_dids(crate::store::read_banned_dids(&store.reader()?)?),
+    };
     if config.write_through {
         writer.enable_write_through();
     }

@@ -153,6 +153,13 @@ pub fn read_cursor(conn: &Connection, source: &str) -> rusqlite::Result<Option<i
     .optional()
 }
 
+/// The banned-DID list last stored by [`StoreWriter::replace_banned_dids`].
+pub fn read_banned_dids(conn: &Connection) -> rusqlite::Result<Vec<String>> {
+    conn.prepare("SELECT did FROM banned_dids ORDER BY did")?
+        .query_map([], |row| row.get(0))?
+        .collect()
+}
+
 /// Where a backfill of `did`'s `collection` stands: `None` if never started, else
 /// `(cursor, done)`.
 pub fn read_backfill_progress(
