@@ -178,6 +178,45 @@ async fn tap_acks_only_durable_events_and_survives_redelivery() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tap_acks_an_oversized_frame_instead_of_having_it_redelivered_forever() {
+    let record = |rkey: &str, content: String| {
+        serde_json::json!({"type": "record", "record": {
+            "live": true, "rev": "3l1", "did": "did:plc:a", "collection": "com.whtwnd.blog.entry",
+            "rkey": rkey, "action": "create", "cid": "bafy", "record": {
+                "$type": "com.whtwnd.blog.entry", "title": rkey, "content": content,
+                "visibility": "public"}}})
+    };
+    let frames = vec![
+        record("small", "a few words".into()),
+        record("huge", "x".repeat(3 * 1024 * 1024)),
+    ];
+    let server = TapServer::start(frames, Duration::from_millis(300), Faults::default()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let shutdown = CancellationToken::new();
+    let worker = tokio::spawn(run::run(
+        options(dir.path(), Source::Tap(server.url().parse().unwrap())),
+        shutdown.clone(),
+    ));
+    assert!(
+        support::wait_for(Duration::from_secs(10), || server.all_acked()).await,
+        "only {} of 2 acked after {} deliveries",
+        server.acked(),
+        server.deliveries()
+    );
+    shutdown.cancel();
+    let summary = worker.await.unwrap().unwrap();
+    assert_eq!(summary.oversized_frames, 1, "{summary:?}");
+    let titles: Vec<String> = support::read_store(&store_path(dir.path()))
+        .prepare("SELECT title FROM documents")
+        .unwrap()
+        .query_map([], |row| row.get(0))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    assert_eq!(titles, ["small"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn banned_authors_are_never_stored() {
     let events = support::jetstream_events(500);
     let dir = tempfile::tempdir().unwrap();

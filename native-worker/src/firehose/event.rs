@@ -277,7 +277,9 @@ pub fn decode_tap(frame: &str) -> Result<Event, (Option<u64>, FrameError)> {
     })
 }
 
-fn tap_id(frame: &str) -> Option<u64> {
+/// A tap frame's id without decoding its body: serde skips every other field unallocated, so
+/// this is a single pass even over an oversized frame.
+pub fn tap_id(frame: &str) -> Option<u64> {
     #[derive(Deserialize)]
     struct IdOnly {
         id: u64,

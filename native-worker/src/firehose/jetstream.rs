@@ -8,7 +8,6 @@ use std::time::Duration;
 
 use futures_util::StreamExt;
 use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_util::sync::CancellationToken;
 use url::Url;
 
@@ -63,9 +62,7 @@ impl JetstreamConfig {
 
 /// Consumes Jetstream until `shutdown` is cancelled or the pipeline stops accepting events.
 pub async fn run(mut config: JetstreamConfig, sink: Sink, shutdown: CancellationToken) {
-    let ws_config = WebSocketConfig::default()
-        .max_message_size(Some(4 * MAX_FRAME_BYTES))
-        .max_frame_size(Some(4 * MAX_FRAME_BYTES));
+    let ws_config = super::websocket_config();
     loop {
         let rewind_us = config.rewind.as_micros() as i64;
         let cursor = sink

@@ -8,9 +8,11 @@ pub mod jetstream;
 pub mod replay;
 pub mod tap;
 
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+
 pub use backoff::Backoff;
 pub use event::{
-    Commit, Event, FrameError, Operation, Payload, Position, decode_jetstream, decode_tap,
+    Commit, Event, FrameError, Operation, Payload, Position, decode_jetstream, decode_tap, tap_id,
 };
 
 /// Collections pubsearch indexes; Jetstream filters by them, tap and replays are checked against them.
@@ -20,6 +22,14 @@ pub const WANTED_COLLECTIONS: &[&str] =
 /// Frames larger than this are counted and skipped: no record we index is anywhere near it
 /// (whitewind caps content at 100k characters), so it is garbage or abuse.
 pub const MAX_FRAME_BYTES: usize = 2 * 1024 * 1024;
+
+/// Websocket limits for both consumers: room for frames over [`MAX_FRAME_BYTES`] to arrive
+/// and be counted (and, on tap, acked), without tungstenite's 64 MiB default buffering.
+pub(crate) fn websocket_config() -> WebSocketConfig {
+    WebSocketConfig::default()
+        .max_message_size(Some(4 * MAX_FRAME_BYTES))
+        .max_frame_size(Some(4 * MAX_FRAME_BYTES))
+}
 
 /// Whether `collection` matches [`WANTED_COLLECTIONS`] (a trailing `.*` matches a namespace).
 pub fn is_wanted(collection: &str) -> bool {

@@ -12,7 +12,7 @@ use tokio_tungstenite::tungstenite::Message;
 use tokio_util::sync::CancellationToken;
 use url::Url;
 
-use super::{Backoff, MAX_FRAME_BYTES, Position, decode_tap};
+use super::{Backoff, MAX_FRAME_BYTES, Position, decode_tap, tap_id};
 use crate::ingest::Sink;
 
 /// Where and how to consume tap.
@@ -47,7 +47,11 @@ pub async fn run(
 ) {
     loop {
         tracing::info!(url = %config.url, "connecting to tap");
-        let connect = tokio_tungstenite::connect_async(config.url.as_str());
+        let connect = tokio_tungstenite::connect_async_with_config(
+            config.url.as_str(),
+            Some(super::websocket_config()),
+            false,
+        );
         let outcome = tokio::select! {
             _ = shutdown.cancelled() => return,
             result = tokio::time::timeout(config.connect_timeout, connect) => result,
@@ -81,22 +85,21 @@ pub async fn run(
                                     break;
                                 }
                             };
-                            if text.len() > MAX_FRAME_BYTES {
+                            let accepted = if text.len() > MAX_FRAME_BYTES {
+                                let id = tap_id(&text);
+                                tracing::warn!(?id, bytes = text.len(), "skipping oversized tap frame");
                                 sink.stats().record_oversized_frame();
-                                continue;
-                            }
-                            let accepted = match decode_tap(&text) {
-                                Ok(event) => {
-                                    events += 1;
-                                    sink.send(event).await
-                                }
-                                Err((id, error)) => {
-                                    tracing::debug!(%error, "skipping undecodable tap frame");
-                                    sink.stats().record_undecodable_frame();
-                                    // Ack it in order with the rest so tap stops redelivering it.
-                                    match id {
-                                        Some(id) => sink.skip_position(Position::TapId(id)).await,
-                                        None => true,
+                                retire(&sink, id).await
+                            } else {
+                                match decode_tap(&text) {
+                                    Ok(event) => {
+                                        events += 1;
+                                        sink.send(event).await
+                                    }
+                                    Err((id, error)) => {
+                                        tracing::debug!(%error, "skipping undecodable tap frame");
+                                        sink.stats().record_undecodable_frame();
+                                        retire(&sink, id).await
                                     }
                                 }
                             };
@@ -120,6 +123,16 @@ pub async fn run(
             _ = shutdown.cancelled() => return,
             _ = tokio::time::sleep(delay) => {}
         }
+    }
+}
+
+/// Queues a frame that will never be processed for acknowledgement, in order with the rest,
+/// so tap stops redelivering it. Without an id there is nothing to ack. Returns whether the
+/// pipeline still accepts.
+async fn retire(sink: &Sink, id: Option<u64>) -> bool {
+    match id {
+        Some(id) => sink.skip_position(Position::TapId(id)).await,
+        None => true,
     }
 }
 
