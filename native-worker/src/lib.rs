@@ -9,6 +9,7 @@
 //! - [`backfill`]: copies whole repos from their PDS through the same pipeline.
 //! - [`flow`]: durable orchestrations on WAL SQLite for the long jobs (snapshot publishing).
 //! - [`turso`]: Hrana client, write-through of ingest batches, and sync down by watermark.
+//! - [`clock`]: the wall clock in Unix µs.
 //! - [`latency`]: lock-free latency histograms behind `/stats`.
 //! - [`admin`]: the local `/health` and `/stats` endpoint.
 //! - [`run`]: the `run` job wiring the above together.
@@ -19,6 +20,7 @@
 pub mod admin;
 pub mod backfill;
 pub mod cli;
+pub mod clock;
 pub mod corpus;
 pub mod firehose;
 pub mod flow;

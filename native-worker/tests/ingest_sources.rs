@@ -4,7 +4,7 @@ mod support;
 
 use std::time::Duration;
 
-use pubsearch_native_worker::ingest::IngestConfig;
+use pubsearch_native_worker::ingest::{IngestConfig, StatsSnapshot};
 use pubsearch_native_worker::publish::PublishOptions;
 use pubsearch_native_worker::publish::objects::ObjectTarget;
 use pubsearch_native_worker::run::{self, RunOptions, Source, store_path};
@@ -43,6 +43,30 @@ async fn reference_dump(events: &[String]) -> Vec<String> {
     support::dump(&store_path(dir.path()))
 }
 
+/// Runs a worker on `server` into `data_dir` until its cursor reaches `last`, then stops it.
+async fn ingest_jetstream_through(
+    server: &JetstreamServer,
+    data_dir: &std::path::Path,
+    last: i64,
+) -> StatsSnapshot {
+    let shutdown = CancellationToken::new();
+    let worker = tokio::spawn(run::run(
+        options(data_dir, Source::Jetstream(server.url().parse().unwrap())),
+        shutdown.clone(),
+    ));
+    let store = store_path(data_dir);
+    assert!(
+        support::wait_for(Duration::from_secs(60), || support::cursor(&store)
+            == Some(last))
+        .await,
+        "ingest did not reach the last event; cursor {:?}, resumed from {:?}",
+        support::cursor(&store),
+        server.cursors()
+    );
+    shutdown.cancel();
+    worker.await.unwrap().unwrap()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn jetstream_survives_drops_garbage_and_oversized_frames() {
     let events = support::jetstream_events(EVENTS);
@@ -54,22 +78,9 @@ async fn jetstream_survives_drops_garbage_and_oversized_frames() {
     };
     let server = JetstreamServer::start(events.clone(), faults).await;
     let dir = tempfile::tempdir().unwrap();
-    let shutdown = CancellationToken::new();
-    let worker = tokio::spawn(run::run(
-        options(dir.path(), Source::Jetstream(server.url().parse().unwrap())),
-        shutdown.clone(),
-    ));
+    let summary =
+        ingest_jetstream_through(&server, dir.path(), support::last_time_us(EVENTS)).await;
     let store = store_path(dir.path());
-    let last = support::last_time_us(EVENTS);
-    assert!(
-        support::wait_for(Duration::from_secs(60), || support::cursor(&store)
-            == Some(last))
-        .await,
-        "ingest did not reach the last event; cursor {:?}",
-        support::cursor(&store)
-    );
-    shutdown.cancel();
-    let summary = worker.await.unwrap().unwrap();
 
     assert_eq!(
         support::dump(&store),
@@ -98,6 +109,45 @@ async fn jetstream_survives_drops_garbage_and_oversized_frames() {
         summary.stale > 0,
         "the rewind re-sent events the store already had"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_event_stamped_far_in_the_future_never_becomes_the_cursor() {
+    let mut events = support::jetstream_events(300);
+    let day_ahead = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_micros() as i64
+        + 86_400_000_000;
+    let mut bogus: serde_json::Value = serde_json::from_str(&events[10]).unwrap();
+    bogus["time_us"] = day_ahead.into();
+    bogus["commit"]["rkey"] = "3kfromthefuture".into();
+    events.insert(11, bogus.to_string());
+    // Drops make the worker resume from its durable cursor.
+    let faults = Faults {
+        drop_after: Some(150),
+        ..Faults::default()
+    };
+    let server = JetstreamServer::start(events, faults).await;
+    let dir = tempfile::tempdir().unwrap();
+    let last = support::last_time_us(300);
+    ingest_jetstream_through(&server, dir.path(), last).await;
+    let store = store_path(dir.path());
+    assert!(
+        server
+            .cursors()
+            .iter()
+            .flatten()
+            .all(|cursor| *cursor <= last)
+    );
+    let stored: i64 = support::read_store(&store)
+        .query_row(
+            "SELECT count(*) FROM documents WHERE rkey = '3kfromthefuture'",
+            [],
+            |row| row.get(0),
+        )
+        .unwrap();
+    assert_eq!(stored, 0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

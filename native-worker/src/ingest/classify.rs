@@ -15,6 +15,19 @@ pub enum Skip {
     Unwanted,
     /// The record failed extraction: counted and skipped, never fatal.
     Malformed(record::ExtractError),
+    /// The event's source time is over [`MAX_AHEAD_OF_CLOCK_US`] ahead of ours: bogus, and as
+    /// a Jetstream cursor it would skip everything after it. Counted as malformed.
+    FromTheFuture,
+}
+
+/// How far ahead of the local clock an event's source time may be (10 minutes of skew).
+pub const MAX_AHEAD_OF_CLOCK_US: i64 = 10 * 60 * 1_000_000;
+
+/// Whether `event` claims a source time too far ahead of `now_us` to be believed.
+pub fn is_from_the_future(event: &Event, now_us: i64) -> bool {
+    event
+        .time_us
+        .is_some_and(|time_us| time_us > now_us.saturating_add(MAX_AHEAD_OF_CLOCK_US))
 }
 
 /// Decides what an event does to the store.

@@ -16,7 +16,7 @@ use std::sync::Arc;
 use tokio::sync::mpsc;
 
 use crate::firehose::{Event, Position};
-pub use classify::{Skip, classify};
+pub use classify::{MAX_AHEAD_OF_CLOCK_US, Skip, classify, is_from_the_future};
 pub use policy::{Policy, PolicyError};
 pub use stats::{IngestStats, StatsSnapshot};
 pub use writer::{WriterHandle, spawn_writer};
@@ -62,9 +62,17 @@ pub struct Sink {
 }
 
 impl Sink {
-    /// Extracts, applies policy and queues one event; waits while the queue is full.
+    /// Extracts, applies policy and queues one event; waits while the queue is full. An event
+    /// from the future is dropped whole, position included, so it never becomes the cursor.
     /// Returns `false` once the writer has stopped (shutdown or a fatal store error).
     pub async fn send(&self, event: Event) -> bool {
+        if is_from_the_future(&event, crate::clock::now_us()) {
+            tracing::warn!(did = %event.did, time_us = ?event.time_us,
+                           "skipping an event stamped over 10 minutes ahead of our clock");
+            self.stats.record_event(None);
+            self.stats.record_skip(&Skip::FromTheFuture);
+            return true;
+        }
         self.stats.record_event(event.time_us);
         let extract = tracing::debug_span!("ingest.extract", did = %event.did);
         let change = match extract.in_scope(|| classify(&event, &self.policy)) {

@@ -1,7 +1,6 @@
 //! Ingest counters: lock-free, updated on the hot path, read by the progress log and `/stats`.
 
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde::Serialize;
 
@@ -68,7 +67,7 @@ impl IngestStats {
         let counter = match skip {
             Skip::Banned => &self.banned,
             Skip::Unwanted => &self.unwanted,
-            Skip::Malformed(_) => &self.malformed,
+            Skip::Malformed(_) | Skip::FromTheFuture => &self.malformed,
         };
         counter.fetch_add(1, Relaxed);
     }
@@ -121,10 +120,7 @@ impl IngestStats {
     /// Copies every counter.
     pub fn snapshot(&self) -> StatsSnapshot {
         let durable = self.durable_event_time_us.load(Relaxed);
-        let now_us = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_micros() as i64)
-            .unwrap_or_default();
+        let now_us = crate::clock::now_us();
         StatsSnapshot {
             events: self.events.load(Relaxed),
             banned: self.banned.load(Relaxed),

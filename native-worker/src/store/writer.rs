@@ -1,13 +1,12 @@
 //! The store's single writer: one transaction per batch, cursor included.
 
-use std::time::{SystemTime, UNIX_EPOCH};
-
 use pubsearch_shared::record::{Document, Publication, at_uri, is_publication_collection};
 use rusqlite::{Connection, params};
 
 use super::checkpoint::Checkpointer;
 use super::fts::TouchedDocuments;
 use super::replica::{RowImage, Stamp, Table};
+use crate::clock::now_us;
 
 /// One change to the store, already extracted and policy-checked.
 #[derive(Debug, Clone)]
@@ -85,13 +84,6 @@ pub struct StoreWriter {
     checkpointer: Checkpointer,
     last_indexed_at: i64,
     write_through: bool,
-}
-
-fn now_us() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|elapsed| elapsed.as_micros() as i64)
-        .unwrap_or_default()
 }
 
 impl StoreWriter {
