@@ -217,6 +217,40 @@ fn cursor_commits_with_its_batch_and_never_regresses() {
 }
 
 #[test]
+fn indexed_at_passes_stamps_another_process_committed_while_we_waited_for_the_lock() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path().join("store.db")).unwrap();
+    let mut writer = store.writer().unwrap();
+    writer
+        .apply(&batch(vec![document("k0", "earlier", "3l1")]))
+        .unwrap();
+    // Another process (a backfill) holds the write lock and commits a later stamp while our
+    // batch waits for it.
+    let other = rusqlite::Connection::open(store.path()).unwrap();
+    other.execute_batch("BEGIN IMMEDIATE").unwrap();
+    let waiting = std::thread::spawn(move || {
+        writer
+            .apply(&batch(vec![document("k1", "ours", "3l1")]))
+            .unwrap()
+    });
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let theirs = pubsearch_native_worker::clock::now_us();
+    other
+        .execute(
+            "UPDATE documents SET indexed_at = ?1 WHERE rkey = 'k0'",
+            [theirs],
+        )
+        .unwrap();
+    other.execute_batch("COMMIT").unwrap();
+    let ours = waiting.join().unwrap();
+    assert!(
+        ours.indexed_at > theirs,
+        "a snapshot cut at {theirs} must not miss a batch committed after it ({})",
+        ours.indexed_at
+    );
+}
+
+#[test]
 fn readers_do_not_block_on_an_open_write_transaction() {
     let dir = tempfile::tempdir().unwrap();
     let store = Store::open(dir.path().join("store.db")).unwrap();

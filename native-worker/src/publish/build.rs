@@ -103,14 +103,7 @@ pub fn build(
 
     let mut source = store.reader()?;
     let read = source.transaction().map_err(BuildError::Read)?;
-    let watermark: i64 = read
-        .query_row(
-            "SELECT max(coalesce((SELECT max(indexed_at) FROM documents), 0),
-                        coalesce((SELECT max(indexed_at) FROM publications), 0))",
-            [],
-            |row| row.get(0),
-        )
-        .map_err(BuildError::Read)?;
+    let watermark = crate::store::max_indexed_at(&read).map_err(BuildError::Read)?;
 
     let mut target = Connection::open(out).map_err(write)?;
     target

@@ -89,7 +89,7 @@ impl Store {
         conn.pragma_update(None, "wal_autocheckpoint", checkpoint::BACKSTOP_PAGES)
             .map_err(open)?;
         let checkpointer = checkpoint::Checkpointer::spawn(&self.path).map_err(open)?;
-        Ok(StoreWriter::new(conn, checkpointer)?)
+        Ok(StoreWriter::new(conn, checkpointer))
     }
 
     /// A read-only connection that never blocks the writer (WAL readers see the last commit).
@@ -140,6 +140,16 @@ impl Store {
             .map_err(open)?;
         Ok(conn)
     }
+}
+
+/// The newest `indexed_at` stamped on any document or publication (0 for an empty store): a
+/// snapshot's watermark, and what the next batch's stamp must pass. Both columns are indexed.
+pub fn max_indexed_at(conn: &Connection) -> rusqlite::Result<i64> {
+    conn.prepare_cached(
+        "SELECT max(coalesce((SELECT max(indexed_at) FROM documents), 0),
+                    coalesce((SELECT max(indexed_at) FROM publications), 0))",
+    )?
+    .query_row([], |row| row.get(0))
 }
 
 /// Reads a source's durable cursor, if it has one.

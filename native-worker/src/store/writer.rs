@@ -87,19 +87,13 @@ pub struct StoreWriter {
 }
 
 impl StoreWriter {
-    pub(super) fn new(conn: Connection, checkpointer: Checkpointer) -> rusqlite::Result<Self> {
-        let last_indexed_at = conn.query_row(
-            "SELECT max(coalesce((SELECT max(indexed_at) FROM documents), 0),
-                        coalesce((SELECT max(indexed_at) FROM publications), 0))",
-            [],
-            |row| row.get(0),
-        )?;
-        Ok(Self {
+    pub(super) fn new(conn: Connection, checkpointer: Checkpointer) -> Self {
+        Self {
             conn,
             checkpointer,
-            last_indexed_at,
+            last_indexed_at: 0,
             write_through: false,
-        })
+        }
     }
 
     /// Queues, with every batch, images of the rows it changed for Turso (`upstream_queue`).
@@ -109,11 +103,14 @@ impl StoreWriter {
 
     /// Applies a batch and its cursor in one durable transaction. Either all of it lands or none.
     pub fn apply(&mut self, batch: &Batch) -> rusqlite::Result<BatchOutcome> {
-        // Strictly increasing across batches, so "indexed_at <= watermark" cuts between commits.
-        let indexed_at = now_us().max(self.last_indexed_at + 1);
         let tx = self
             .conn
             .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        // Stamped under the write lock, past every stamp committed so far by any process (a
+        // backfill writes too), so "indexed_at <= watermark" cuts between commits.
+        let indexed_at = now_us()
+            .max(super::max_indexed_at(&tx)? + 1)
+            .max(self.last_indexed_at + 1);
         let mut outcome = BatchOutcome {
             indexed_at,
             ..BatchOutcome::default()
