@@ -282,9 +282,8 @@ async fn resolve_pds(
             .plc_url
             .join(&format!("./{did}"))
             .map_err(|e| fail(e.to_string()))?
-    } else if let Some(host) = did.strip_prefix("did:web:") {
-        Url::parse(&format!("https://{host}/.well-known/did.json"))
-            .map_err(|e| fail(e.to_string()))?
+    } else if let Some(identifier) = did.strip_prefix("did:web:") {
+        did_web_document_url(identifier).map_err(fail)?
     } else {
         return Err(fail("only did:plc and did:web are supported".into()));
     };
@@ -296,6 +295,22 @@ async fn resolve_pds(
         .and_then(|service| service.endpoint.as_str())
         .and_then(|endpoint| Url::parse(&format!("{}/", endpoint.trim_end_matches('/'))).ok())
         .ok_or_else(|| fail("its DID document names no #atproto_pds service".into()))
+}
+
+/// Where a `did:web` DID's document lives. The method-specific identifier is a host with its
+/// port's colon percent-encoded (`localhost%3A8080`); more `:`-separated segments would be a
+/// path, which atproto does not allow for `did:web`.
+fn did_web_document_url(identifier: &str) -> Result<Url, String> {
+    if identifier.contains(':') {
+        return Err("path-based did:web is not supported by atproto".into());
+    }
+    let host = identifier.replace("%3A", ":").replace("%3a", ":");
+    let url = Url::parse(&format!("https://{host}/.well-known/did.json"))
+        .map_err(|error| format!("{host:?} is not a host: {error}"))?;
+    match url.path() {
+        "/.well-known/did.json" => Ok(url),
+        _ => Err(format!("{host:?} is not a host")),
+    }
 }
 
 /// GETs JSON with a timeout, retrying retryable failures with jittered backoff.
@@ -341,5 +356,30 @@ async fn get_json<T: for<'de> Deserialize<'de>>(
         }
         tracing::debug!(%url, attempt, reason, "retrying");
         tokio::time::sleep(backoff.next_delay()).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::did_web_document_url;
+
+    #[test]
+    fn did_web_names_a_host_and_maybe_a_port() {
+        let url = |id: &str| did_web_document_url(id).map(|url| url.to_string());
+        assert_eq!(
+            url("example.com").unwrap(),
+            "https://example.com/.well-known/did.json"
+        );
+        assert_eq!(
+            url("localhost%3A8080").unwrap(),
+            "https://localhost:8080/.well-known/did.json"
+        );
+        assert!(
+            url("example.com:user:alice")
+                .unwrap_err()
+                .contains("path-based")
+        );
+        assert!(url("example.com%2Fevil").is_err());
+        assert!(url("exa mple.com").is_err());
     }
 }
