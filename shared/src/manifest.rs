@@ -81,6 +81,12 @@ pub enum VerifyError {
     },
     #[error("snapshot meta disagrees with its manifest: {0}")]
     Meta(String),
+    #[error("{index} indexes {indexed} rows of {rows}")]
+    Unindexed {
+        index: &'static str,
+        rows: u64,
+        indexed: u64,
+    },
     #[error("FTS sentinel {term:?} matched {actual} documents, manifest says {expected}")]
     Sentinel {
         term: String,
@@ -198,7 +204,8 @@ pub fn verify_snapshot(conn: &Connection, manifest: &Manifest) -> Result<(), Ver
 }
 
 /// Verifies a snapshot whose bytes are the published ones (their digest matched the manifest's)
-/// before serving from it: versions and watermark in `meta`, exact counts, and the FTS sentinel.
+/// before serving from it: versions and watermark in `meta`, exact counts, every row indexed, and
+/// the FTS sentinel.
 ///
 /// It skips `quick_check`: the publisher's gate ran [`verify_snapshot`] on these exact bytes, and
 /// the check reads every page again. In workerd that was half of a cold start (1.0 of 2.1 s on
@@ -218,6 +225,24 @@ pub fn verify_published(conn: &Connection, manifest: &Manifest) -> Result<(), Ve
             expected: manifest.counts,
             actual: counts,
         });
+    }
+    // Every row is in its index: the sentinel alone would pass an index built empty.
+    for (index, rows) in [
+        ("documents_fts", counts.documents),
+        ("publications_fts", counts.publications),
+    ] {
+        let indexed = conn.query_row(
+            &format!("SELECT count(*) FROM {index}_docsize"),
+            [],
+            |row| row.get::<_, i64>(0),
+        )? as u64;
+        if indexed != rows {
+            return Err(VerifyError::Unindexed {
+                index,
+                rows,
+                indexed,
+            });
+        }
     }
     if let Some(sentinel) = &manifest.sentinel {
         let actual = sentinel_hits(conn, &sentinel.term)?;

@@ -93,6 +93,30 @@ fn mismatches_are_refused_with_reasons() {
 }
 
 #[test]
+fn a_row_missing_from_its_index_is_refused() {
+    let conn = support::open_fixture();
+    let manifest = manifest_for(&conn);
+    conn.execute_batch(
+        "INSERT INTO documents_fts (documents_fts, rowid, title, content)
+         SELECT 'delete', id, title, content FROM documents WHERE id = (SELECT max(id) FROM documents)",
+    )
+    .unwrap();
+    for verify in [manifest::verify_snapshot, manifest::verify_published] {
+        let error = verify(&conn, &manifest).unwrap_err();
+        assert!(
+            matches!(
+                error,
+                VerifyError::Unindexed {
+                    index: "documents_fts",
+                    ..
+                }
+            ),
+            "{error}"
+        );
+    }
+}
+
+#[test]
 fn streaming_digest_equals_whole_digest() {
     let data: Vec<u8> = (0..10_000u32).flat_map(|i| i.to_le_bytes()).collect();
     let mut streamed = ArtifactDigest::default();
