@@ -48,6 +48,13 @@ pub enum BuildError {
 pub struct BuiltSnapshot {
     pub path: PathBuf,
     pub manifest: Manifest,
+    /// The store documents passing policy at the watermark, counted by SQL independent of the
+    /// export inside the build's read transaction: what the snapshot must hold. Counted then,
+    /// not at verify time, because an edit or delete meanwhile re-stamps a document past the
+    /// watermark; recorded with the build, so it survives a resumed workflow. `None` only in a
+    /// build recorded before this field existed.
+    #[serde(default)]
+    pub source_documents: Option<u64>,
 }
 
 /// Where the document aliased `d` passes policy at `:watermark`: live, searchable, author not
@@ -104,6 +111,7 @@ pub fn build(
     let mut source = store.reader()?;
     let read = source.transaction().map_err(BuildError::Read)?;
     let watermark = crate::store::max_indexed_at(&read).map_err(BuildError::Read)?;
+    let source_documents = count_passing(&read, watermark).map_err(BuildError::Read)?;
 
     let mut target = Connection::open(out).map_err(write)?;
     target
@@ -163,6 +171,7 @@ pub fn build(
     Ok(BuiltSnapshot {
         path: out.to_path_buf(),
         manifest,
+        source_documents: Some(source_documents),
     })
 }
 
@@ -275,10 +284,15 @@ fn read_documents(
     rows.collect()
 }
 
-/// How many store documents pass policy at `watermark`: what a snapshot at that watermark must
-/// contain exactly. Verification compares this against the built snapshot.
+/// How many store documents pass policy at `watermark`, as the store is now: what a snapshot
+/// at that watermark would contain exactly.
 pub fn expected_document_count(store: &Store, watermark: i64) -> Result<u64, BuildError> {
-    let conn = store.reader()?;
+    count_passing(&store.reader()?, watermark).map_err(BuildError::Read)
+}
+
+/// Counts the policy-passing documents at `watermark` in one query, independently of the
+/// paginated export, so verification can catch an export that lost or duplicated rows.
+fn count_passing(conn: &Connection, watermark: i64) -> rusqlite::Result<u64> {
     let sql = format!(
         "SELECT count(*) FROM documents d WHERE {}",
         document_policy()
@@ -289,5 +303,4 @@ pub fn expected_document_count(store: &Store, watermark: i64) -> Result<u64, Bui
         |row| row.get::<_, i64>(0),
     )
     .map(|n| n as u64)
-    .map_err(BuildError::Read)
 }
