@@ -44,6 +44,20 @@ impl PublishRequest {
             traceparent: crate::telemetry::current_traceparent(),
         }
     }
+
+    /// Whether a running publish of `running` does what this request asks, so the request may
+    /// wait for it instead of starting its own: same channel, target and options; only the
+    /// requester's trace may differ (destructured, so a new field has to be decided on here).
+    fn is_served_by(&self, running: &PublishRequest) -> bool {
+        let PublishRequest {
+            target,
+            channel,
+            force,
+            keep,
+            traceparent: _,
+        } = running;
+        (target, channel, force, keep) == (&self.target, &self.channel, &self.force, &self.keep)
+    }
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -271,18 +285,20 @@ pub enum PublishError {
     },
 }
 
-/// The running publish of `request`'s channel, if one was interrupted or is under way.
+/// A running publish (interrupted or under way) that serves `request`, if there is one. A
+/// running publish of the same channel to another target or with other options does not: it
+/// would report its own result as this one's.
 fn running_publish(
     conn: &rusqlite::Connection,
-    channel: &str,
+    request: &PublishRequest,
 ) -> Result<Option<String>, FlowError> {
     let mut after = None;
     loop {
         let page = db::list(conn, Some(Status::Running), after.as_deref(), 500)?;
         for info in &page.instances {
-            let same_channel = serde_json::from_str::<PublishRequest>(&info.input)
-                .is_ok_and(|running| running.channel == channel);
-            if info.name == ORCHESTRATION && same_channel {
+            let serves = serde_json::from_str::<PublishRequest>(&info.input)
+                .is_ok_and(|running| request.is_served_by(&running));
+            if info.name == ORCHESTRATION && serves {
                 return Ok(Some(info.id.clone()));
             }
         }
@@ -293,8 +309,16 @@ fn running_publish(
     }
 }
 
+/// A fresh instance id. The random suffix matters now that publishes of one channel with other
+/// targets or options run side by side: two started in the same millisecond must not share an
+/// id, or the second would wait on the first's instance.
 fn new_instance_id(channel: &str) -> String {
-    format!("publish:{channel}:{}", crate::flow::now_ms())
+    let suffix = uuid::Uuid::new_v4().simple().to_string();
+    format!(
+        "publish:{channel}:{}-{}",
+        crate::flow::now_ms(),
+        &suffix[..8]
+    )
 }
 
 fn outcome(info: InstanceInfo) -> Result<Manifest, PublishError> {
@@ -310,14 +334,14 @@ fn outcome(info: InstanceInfo) -> Result<Manifest, PublishError> {
     }
 }
 
-/// Publishes through `client`'s engine: joins the channel's running publish if there is one
-/// (resumed after a crash), otherwise starts a new one, and waits for its manifest.
+/// Publishes through `client`'s engine: joins a running publish of the same request if there is
+/// one (resumed after a crash), otherwise starts a new one, and waits for its manifest.
 pub async fn publish_and_wait(
     client: &FlowClient,
     request: &PublishRequest,
     timeout: Duration,
 ) -> Result<Manifest, PublishError> {
-    let running = client.read(|conn| running_publish(conn, &request.channel))?;
+    let running = client.read(|conn| running_publish(conn, request))?;
     let instance = match running {
         Some(instance) => {
             tracing::info!(instance, "resuming the channel's interrupted publish");
@@ -338,7 +362,7 @@ pub async fn request_from_running_worker(
     request: &PublishRequest,
     timeout: Duration,
 ) -> Result<Manifest, PublishError> {
-    let running = running_publish(&db::open_read(flow_db)?, &request.channel)?;
+    let running = running_publish(&db::open_read(flow_db)?, request)?;
     let instance = match running {
         Some(instance) => instance,
         None => {
