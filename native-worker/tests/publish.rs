@@ -209,6 +209,38 @@ async fn readers_never_see_a_pointer_to_a_partial_build() {
     );
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_staler_build_never_moves_the_pointer_back_unless_forced() {
+    let dir = tempfile::tempdir().unwrap();
+    let (older_dir, newer_dir) = (dir.path().join("older"), dir.path().join("newer"));
+    std::fs::create_dir_all(&older_dir).unwrap();
+    std::fs::create_dir_all(&newer_dir).unwrap();
+    // Two publishers of one channel; the second store was written later, so its source is newer.
+    let older = ingested_store(&older_dir, 300).await;
+    let newer = ingested_store(&newer_dir, 300).await;
+    let target = ObjectTarget::local(&dir.path().join("published")).unwrap();
+    let live = publish::publish_once(&newer, &newer_dir, &target, &options(5))
+        .await
+        .unwrap();
+
+    let error = publish::publish_once(&older, &older_dir, &target, &options(5))
+        .await
+        .unwrap_err();
+    assert!(
+        format!("{error:#}").contains("refusing to move the pointer back"),
+        "{error:#}"
+    );
+    assert_eq!(target.current("prod").await.unwrap(), Some(live.clone()));
+
+    let mut forced = options(5);
+    forced.force = true;
+    let stale = publish::publish_once(&older, &older_dir, &target, &forced)
+        .await
+        .unwrap();
+    assert!(stale.source_watermark_us < live.source_watermark_us);
+    assert_eq!(target.current("prod").await.unwrap(), Some(stale));
+}
+
 /// Deletes the store's first live document, re-stamping its `indexed_at` past any watermark.
 fn delete_one_document(store: &Store) {
     let (did, rkey): (String, String) = store

@@ -119,4 +119,18 @@ async fn publish_and_roll_back_on_an_s3_api() {
         target.current("staging").await.unwrap().unwrap().build_id,
         first.build_id
     );
+
+    // Publishing never moves the pointer to an older source; the write is a conditional PUT.
+    let mut stale = second.clone();
+    stale.build_id = "0-stale".into();
+    stale.source_watermark_us = first.source_watermark_us - 1;
+    let error = target.advance_pointer(&stale, false).await.unwrap_err();
+    assert!(
+        error
+            .to_string()
+            .contains("refusing to move the pointer back"),
+        "{error}"
+    );
+    target.advance_pointer(&second, false).await.unwrap();
+    assert_eq!(target.current("staging").await.unwrap().unwrap(), second);
 }

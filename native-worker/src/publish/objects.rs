@@ -4,7 +4,8 @@
 //! Upload order is the safety argument: the artifact and its manifest go up under
 //! `builds/<build_id>/` first, and the channel pointer is written last in a single PUT (atomic on
 //! S3/R2; write-then-rename on a local directory), so a reader can never follow a pointer to a
-//! partial upload. A resumed upload skips an artifact already present at the right size.
+//! partial upload. A resumed upload skips an artifact already present at the right size. A
+//! publish never moves the pointer to a build from an older source than the live one's.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -12,7 +13,7 @@ use std::sync::Arc;
 use object_store::aws::AmazonS3Builder;
 use object_store::local::LocalFileSystem;
 use object_store::path::Path as ObjectPath;
-use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
+use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload, UpdateVersion};
 use pubsearch_shared::manifest::{self, Manifest};
 use tokio::io::AsyncWriteExt;
 
@@ -47,7 +48,24 @@ pub enum ObjectError {
     Config(String),
     #[error("channel {0:?} has no earlier build to roll back to")]
     NothingToRollBackTo(String),
+    #[error(
+        "channel {channel:?} serves build {live} of a newer source (watermark {live_watermark_us}) \
+         than build {build} (watermark {watermark_us}); refusing to move the pointer back \
+         without --force"
+    )]
+    StalePointer {
+        channel: String,
+        live: String,
+        live_watermark_us: i64,
+        build: String,
+        watermark_us: i64,
+    },
+    #[error("the pointer of channel {0:?} kept changing under concurrent publishes")]
+    PointerContended(String),
 }
+
+/// Attempts at a conditional pointer update before concurrent writers are reported.
+const POINTER_ATTEMPTS: usize = 5;
 
 /// Where to publish, as configuration: durable in a workflow's input, so a resumed publish goes
 /// where it was asked to.
@@ -141,18 +159,33 @@ impl ObjectTarget {
     }
 
     async fn get_manifest(&self, key: &str) -> Result<Option<Manifest>, ObjectError> {
-        let bytes = match self.store.get(&ObjectPath::from(key)).await {
-            Ok(result) => result.bytes().await.map_err(self.fail("reading", key))?,
+        Ok(self
+            .get_manifest_versioned(key)
+            .await?
+            .map(|(manifest, _)| manifest))
+    }
+
+    /// A manifest with the version it was read at, for a conditional update of it.
+    async fn get_manifest_versioned(
+        &self,
+        key: &str,
+    ) -> Result<Option<(Manifest, UpdateVersion)>, ObjectError> {
+        let result = match self.store.get(&ObjectPath::from(key)).await {
+            Ok(result) => result,
             Err(object_store::Error::NotFound { .. }) => return Ok(None),
             Err(error) => return Err(self.fail("reading", key)(error)),
         };
-        serde_json::from_slice(&bytes)
-            .map(Some)
-            .map_err(|source| ObjectError::Manifest {
-                key: key.to_owned(),
-                target: self.description.clone(),
-                source,
-            })
+        let version = UpdateVersion {
+            e_tag: result.meta.e_tag.clone(),
+            version: result.meta.version.clone(),
+        };
+        let bytes = result.bytes().await.map_err(self.fail("reading", key))?;
+        let manifest = serde_json::from_slice(&bytes).map_err(|source| ObjectError::Manifest {
+            key: key.to_owned(),
+            target: self.description.clone(),
+            source,
+        })?;
+        Ok(Some((manifest, version)))
     }
 
     /// The manifest the channel's pointer names, if any.
@@ -198,15 +231,62 @@ impl ObjectTarget {
         Ok(())
     }
 
-    /// Points the manifest's channel at it: one atomic PUT, always the last write of a publish.
-    pub async fn set_pointer(&self, manifest: &Manifest) -> Result<(), ObjectError> {
+    /// Points the manifest's channel at it, the last write of a publish, unless the live build
+    /// is of a newer source (another publisher got there first) and `force` is off.
+    ///
+    /// On S3/R2 the compare and the write are one step: the PUT is conditional on the pointer
+    /// being as read (If-Match its ETag, or If-None-Match for a channel's first publish), and a
+    /// concurrent write makes it read and compare again. object_store's local directory has no
+    /// conditional update (`PutMode::Update` is not implemented there), so on a directory the
+    /// compare and the write are two steps, and publishers racing between them can both write.
+    pub async fn advance_pointer(
+        &self,
+        manifest: &Manifest,
+        force: bool,
+    ) -> Result<(), ObjectError> {
         let key = manifest::pointer_key(&manifest.channel);
+        for _ in 0..POINTER_ATTEMPTS {
+            let mode = match self.get_manifest_versioned(&key).await? {
+                Some((live, _))
+                    if !force && live.source_watermark_us > manifest.source_watermark_us =>
+                {
+                    return Err(ObjectError::StalePointer {
+                        channel: manifest.channel.clone(),
+                        live: live.build_id,
+                        live_watermark_us: live.source_watermark_us,
+                        build: manifest.build_id.clone(),
+                        watermark_us: manifest.source_watermark_us,
+                    });
+                }
+                Some((_, version)) => PutMode::Update(version),
+                None => PutMode::Create,
+            };
+            match self.put_pointer(manifest, mode).await {
+                Ok(()) => return Ok(()),
+                Err(
+                    object_store::Error::Precondition { .. }
+                    | object_store::Error::AlreadyExists { .. },
+                ) => continue,
+                Err(object_store::Error::NotImplemented { .. }) => {
+                    return self
+                        .put_pointer(manifest, PutMode::Overwrite)
+                        .await
+                        .map_err(self.fail("writing", &key));
+                }
+                Err(error) => return Err(self.fail("writing", &key)(error)),
+            }
+        }
+        Err(ObjectError::PointerContended(manifest.channel.clone()))
+    }
+
+    /// Writes the manifest as its channel's pointer: one atomic PUT, in `mode`.
+    async fn put_pointer(&self, manifest: &Manifest, mode: PutMode) -> object_store::Result<()> {
+        let key = ObjectPath::from(manifest::pointer_key(&manifest.channel));
         let body = serde_json::to_vec_pretty(manifest).expect("manifests serialise");
         self.store
-            .put(&ObjectPath::from(key.as_str()), PutPayload::from(body))
+            .put_opts(&key, PutPayload::from(body), PutOptions::from(mode))
             .await
-            .map_err(self.fail("writing", &key))?;
-        Ok(())
+            .map(drop)
     }
 
     /// Every build of `channel` with a manifest, oldest first (build ids sort by time).
@@ -231,7 +311,7 @@ impl ObjectTarget {
         Ok(builds)
     }
 
-    /// Points `channel` back at the build before the live one; returns it.
+    /// Points `channel` back at the build before the live one, unconditionally; returns it.
     pub async fn rollback(&self, channel: &str) -> Result<Manifest, ObjectError> {
         let live = self.current(channel).await?;
         let builds = self.builds(channel).await?;
@@ -244,7 +324,11 @@ impl ObjectTarget {
             })
             .cloned()
             .ok_or_else(|| ObjectError::NothingToRollBackTo(channel.to_owned()))?;
-        self.set_pointer(&previous).await?;
+        // An explicit step back: the one pointer write allowed to go to an older source.
+        let key = manifest::pointer_key(channel);
+        self.put_pointer(&previous, PutMode::Overwrite)
+            .await
+            .map_err(self.fail("writing", &key))?;
         Ok(previous)
     }
 

@@ -13,7 +13,7 @@ use pubsearch_shared::manifest::Manifest;
 use serde::{Deserialize, Serialize};
 
 use super::build::{self, BuiltSnapshot};
-use super::objects::TargetSpec;
+use super::objects::{ObjectError, TargetSpec};
 use super::{PublishOptions, verify};
 use crate::flow::{
     FlowClient, FlowError, InstanceInfo, OrchestrationContext, Registry, RetryPolicy, Status, db,
@@ -93,6 +93,17 @@ struct VerifyStep {
     traceparent: Option<String>,
 }
 
+/// The pointer step's input. The manifest is flattened, so a step recorded before `force` was
+/// part of it (a bare manifest) still decodes, unforced.
+#[derive(Debug, Serialize, Deserialize)]
+struct PointerStep {
+    #[serde(flatten)]
+    manifest: Manifest,
+    /// Move the pointer even to a build of an older source than the live one's.
+    #[serde(default)]
+    force: bool,
+}
+
 #[derive(Debug, Serialize, Deserialize)]
 struct RetainStep {
     channel: String,
@@ -153,12 +164,18 @@ async fn publish(ctx: OrchestrationContext, request: PublishRequest) -> Result<M
     ctx.activity_with_retry::<_, ()>("snapshot.upload", &request.step(built.clone()), retry_io)
         .await?;
     ctx.set_custom_status(format!("pointing {} at {build_id}", request.channel));
-    ctx.activity_with_retry::<_, ()>(
-        "snapshot.pointer",
-        &request.step(built.manifest.clone()),
-        retry_io,
-    )
-    .await?;
+    let pointing = request.step(PointerStep {
+        manifest: built.manifest.clone(),
+        force: request.force,
+    });
+    // A refusal (the live build is newer) is final, so it comes back as a result, not an error
+    // to retry.
+    let refused: Option<String> = ctx
+        .activity_with_retry("snapshot.pointer", &pointing, retry_io)
+        .await?;
+    if let Some(reason) = refused {
+        return Err(format!("build {build_id} was not published: {reason}"));
+    }
     let retaining = request.step(RetainStep {
         channel: request.channel.clone(),
         keep: request.keep,
@@ -244,19 +261,25 @@ pub fn register(registry: &mut Registry, store: Store, work_dir: PathBuf) {
         )
         .activity(
             "snapshot.pointer",
-            |_, step: TargetStep<Manifest>| async move {
+            |_, step: TargetStep<PointerStep>| async move {
                 let target = step.target.open().map_err(|error| error.to_string())?;
                 let span = span("snapshot.pointer", &step.traceparent);
-                tracing::Instrument::instrument(target.set_pointer(&step.input), span)
-                    .await
-                    .map_err(|error| error.to_string())?;
+                let PointerStep { manifest, force } = step.input;
+                let pointed = target.advance_pointer(&manifest, force);
+                match tracing::Instrument::instrument(pointed, span).await {
+                    Ok(()) => {}
+                    Err(refusal @ ObjectError::StalePointer { .. }) => {
+                        return Ok(Some(refusal.to_string()));
+                    }
+                    Err(error) => return Err(error.to_string()),
+                }
                 tracing::info!(
-                    build_id = step.input.build_id,
-                    channel = step.input.channel,
-                    documents = step.input.counts.documents,
+                    build_id = manifest.build_id,
+                    channel = manifest.channel,
+                    documents = manifest.counts.documents,
                     "snapshot published"
                 );
-                Ok(())
+                Ok(None)
             },
         )
         .activity(
