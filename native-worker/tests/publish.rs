@@ -123,22 +123,34 @@ async fn a_shrunken_build_is_refused_unless_forced_and_rollback_restores() {
     );
 }
 
+/// Publishes one 300-event store `count` times to the local directory `dir/published`;
+/// returns that directory, its target and the build ids in publish order.
+async fn published_builds(
+    dir: &std::path::Path,
+    count: usize,
+) -> (std::path::PathBuf, ObjectTarget, Vec<String>) {
+    let store = ingested_store(dir, 300).await;
+    let target_dir = dir.join("published");
+    let target = ObjectTarget::local(&target_dir).unwrap();
+    let mut ids = Vec::new();
+    for _ in 0..count {
+        let manifest = publish::publish_once(&store, &dir.join("work"), &target, &options(10))
+            .await
+            .unwrap();
+        ids.push(manifest.build_id);
+    }
+    (target_dir, target, ids)
+}
+
+async fn listed_builds(target: &ObjectTarget) -> Vec<String> {
+    let builds = target.builds("prod").await.unwrap();
+    builds.into_iter().map(|m| m.build_id).collect()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn retention_never_deletes_the_live_build_or_its_predecessor() {
     let dir = tempfile::tempdir().unwrap();
-    let store = ingested_store(dir.path(), 300).await;
-    let target_dir = dir.path().join("published");
-    let target = ObjectTarget::local(&target_dir).unwrap();
-    let work = dir.path().join("work");
-    let mut ids = Vec::new();
-    for _ in 0..4 {
-        ids.push(
-            publish::publish_once(&store, &work, &target, &options(10))
-                .await
-                .unwrap()
-                .build_id,
-        );
-    }
+    let (target_dir, target, ids) = published_builds(dir.path(), 4).await;
     // Roll back twice: the live build is now the second one.
     target.rollback("prod").await.unwrap();
     target.rollback("prod").await.unwrap();
@@ -147,18 +159,14 @@ async fn retention_never_deletes_the_live_build_or_its_predecessor() {
         ids[1]
     );
     let removed = target.retain("prod", 1).await.unwrap();
-    let left: Vec<String> = target
-        .builds("prod")
-        .await
-        .unwrap()
-        .into_iter()
-        .map(|m| m.build_id)
-        .collect();
     assert_eq!(
         removed, 1,
         "only builds[2] is neither recent, live, nor the rollback target"
     );
-    assert_eq!(left, [ids[0].clone(), ids[1].clone(), ids[3].clone()]);
+    assert_eq!(
+        listed_builds(&target).await,
+        [ids[0].clone(), ids[1].clone(), ids[3].clone()]
+    );
     assert!(!target_dir.join(manifest::artifact_key(&ids[2])).exists());
 }
 
@@ -239,6 +247,35 @@ async fn a_staler_build_never_moves_the_pointer_back_unless_forced() {
         .unwrap();
     assert!(stale.source_watermark_us < live.source_watermark_us);
     assert_eq!(target.current("prod").await.unwrap(), Some(stale));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_interrupted_retain_leaves_no_manifest_naming_a_deleted_artifact() {
+    let dir = tempfile::tempdir().unwrap();
+    let (target_dir, target, ids) = published_builds(dir.path(), 3).await;
+    // The oldest build's artifact cannot be deleted (a directory stands in its place), so the
+    // retain stops between its two deletes.
+    let artifact = target_dir.join(manifest::artifact_key(&ids[0]));
+    std::fs::remove_file(&artifact).unwrap();
+    std::fs::create_dir_all(artifact.join("stuck")).unwrap();
+    target.retain("prod", 1).await.unwrap_err();
+    assert_eq!(
+        listed_builds(&target).await,
+        [ids[1].clone(), ids[2].clone()]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rollback_refuses_a_build_whose_artifact_is_gone() {
+    let dir = tempfile::tempdir().unwrap();
+    let (target_dir, target, ids) = published_builds(dir.path(), 2).await;
+    let missing = manifest::artifact_key(&ids[0]);
+    std::fs::remove_file(target_dir.join(&missing)).unwrap();
+
+    let error = target.rollback("prod").await.unwrap_err();
+    assert!(error.to_string().contains(&missing), "{error}");
+    let live = target.current("prod").await.unwrap().unwrap();
+    assert_eq!(live.build_id, ids[1], "the pointer is untouched");
 }
 
 /// Deletes the store's first live document, re-stamping its `indexed_at` past any watermark.

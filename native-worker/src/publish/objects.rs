@@ -62,6 +62,17 @@ pub enum ObjectError {
     },
     #[error("the pointer of channel {0:?} kept changing under concurrent publishes")]
     PointerContended(String),
+    #[error(
+        "build {build_id}'s artifact {key} on {target} is {found}, its manifest says {expected} \
+         bytes; not pointing the channel at it"
+    )]
+    ArtifactNotIntact {
+        build_id: String,
+        key: String,
+        target: String,
+        found: String,
+        expected: u64,
+    },
 }
 
 /// Attempts at a conditional pointer update before concurrent writers are reported.
@@ -197,12 +208,7 @@ impl ObjectTarget {
     pub async fn upload(&self, built: &BuiltSnapshot) -> Result<(), ObjectError> {
         let key = built.manifest.artifact.clone();
         let path = ObjectPath::from(key.as_str());
-        let present = match self.store.head(&path).await {
-            Ok(meta) => meta.size == built.manifest.byte_size,
-            Err(object_store::Error::NotFound { .. }) => false,
-            Err(error) => return Err(self.fail("checking", &key)(error)),
-        };
-        if present {
+        if self.artifact_size(&key).await? == Some(built.manifest.byte_size) {
             tracing::info!(key, "artifact already uploaded; resuming after it");
         } else {
             let upload_error = |source| ObjectError::Upload {
@@ -229,6 +235,33 @@ impl ObjectTarget {
             .await
             .map_err(self.fail("writing", &manifest_key))?;
         Ok(())
+    }
+
+    /// The size of the object at `key`, if there is one (a HEAD).
+    async fn artifact_size(&self, key: &str) -> Result<Option<u64>, ObjectError> {
+        match self.store.head(&ObjectPath::from(key)).await {
+            Ok(meta) => Ok(Some(meta.size)),
+            Err(object_store::Error::NotFound { .. }) => Ok(None),
+            Err(error) => Err(self.fail("checking", key)(error)),
+        }
+    }
+
+    /// Checks the build's artifact is present at its manifest's size, so the pointer is never
+    /// written to a build whose artifact is gone (a retain interrupted by an older worker, a
+    /// hand-deleted object) or partial.
+    async fn check_artifact(&self, build: &Manifest) -> Result<(), ObjectError> {
+        let found = match self.artifact_size(&build.artifact).await? {
+            Some(size) if size == build.byte_size => return Ok(()),
+            Some(size) => format!("{size} bytes"),
+            None => "missing".to_owned(),
+        };
+        Err(ObjectError::ArtifactNotIntact {
+            build_id: build.build_id.clone(),
+            key: build.artifact.clone(),
+            target: self.description.clone(),
+            found,
+            expected: build.byte_size,
+        })
     }
 
     /// Points the manifest's channel at it, the last write of a publish, unless the live build
@@ -324,6 +357,7 @@ impl ObjectTarget {
             })
             .cloned()
             .ok_or_else(|| ObjectError::NothingToRollBackTo(channel.to_owned()))?;
+        self.check_artifact(&previous).await?;
         // An explicit step back: the one pointer write allowed to go to an older source.
         let key = manifest::pointer_key(channel);
         self.put_pointer(&previous, PutMode::Overwrite)
@@ -334,6 +368,10 @@ impl ObjectTarget {
 
     /// Deletes old builds of `channel`, keeping the newest `keep`, the live one and the one
     /// before it (the rollback target). Returns how many builds were deleted.
+    ///
+    /// A build's manifest goes before its artifact: a build is listed (and a rollback target)
+    /// only while its manifest exists, so an interrupted retain leaves at worst an unlisted
+    /// artifact, never a listed build without one.
     pub async fn retain(&self, channel: &str, keep: usize) -> Result<usize, ObjectError> {
         let live = self
             .current(channel)
@@ -351,8 +389,8 @@ impl ObjectTarget {
                 continue;
             }
             for key in [
-                build.artifact.clone(),
                 manifest::manifest_key(&build.build_id),
+                build.artifact.clone(),
             ] {
                 match self.store.delete(&ObjectPath::from(key.as_str())).await {
                     Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
