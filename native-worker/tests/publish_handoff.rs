@@ -1,5 +1,6 @@
 //! Which workflow instance carries a publish out: a publish joins a running one only when it
-//! asked for the same thing.
+//! asked for the same thing, and one handed to an engine that stops before finishing it is
+//! finished by the process waiting on it.
 
 mod support;
 
@@ -125,5 +126,38 @@ async fn a_forced_publish_does_not_join_an_unforced_one() {
         publish_instances(&data),
         2,
         "--force started its own publish instead of joining one without it"
+    );
+}
+
+/// Another short-lived engine (a second `native-worker publish`) holds the flow database, takes
+/// this publish from the inbox and stops before finishing it: the waiter finishes it itself.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_publish_left_unfinished_by_the_engine_it_was_handed_to_is_finished_by_its_waiter() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let store = ingested(&data).await;
+    let target = ObjectTarget::local(&data.join("snapshots")).unwrap();
+    let holder = engine_that_never_builds(&data, &store).await;
+
+    let waiter = tokio::spawn({
+        let (store, data, target) = (store.clone(), data.clone(), target.clone());
+        async move { publish::publish_once(&store, &data, &target, &options(false)).await }
+    });
+    assert!(
+        support::wait_for(Duration::from_secs(30), || !building(&data).is_empty()).await,
+        "the holder never took the publish from its inbox"
+    );
+    holder.shutdown().await;
+
+    let manifest = tokio::time::timeout(Duration::from_secs(120), waiter)
+        .await
+        .expect("the waiter was still waiting on an abandoned publish")
+        .unwrap()
+        .unwrap();
+    assert_eq!(target.current("prod").await.unwrap(), Some(manifest));
+    assert_eq!(
+        publish_instances(&data),
+        1,
+        "the handed-over publish was finished, not redone"
     );
 }

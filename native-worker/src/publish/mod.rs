@@ -15,6 +15,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use pubsearch_shared::manifest::Manifest;
+use tokio::time::Instant;
 use tracing::Instrument;
 
 use crate::flow::{self, Engine, EngineOptions, FlowError, Registry};
@@ -39,12 +40,17 @@ pub fn work_dir(data_dir: &Path) -> std::path::PathBuf {
     data_dir.join("builds")
 }
 
+/// How often a publish handed to another process's engine tries for the engine itself, in case
+/// that process stops before finishing it (another short-lived `publish`, a worker shutting down).
+const HANDOVER_POLL: Duration = Duration::from_secs(2);
+
 /// Builds, verifies and publishes one snapshot of `store` to `target` through the durable
 /// publish workflow, and returns its manifest. Nothing becomes visible unless every gate passes.
 ///
-/// Runs the workflow engine on `data_dir`'s flow database; if a running worker already owns
-/// it, asks that worker instead and waits. An interrupted publish of the same channel (a crash,
-/// a kill) is resumed and awaited rather than started over.
+/// Runs the workflow engine on `data_dir`'s flow database; if another process owns it, hands
+/// the publish to that engine and waits, taking the engine over to finish the publish if that
+/// process stops first. An interrupted publish of the same request (a crash, a kill) is resumed
+/// and awaited rather than started over.
 pub async fn publish_once(
     store: &Store,
     data_dir: &Path,
@@ -54,20 +60,50 @@ pub async fn publish_once(
     let span = tracing::info_span!("publish", channel = %options.channel);
     async {
         let request = workflow::PublishRequest::new(target.spec().clone(), options);
-        let mut registry = Registry::new();
-        workflow::register(&mut registry, store.clone(), work_dir(data_dir));
         let flow_db = flow::flow_path(data_dir);
-        match Engine::start(&flow_db, registry, EngineOptions::default()).await {
-            Ok(engine) => {
-                let result = workflow::publish_and_wait(&engine.client(), &request, PUBLISH_TIMEOUT).await;
-                engine.shutdown().await;
-                result
+        let deadline = Instant::now() + PUBLISH_TIMEOUT;
+        let mut handed_over: Option<String> = None;
+        loop {
+            let mut registry = Registry::new();
+            workflow::register(&mut registry, store.clone(), work_dir(data_dir));
+            let left = deadline.saturating_duration_since(Instant::now());
+            match Engine::start(&flow_db, registry, EngineOptions::default()).await {
+                Ok(engine) => {
+                    let client = engine.client();
+                    let result = match &handed_over {
+                        Some(instance) => {
+                            tracing::info!(instance, "the engine it was handed to stopped; finishing the publish here");
+                            workflow::finish_handed_over(&client, instance, &request, left).await
+                        }
+                        None => workflow::publish_and_wait(&client, &request, left).await,
+                    };
+                    engine.shutdown().await;
+                    return result;
+                }
+                Err(FlowError::Locked(_)) => {
+                    let instance = match &handed_over {
+                        Some(instance) => instance.clone(),
+                        None => {
+                            tracing::info!(db = %flow_db.display(), "a running worker owns the workflows; asking it to publish");
+                            handed_over.insert(workflow::hand_over(&flow_db, &request)?).clone()
+                        }
+                    };
+                    if let Some(manifest) =
+                        workflow::wait_handed_over(&flow_db, &instance, left.min(HANDOVER_POLL))
+                            .await?
+                    {
+                        return Ok(manifest);
+                    }
+                    if Instant::now() >= deadline {
+                        return Err(FlowError::Timeout {
+                            instance,
+                            status: flow::Status::Running,
+                        }
+                        .into());
+                    }
+                }
+                Err(error) => return Err(error.into()),
             }
-            Err(FlowError::Locked(_)) => {
-                tracing::info!(db = %flow_db.display(), "a running worker owns the workflows; asking it to publish");
-                workflow::request_from_running_worker(&flow_db, &request, PUBLISH_TIMEOUT).await
-            }
-            Err(error) => Err(error.into()),
         }
     }
     .instrument(span)

@@ -379,20 +379,41 @@ pub async fn publish_and_wait(
     outcome(client.wait(&instance, timeout).await?)
 }
 
-/// Asks the worker that owns `flow_db` to publish (through its inbox) and waits for the result.
-pub async fn request_from_running_worker(
+/// Hands `request` to the engine that owns `flow_db` (through its inbox), or joins a running
+/// publish that serves it; returns the instance to wait for.
+pub fn hand_over(flow_db: &std::path::Path, request: &PublishRequest) -> Result<String, FlowError> {
+    if let Some(instance) = running_publish(&db::open_read(flow_db)?, request)? {
+        return Ok(instance);
+    }
+    let instance = new_instance_id(&request.channel);
+    db::post_start(flow_db, &instance, ORCHESTRATION, 1, request)?;
+    Ok(instance)
+}
+
+/// Waits up to `timeout` for a handed-over publish, from outside the engine that runs it;
+/// `Ok(None)` if it is still unfinished then.
+pub async fn wait_handed_over(
     flow_db: &std::path::Path,
+    instance: &str,
+    timeout: Duration,
+) -> Result<Option<Manifest>, PublishError> {
+    match db::wait_finished(flow_db, instance, timeout).await {
+        Ok(info) => outcome(info).map(Some),
+        Err(FlowError::Timeout { .. }) => Ok(None),
+        Err(error) => Err(error.into()),
+    }
+}
+
+/// Finishes a publish handed over to an engine that stopped before finishing it, now that
+/// `client`'s engine owns the flow database: starts it under its handed-over id (a no-op if the
+/// other engine created it, whose pending work this engine resumed; the inbox copy, if still
+/// there, is then dropped as a duplicate) and waits for it.
+pub async fn finish_handed_over(
+    client: &FlowClient,
+    instance: &str,
     request: &PublishRequest,
     timeout: Duration,
 ) -> Result<Manifest, PublishError> {
-    let running = running_publish(&db::open_read(flow_db)?, request)?;
-    let instance = match running {
-        Some(instance) => instance,
-        None => {
-            let instance = new_instance_id(&request.channel);
-            db::post_start(flow_db, &instance, ORCHESTRATION, 1, request)?;
-            instance
-        }
-    };
-    outcome(db::wait_finished(flow_db, &instance, timeout).await?)
+    client.start(ORCHESTRATION, instance, request).await?;
+    outcome(client.wait(instance, timeout).await?)
 }
