@@ -278,6 +278,16 @@ async fn rollback_refuses_a_build_whose_artifact_is_gone() {
     assert_eq!(live.build_id, ids[1], "the pointer is untouched");
 }
 
+#[test]
+fn the_keep_help_counts_the_live_build_as_retain_does() {
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_native-worker"))
+        .args(["publish", "--help"])
+        .output()
+        .unwrap();
+    let help = String::from_utf8_lossy(&output.stdout);
+    assert!(help.contains("counting the live one"), "{help}");
+}
+
 /// Deletes the store's first live document, re-stamping its `indexed_at` past any watermark.
 fn delete_one_document(store: &Store) {
     let (did, rkey): (String, String) = store

@@ -166,7 +166,8 @@ struct PublishArgs {
     /// Publish even if the build has under half the live build's documents.
     #[arg(long)]
     force: bool,
-    /// Old builds to keep besides the live one and its predecessor.
+    /// Builds to keep: the newest N (counting the live one), and always the live one and its
+    /// predecessor (the rollback target).
     #[arg(long, default_value_t = 5)]
     keep: usize,
 }

@@ -28,7 +28,8 @@ pub struct PublishOptions {
     pub channel: String,
     /// Publish even if the build is under half the previous one's document count.
     pub force: bool,
-    /// Builds to keep besides the live one and its predecessor.
+    /// Builds to keep: the newest N (counting the live one), and always the live one and its
+    /// predecessor (the rollback target).
     pub keep: usize,
 }
 
