@@ -122,6 +122,10 @@ pub async fn run(options: RunOptions, shutdown: CancellationToken) -> Result<Sta
         .await
         .with_context(|| format!("starting the workflow engine on {}", flow_db.display()))?;
 
+    // Publishing needs the engine: if it stops on its own (a failed commit), stop ingest and
+    // fail, so the worker is restarted instead of ingesting on with /health saying ok.
+    let ingest_stop = shutdown.child_token();
+    let engine_stopped = engine.stopped_token();
     let interrupt = shutdown.clone();
     tokio::spawn(async move {
         if tokio::signal::ctrl_c().await.is_ok() {
@@ -130,6 +134,11 @@ pub async fn run(options: RunOptions, shutdown: CancellationToken) -> Result<Sta
         }
     });
     let background = CancellationToken::new();
+    tokio::spawn(stop_ingest_if_engine_dies(
+        engine_stopped.clone(),
+        ingest_stop.clone(),
+        background.clone(),
+    ));
     let live_build: admin::LiveBuild = Default::default();
     if let Some(schedule) = &options.publish {
         let current = schedule
@@ -178,12 +187,12 @@ pub async fn run(options: RunOptions, shutdown: CancellationToken) -> Result<Sta
 
     let source_result = match options.source {
         Source::Jetstream(url) => {
-            jetstream::run(JetstreamConfig::new(url), sink, shutdown.clone()).await;
+            jetstream::run(JetstreamConfig::new(url), sink, ingest_stop.clone()).await;
             Ok(())
         }
         Source::Tap(url) => {
             let acks = ack_receiver.expect("tap always has an ack channel");
-            tap::run(TapConfig::new(url), sink, acks, shutdown.clone()).await;
+            tap::run(TapConfig::new(url), sink, acks, ingest_stop.clone()).await;
             Ok(())
         }
         Source::Replay(path) => {
@@ -201,10 +210,17 @@ pub async fn run(options: RunOptions, shutdown: CancellationToken) -> Result<Sta
     let writer_result = tokio::task::spawn_blocking(move || writer.join())
         .await
         .context("the writer thread failed")?;
+    let engine_died = engine_stopped.is_cancelled();
     background.cancel();
     engine.shutdown().await;
     writer_result.context("the store writer stopped with an error")?;
     source_result?;
+    if engine_died {
+        anyhow::bail!(
+            "the workflow engine on {} stopped on its own (a flow commit failed; see the log)",
+            flow_db.display()
+        );
+    }
     let summary = stats.snapshot();
     tracing::info!(
         events = summary.events,
@@ -215,6 +231,23 @@ pub async fn run(options: RunOptions, shutdown: CancellationToken) -> Result<Sta
         "ingest stopped; everything received is committed"
     );
     Ok(summary)
+}
+
+/// Cancels `ingest` if the workflow engine stops before `background` work is stopped (which
+/// comes before the engine's own shutdown).
+async fn stop_ingest_if_engine_dies(
+    engine_stopped: CancellationToken,
+    ingest: CancellationToken,
+    background: CancellationToken,
+) {
+    tokio::select! {
+        biased;
+        () = background.cancelled() => {}
+        () = engine_stopped.cancelled() => {
+            tracing::error!("the workflow engine stopped on its own; stopping ingest");
+            ingest.cancel();
+        }
+    }
 }
 
 /// Starts write-through and sync down; both stop on `stop`.

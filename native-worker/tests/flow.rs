@@ -514,3 +514,24 @@ async fn another_process_cancels_through_the_inbox() {
     assert_eq!(info.error.as_deref(), Some("cancelled from the CLI"));
     engine.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wait_ends_when_the_engine_stops() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut registry = registry();
+    registry.orchestration("forever", 1, |ctx: OrchestrationContext, ()| async move {
+        ctx.wait_event::<()>("never").await
+    });
+    let engine = engine(&dir, registry).await;
+    let client = engine.client();
+    client.start("forever", "forever", &()).await.unwrap();
+    let waiting = tokio::spawn(async move { client.wait("forever", WAIT).await });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    engine.shutdown().await;
+
+    let ended = tokio::time::timeout(Duration::from_secs(5), waiting)
+        .await
+        .expect("the wait outlived the engine that would finish the instance")
+        .unwrap();
+    assert!(matches!(ended, Err(FlowError::Stopped)), "{ended:?}");
+}

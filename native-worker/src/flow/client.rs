@@ -158,7 +158,9 @@ impl FlowClient {
         })
     }
 
-    /// Waits until `instance` is completed, failed or cancelled, or `timeout` passes.
+    /// Waits until `instance` is completed, failed or cancelled, or `timeout` passes. Fails with
+    /// [`FlowError::Stopped`] once the engine has stopped (shut down, or a failed commit), since
+    /// nothing in this process would finish the instance any more.
     pub async fn wait(&self, instance: &str, timeout: Duration) -> Result<InstanceInfo, FlowError> {
         let deadline = tokio::time::Instant::now() + timeout;
         loop {
@@ -171,15 +173,17 @@ impl FlowClient {
             }
             // The watch fires on this process's commits; the short poll covers other writers.
             let poll = tokio::time::Instant::now() + Duration::from_secs(1);
-            match tokio::time::timeout_at(deadline.min(poll), finished).await {
-                Ok(_) => continue,
-                Err(_) if tokio::time::Instant::now() >= deadline => {
-                    return Err(FlowError::Timeout {
-                        instance: instance.to_string(),
-                        status: info.status,
-                    });
+            tokio::select! {
+                _ = finished => {}
+                () = self.shared.shutdown.cancelled() => return Err(FlowError::Stopped),
+                () = tokio::time::sleep_until(deadline.min(poll)) => {
+                    if tokio::time::Instant::now() >= deadline {
+                        return Err(FlowError::Timeout {
+                            instance: instance.to_string(),
+                            status: info.status,
+                        });
+                    }
                 }
-                Err(_) => continue,
             }
         }
     }

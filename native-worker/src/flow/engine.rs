@@ -493,6 +493,12 @@ impl Engine {
         self.shared.shutdown.cancelled().await
     }
 
+    /// A token cancelled when the engine stops, for a task that cannot borrow the engine;
+    /// cancelling it does not stop the engine.
+    pub fn stopped_token(&self) -> CancellationToken {
+        self.shared.shutdown.child_token()
+    }
+
     /// Stops dispatching, lets queued commits finish and joins the writer. Activities still
     /// running are abandoned and run again on the next start (at-least-once).
     pub async fn shutdown(mut self) {
