@@ -19,7 +19,7 @@ use crate::firehose::jetstream::{self, JetstreamConfig};
 use crate::firehose::replay;
 use crate::firehose::tap::{self, TapConfig};
 use crate::ingest::{self, IngestConfig, IngestStats, Policy, StatsSnapshot};
-use crate::store::Store;
+use crate::store::{self, Store};
 use crate::{flow, publish};
 
 /// Where events come from.
@@ -303,20 +303,18 @@ async fn publish_periodically(
         if let Ok(mut shown) = live_build.lock() {
             shown.clone_from(&live);
         }
-        let newest = store
+        let since = live.as_ref().map_or(0, |live| live.source_watermark_us);
+        let changed = store
             .reader()
-            .ok()
-            .and_then(|conn| {
-                conn.query_row("SELECT max(indexed_at) FROM documents", [], |row| {
-                    row.get::<_, Option<i64>>(0)
-                })
-                .ok()
-            })
-            .flatten();
-        match (newest, &live) {
-            (None, _) => continue,
-            (Some(newest), Some(live)) if newest <= live.source_watermark_us => continue,
-            _ => {}
+            .map_err(anyhow::Error::from)
+            .and_then(|conn| Ok(store::changed_since(&conn, since)?));
+        match changed {
+            Ok(true) => {}
+            Ok(false) => continue,
+            Err(error) => {
+                tracing::warn!(%error, "cannot tell whether the store changed; will retry");
+                continue;
+            }
         }
         let span = tracing::info_span!("publish", channel = %schedule.options.channel);
         let published = async {

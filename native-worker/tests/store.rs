@@ -383,7 +383,9 @@ fn accounts_from_before_versions_stay_readable_and_lose_to_any_event() {
     let queued = r#"[{"table":"accounts","values":[{"type":"text","value":"did:plc:old"},{"type":"null"},{"type":"integer","value":"0"},{"type":"text","value":"deactivated"},{"type":"integer","value":"7"}]}]"#;
     legacy
         .execute_batch(&format!(
-            "ALTER TABLE accounts DROP COLUMN version;
+            "DROP INDEX accounts_updated_at;
+             DROP TABLE policy_changes;
+             ALTER TABLE accounts DROP COLUMN version;
              INSERT INTO accounts (did, active, status, updated_at) VALUES ('did:plc:old', 0, 'deactivated', 7);
              INSERT INTO upstream_queue (rows, row_count, enqueued_at) VALUES ('{queued}', 1, 7);
              PRAGMA user_version = 4;"
@@ -421,4 +423,60 @@ fn accounts_from_before_versions_stay_readable_and_lose_to_any_event() {
         }]))
         .unwrap();
     assert_eq!(account(&store, "did:plc:old"), (true, None, 1));
+}
+
+#[test]
+fn a_new_snapshot_is_due_after_a_change_it_would_show_and_only_then() {
+    use pubsearch_native_worker::store::{changed_since, newest_stamp};
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path().join("store.db")).unwrap();
+    let mut writer = store.writer().unwrap();
+    let reader = store.reader().unwrap();
+    let account = |did: &str, active: bool, version: i64| Change::Account {
+        did: did.into(),
+        active,
+        status: None,
+        version,
+    };
+    writer
+        .apply(&batch(vec![document("k0", "first", "3l1")]))
+        .unwrap();
+    let built = newest_stamp(&reader).unwrap();
+    assert!(!changed_since(&reader, built).unwrap());
+
+    // The firehose reports accounts of the whole network: one without documents shows nowhere,
+    // though the next snapshot's watermark covers its stamp.
+    writer
+        .apply(&batch(vec![account("did:plc:stranger", false, 1)]))
+        .unwrap();
+    assert!(!changed_since(&reader, built).unwrap());
+    let built = newest_stamp(&reader).unwrap();
+
+    // An author's deactivation takes their documents out of the next snapshot.
+    writer
+        .apply(&batch(vec![account("did:plc:a", false, 2)]))
+        .unwrap();
+    assert!(changed_since(&reader, built).unwrap());
+    let built = newest_stamp(&reader).unwrap();
+    assert!(!changed_since(&reader, built).unwrap());
+
+    // So does a ban list that changed; the same list again is no change.
+    writer.replace_banned_dids(&[]).unwrap();
+    assert!(!changed_since(&reader, built).unwrap());
+    writer
+        .replace_banned_dids(&["did:plc:b".to_owned()])
+        .unwrap();
+    assert!(changed_since(&reader, built).unwrap());
+    let built = newest_stamp(&reader).unwrap();
+    writer
+        .replace_banned_dids(&["did:plc:b".to_owned()])
+        .unwrap();
+    assert!(!changed_since(&reader, built).unwrap());
+
+    // A later batch is stamped past the ban list's change, so a cut between them stays clean.
+    let later = writer
+        .apply(&batch(vec![document("k1", "second", "3l1")]))
+        .unwrap();
+    assert!(later.indexed_at > built);
+    assert!(changed_since(&reader, built).unwrap());
 }

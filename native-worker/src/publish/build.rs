@@ -110,7 +110,7 @@ pub fn build(
 
     let mut source = store.reader()?;
     let read = source.transaction().map_err(BuildError::Read)?;
-    let watermark = crate::store::max_indexed_at(&read).map_err(BuildError::Read)?;
+    let watermark = crate::store::newest_stamp(&read).map_err(BuildError::Read)?;
     let source_documents = count_passing(&read, watermark).map_err(BuildError::Read)?;
 
     let mut target = Connection::open(out).map_err(write)?;

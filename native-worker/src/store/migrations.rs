@@ -138,6 +138,16 @@ const MIGRATIONS: &[&str] = &[
         FROM json_each(upstream_queue.rows) AS image)
     WHERE rows LIKE '%"accounts"%';
     "#,
+    // 6: what a snapshot reflects besides documents and publications, stamped like them so a
+    // change to it can be found and published: account changes (by their stamp) and the ban
+    // list's last change.
+    r#"
+    CREATE INDEX accounts_updated_at ON accounts(updated_at);
+    CREATE TABLE policy_changes (
+        policy     TEXT PRIMARY KEY,
+        changed_at INTEGER NOT NULL
+    ) WITHOUT ROWID;
+    "#,
 ];
 
 /// The schema version this build writes.

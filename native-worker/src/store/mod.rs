@@ -142,14 +142,32 @@ impl Store {
     }
 }
 
-/// The newest `indexed_at` stamped on any document or publication (0 for an empty store): a
-/// snapshot's watermark, and what the next batch's stamp must pass. Both columns are indexed.
-pub fn max_indexed_at(conn: &Connection) -> rusqlite::Result<i64> {
+/// The newest stamp of any change a snapshot reflects (0 for an empty store): documents,
+/// publications, accounts and the ban list. A snapshot's watermark, and what the next batch's
+/// stamp must pass so that "stamp <= watermark" cuts between commits. Each is indexed.
+pub fn newest_stamp(conn: &Connection) -> rusqlite::Result<i64> {
     conn.prepare_cached(
         "SELECT max(coalesce((SELECT max(indexed_at) FROM documents), 0),
-                    coalesce((SELECT max(indexed_at) FROM publications), 0))",
+                    coalesce((SELECT max(indexed_at) FROM publications), 0),
+                    coalesce((SELECT max(updated_at) FROM accounts), 0),
+                    coalesce((SELECT max(changed_at) FROM policy_changes), 0))",
     )?
     .query_row([], |row| row.get(0))
+}
+
+/// Whether anything a snapshot cut at `watermark` shows has changed since: a document or
+/// publication, the ban list, or the account of an author with documents. Accounts without
+/// documents change all the time on the firehose and are left out, so they alone never make a
+/// new snapshot worth building.
+pub fn changed_since(conn: &Connection, watermark: i64) -> rusqlite::Result<bool> {
+    conn.prepare_cached(
+        "SELECT EXISTS (SELECT 1 FROM documents WHERE indexed_at > ?1)
+             OR EXISTS (SELECT 1 FROM publications WHERE indexed_at > ?1)
+             OR EXISTS (SELECT 1 FROM policy_changes WHERE changed_at > ?1)
+             OR EXISTS (SELECT 1 FROM accounts AS a WHERE a.updated_at > ?1
+                        AND EXISTS (SELECT 1 FROM documents AS d WHERE d.did = a.did))",
+    )?
+    .query_row([watermark], |row| row.get(0))
 }
 
 /// Reads a source's durable cursor, if it has one.

@@ -106,11 +106,7 @@ impl StoreWriter {
         let tx = self
             .conn
             .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
-        // Stamped under the write lock, past every stamp committed so far by any process (a
-        // backfill writes too), so "indexed_at <= watermark" cuts between commits.
-        let indexed_at = now_us()
-            .max(super::max_indexed_at(&tx)? + 1)
-            .max(self.last_indexed_at + 1);
+        let indexed_at = next_stamp(&tx, self.last_indexed_at)?;
         let mut outcome = BatchOutcome {
             indexed_at,
             ..BatchOutcome::default()
@@ -150,13 +146,37 @@ impl StoreWriter {
 
     /// Replaces the banned-DID list the snapshot builder filters by.
     pub fn replace_banned_dids(&mut self, dids: &[String]) -> rusqlite::Result<()> {
-        let tx = self.conn.transaction()?;
-        tx.execute("DELETE FROM banned_dids", [])?;
-        for did in dids {
-            tx.execute("INSERT OR IGNORE INTO banned_dids (did) VALUES (?1)", [did])?;
+        let tx = self
+            .conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        let stored: std::collections::BTreeSet<String> =
+            super::read_banned_dids(&tx)?.into_iter().collect();
+        let wanted: std::collections::BTreeSet<String> = dids.iter().cloned().collect();
+        if stored == wanted {
+            return Ok(());
         }
-        tx.commit()
+        tx.execute("DELETE FROM banned_dids", [])?;
+        for did in &wanted {
+            tx.execute("INSERT INTO banned_dids (did) VALUES (?1)", [did])?;
+        }
+        // Stamped like a batch, so the next scheduled publish sees the change.
+        let changed_at = next_stamp(&tx, self.last_indexed_at)?;
+        tx.execute(
+            "INSERT INTO policy_changes (policy, changed_at) VALUES ('banned_dids', ?1)
+             ON CONFLICT(policy) DO UPDATE SET changed_at = excluded.changed_at",
+            [changed_at],
+        )?;
+        tx.commit()?;
+        self.last_indexed_at = changed_at;
+        Ok(())
     }
+}
+
+/// The stamp for a commit, taken under the write lock: past every stamp committed so far by any
+/// process (a backfill writes too) and past this writer's `last`, so "stamp <= watermark" cuts
+/// between commits.
+fn next_stamp(tx: &Connection, last: i64) -> rusqlite::Result<i64> {
+    Ok(now_us().max(super::newest_stamp(tx)? + 1).max(last + 1))
 }
 
 /// Moves a source's cursor forward (never back: a replay may end behind it). Returns rows changed.
