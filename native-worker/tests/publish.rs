@@ -394,3 +394,27 @@ fn the_first_eligible_copy_of_a_cross_post_is_the_one_published() {
         .unwrap();
     assert_eq!(dids, ["did:plc:alice"]);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resumed_upload_replaces_an_artifact_of_the_right_size_but_wrong_bytes() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = ingested_store(dir.path(), 300).await;
+    let built = build::build(&store, &dir.path().join("b1.db"), "b1", "prod", |_| {}).unwrap();
+    let target_dir = dir.path().join("published");
+    let target = ObjectTarget::local(&target_dir).unwrap();
+    target.upload(&built).await.unwrap();
+    let uploaded = target_dir.join(&built.manifest.artifact);
+    let good = std::fs::read(&uploaded).unwrap();
+    assert_eq!(good, std::fs::read(&built.path).unwrap());
+
+    // An upload interrupted and botched: the size is right, a byte is not.
+    let mut damaged = good.clone();
+    damaged[good.len() / 2] ^= 0xff;
+    std::fs::write(&uploaded, &damaged).unwrap();
+    target.upload(&built).await.unwrap();
+    assert_eq!(
+        std::fs::read(&uploaded).unwrap(),
+        good,
+        "the resume re-uploaded the artifact instead of trusting its size"
+    );
+}

@@ -4,7 +4,8 @@
 //! Upload order is the safety argument: the artifact and its manifest go up under
 //! `builds/<build_id>/` first, and the channel pointer is written last in a single PUT (atomic on
 //! S3/R2; write-then-rename on a local directory), so a reader can never follow a pointer to a
-//! partial upload. A resumed upload skips an artifact already present at the right size. A
+//! partial upload. Every uploaded artifact is read back and hashed before its manifest is
+//! written, and a resumed upload skips an artifact already there only if its bytes hash right. A
 //! publish never moves the pointer to a build from an older source than the live one's.
 
 use std::path::Path;
@@ -208,7 +209,9 @@ impl ObjectTarget {
     pub async fn upload(&self, built: &BuiltSnapshot) -> Result<(), ObjectError> {
         let key = built.manifest.artifact.clone();
         let path = ObjectPath::from(key.as_str());
-        if self.artifact_size(&key).await? == Some(built.manifest.byte_size) {
+        if self.artifact_size(&key).await? == Some(built.manifest.byte_size)
+            && self.artifact_is_intact(&built.manifest).await?
+        {
             tracing::info!(key, "artifact already uploaded; resuming after it");
         } else {
             let upload_error = |source| ObjectError::Upload {
@@ -220,10 +223,26 @@ impl ObjectTarget {
                 .await
                 .map_err(upload_error)?;
             let mut writer = object_store::buffered::BufWriter::new(Arc::clone(&self.store), path);
-            tokio::io::copy(&mut file, &mut writer)
-                .await
-                .map_err(upload_error)?;
-            writer.shutdown().await.map_err(upload_error)?;
+            let copied = match tokio::io::copy(&mut file, &mut writer).await {
+                Ok(_) => writer.shutdown().await,
+                Err(error) => Err(error),
+            };
+            if let Err(error) = copied {
+                // Otherwise an S3 multipart upload stays open (and billed) until a lifecycle rule.
+                if let Err(abort) = writer.abort().await {
+                    tracing::warn!(key, error = %abort, "could not abort the failed upload");
+                }
+                return Err(upload_error(error));
+            }
+            if !self.artifact_is_intact(&built.manifest).await? {
+                return Err(ObjectError::ArtifactNotIntact {
+                    build_id: built.manifest.build_id.clone(),
+                    key,
+                    target: self.description.clone(),
+                    found: "different bytes after the upload".into(),
+                    expected: built.manifest.byte_size,
+                });
+            }
         }
         let manifest_key = manifest::manifest_key(&built.manifest.build_id);
         let body = serde_json::to_vec_pretty(&built.manifest).expect("manifests serialise");
@@ -235,6 +254,29 @@ impl ObjectTarget {
             .await
             .map_err(self.fail("writing", &manifest_key))?;
         Ok(())
+    }
+
+    /// Whether the stored artifact is the build's bytes: read back and hashed, since a same-size
+    /// object left by an interrupted or botched upload is not proof, and readers would refuse it
+    /// only after the pointer named it.
+    async fn artifact_is_intact(&self, build: &Manifest) -> Result<bool, ObjectError> {
+        use futures_util::TryStreamExt;
+        let key = build.artifact.as_str();
+        let mut stream = self
+            .store
+            .get(&ObjectPath::from(key))
+            .await
+            .map_err(self.fail("reading back", key))?
+            .into_stream();
+        let mut digest = manifest::ArtifactDigest::default();
+        while let Some(chunk) = stream
+            .try_next()
+            .await
+            .map_err(self.fail("reading back", key))?
+        {
+            digest.update(&chunk);
+        }
+        Ok(digest.bytes() == build.byte_size && digest.finish() == build.sha256)
     }
 
     /// The size of the object at `key`, if there is one (a HEAD).
