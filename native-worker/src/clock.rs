@@ -1,4 +1,4 @@
-//! The wall clock, in the unit the store and the firehose use.
+//! The wall clock, in the units the store, the firehose and manifests use.
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -8,4 +8,10 @@ pub fn now_us() -> i64 {
         .duration_since(UNIX_EPOCH)
         .map(|elapsed| elapsed.as_micros() as i64)
         .unwrap_or_default()
+}
+
+/// Now, as manifests and holds record it.
+pub fn now() -> pubsearch_shared::Timestamp {
+    pubsearch_shared::Timestamp::from_unix_millis(now_us() / 1_000)
+        .expect("the clock is within years 1-9999")
 }

@@ -316,9 +316,26 @@ async fn publish_periodically(
                 continue;
             }
         }
+        // Building would be wasted: a held channel refuses a scheduled pointer move anyway.
+        match schedule.target.hold(&schedule.options.channel).await {
+            Ok(None) => {}
+            Ok(Some(hold)) => {
+                tracing::info!(
+                    channel = schedule.options.channel,
+                    build_id = hold.build_id,
+                    since = %hold.since,
+                    "channel held by a rollback; not publishing until `native-worker publish` releases it"
+                );
+                continue;
+            }
+            Err(error) => {
+                tracing::warn!(%error, "cannot read the channel's hold; will retry");
+                continue;
+            }
+        }
         let span = tracing::info_span!("publish", channel = %schedule.options.channel);
         let published = async {
-            let request = publish::workflow::PublishRequest::new(
+            let request = publish::workflow::PublishRequest::scheduled(
                 schedule.target.spec().clone(),
                 &schedule.options,
             );

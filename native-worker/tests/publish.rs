@@ -2,7 +2,7 @@
 
 mod support;
 
-use pubsearch_native_worker::publish::objects::ObjectTarget;
+use pubsearch_native_worker::publish::objects::{ObjectTarget, Requester};
 use pubsearch_native_worker::publish::{self, PublishOptions, build, verify};
 use pubsearch_native_worker::run::store_path;
 use pubsearch_native_worker::store::{Batch, Change, Store};
@@ -417,4 +417,40 @@ async fn a_resumed_upload_replaces_an_artifact_of_the_right_size_but_wrong_bytes
         good,
         "the resume re-uploaded the artifact instead of trusting its size"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rollback_holds_the_channel_against_the_schedule_until_a_publish_by_hand() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_, target, ids) = published_builds(dir.path(), 2).await;
+    let rolled_back = target.rollback("prod").await.unwrap();
+    assert_eq!(rolled_back.build_id, ids[0]);
+    assert_eq!(target.hold("prod").await.unwrap().unwrap().build_id, ids[0]);
+
+    // The schedule would republish from the same store: refused, the rollback stands.
+    let newest = target.builds("prod").await.unwrap().pop().unwrap();
+    let error = target
+        .advance_pointer(&newest, false, Requester::Schedule)
+        .await
+        .unwrap_err();
+    assert!(error.to_string().contains("held at build"), "{error}");
+    assert_eq!(
+        target.current("prod").await.unwrap().unwrap().build_id,
+        ids[0]
+    );
+
+    // A publish asked for by hand goes ahead and ends the hold.
+    let store = Store::open(store_path(dir.path())).unwrap();
+    let manifest = publish::publish_once(&store, &dir.path().join("work"), &target, &options(10))
+        .await
+        .unwrap();
+    assert_eq!(
+        target.current("prod").await.unwrap().unwrap().build_id,
+        manifest.build_id
+    );
+    assert_eq!(target.hold("prod").await.unwrap(), None);
+    target
+        .advance_pointer(&manifest, false, Requester::Schedule)
+        .await
+        .unwrap();
 }

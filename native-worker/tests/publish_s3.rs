@@ -7,7 +7,7 @@ mod support;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use pubsearch_native_worker::publish::objects::ObjectTarget;
+use pubsearch_native_worker::publish::objects::{ObjectTarget, Requester};
 use pubsearch_native_worker::publish::{self, PublishOptions};
 use pubsearch_native_worker::run::store_path;
 use pubsearch_native_worker::store::Store;
@@ -124,13 +124,19 @@ async fn publish_and_roll_back_on_an_s3_api() {
     let mut stale = second.clone();
     stale.build_id = "0-stale".into();
     stale.source_watermark_us = first.source_watermark_us - 1;
-    let error = target.advance_pointer(&stale, false).await.unwrap_err();
+    let error = target
+        .advance_pointer(&stale, false, Requester::Operator)
+        .await
+        .unwrap_err();
     assert!(
         error
             .to_string()
             .contains("refusing to move the pointer back"),
         "{error}"
     );
-    target.advance_pointer(&second, false).await.unwrap();
+    target
+        .advance_pointer(&second, false, Requester::Operator)
+        .await
+        .unwrap();
     assert_eq!(target.current("staging").await.unwrap().unwrap(), second);
 }

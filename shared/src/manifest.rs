@@ -7,6 +7,7 @@
 //! builds/<build_id>/snapshot.db      the SQLite snapshot
 //! builds/<build_id>/manifest.json    its manifest
 //! channels/<channel>/latest.json     the pointer: a copy of the live build's manifest, written last
+//! channels/<channel>/hold.json       a rollback's hold on the channel (the publisher's; readers ignore it)
 //! ```
 //!
 //! The publisher runs [`verify_snapshot`] on a build before uploading it. A reader fetches the

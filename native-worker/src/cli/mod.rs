@@ -174,7 +174,8 @@ struct PublishArgs {
 
 #[derive(Debug, Subcommand)]
 enum PublishAction {
-    /// Point the channel back at the build before the live one.
+    /// Point the channel back at the build before the live one, and hold it there: scheduled
+    /// publishing skips the channel until the next `publish` run by hand.
     Rollback,
     /// List the channel's published builds, marking the live one.
     List,
@@ -371,7 +372,10 @@ fn publish(args: PublishArgs) -> Result<()> {
         match args.action {
             Some(PublishAction::Rollback) => {
                 let manifest = target.rollback(&args.channel).await?;
-                println!("{} now serves build {}", args.channel, manifest.build_id);
+                println!(
+                    "{} now serves build {}; scheduled publishing holds off until `native-worker publish` is run by hand",
+                    args.channel, manifest.build_id
+                );
             }
             Some(PublishAction::List) => {
                 let live = target.current(&args.channel).await?.map(|m| m.build_id);

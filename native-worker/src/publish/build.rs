@@ -156,7 +156,7 @@ pub fn build(
         page_size: SNAPSHOT_PAGE_SIZE,
         counts,
         sentinel,
-        created_at: now(),
+        created_at: crate::clock::now(),
         builder_version: concat!("native-worker ", env!("CARGO_PKG_VERSION")).to_owned(),
         artifact: manifest::artifact_key(build_id),
     };
@@ -175,20 +175,12 @@ pub fn build(
     })
 }
 
-fn now() -> Timestamp {
-    let millis = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|elapsed| elapsed.as_millis() as i64)
-        .unwrap_or_default();
-    Timestamp::from_unix_millis(millis).expect("the clock is within years 1-9999")
-}
-
 fn parse_time(text: Option<String>) -> Option<Timestamp> {
     text.and_then(|text| Timestamp::parse(&text).ok())
 }
 
 fn micros_to_time(micros: i64) -> Timestamp {
-    Timestamp::from_unix_millis(micros / 1_000).unwrap_or_else(now)
+    Timestamp::from_unix_millis(micros / 1_000).unwrap_or_else(crate::clock::now)
 }
 
 /// The host and path of a `site` URL, as a base path (`example.com/blog`).

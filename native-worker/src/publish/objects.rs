@@ -16,6 +16,7 @@ use object_store::local::LocalFileSystem;
 use object_store::path::Path as ObjectPath;
 use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload, UpdateVersion};
 use pubsearch_shared::manifest::{self, Manifest};
+use pubsearch_shared::timestamp::Timestamp;
 use tokio::io::AsyncWriteExt;
 
 use super::build::BuiltSnapshot;
@@ -61,6 +62,18 @@ pub enum ObjectError {
         build: String,
         watermark_us: i64,
     },
+    #[error(
+        "channel {channel:?} is held at build {build_id} by a rollback; a publish asked for by \
+         hand (`native-worker publish`) releases it"
+    )]
+    Held { channel: String, build_id: String },
+    #[error("{key} on {target} is not a valid hold: {source}")]
+    BadHold {
+        key: String,
+        target: String,
+        #[source]
+        source: serde_json::Error,
+    },
     #[error("the pointer of channel {0:?} kept changing under concurrent publishes")]
     PointerContended(String),
     #[error(
@@ -74,6 +87,31 @@ pub enum ObjectError {
         found: String,
         expected: u64,
     },
+}
+
+/// Where a rollback records that it holds `channel` (see [`ObjectTarget::rollback`]).
+fn hold_key(channel: &str) -> String {
+    format!("channels/{channel}/hold.json")
+}
+
+/// A channel held at a build by a rollback: scheduled publishes leave it alone, since they would
+/// republish from the same store the rolled-back build came from, until a publish is asked for
+/// by hand.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Hold {
+    pub build_id: String,
+    pub since: Timestamp,
+}
+
+/// Who asked for a pointer move, which decides what a [`Hold`] means to it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum Requester {
+    /// Someone, by hand: the move goes ahead and releases a hold.
+    #[default]
+    Operator,
+    /// The worker's schedule: a held channel refuses the move.
+    Schedule,
 }
 
 /// Attempts at a conditional pointer update before concurrent writers are reported.
@@ -314,11 +352,32 @@ impl ObjectTarget {
     /// concurrent write makes it read and compare again. object_store's local directory has no
     /// conditional update (`PutMode::Update` is not implemented there), so on a directory the
     /// compare and the write are two steps, and publishers racing between them can both write.
+    ///
+    /// A channel held by a rollback refuses a scheduled move; an operator's move releases it.
     pub async fn advance_pointer(
         &self,
         manifest: &Manifest,
         force: bool,
+        requester: Requester,
     ) -> Result<(), ObjectError> {
+        let channel = &manifest.channel;
+        if requester == Requester::Schedule
+            && let Some(hold) = self.hold(channel).await?
+        {
+            return Err(ObjectError::Held {
+                channel: channel.clone(),
+                build_id: hold.build_id,
+            });
+        }
+        self.move_pointer(manifest, force).await?;
+        if requester == Requester::Operator {
+            self.release(channel).await?;
+        }
+        Ok(())
+    }
+
+    /// [`ObjectTarget::advance_pointer`]'s write, holds aside.
+    async fn move_pointer(&self, manifest: &Manifest, force: bool) -> Result<(), ObjectError> {
         let key = manifest::pointer_key(&manifest.channel);
         for _ in 0..POINTER_ATTEMPTS {
             let mode = match self.get_manifest_versioned(&key).await? {
@@ -386,7 +445,8 @@ impl ObjectTarget {
         Ok(builds)
     }
 
-    /// Points `channel` back at the build before the live one, unconditionally; returns it.
+    /// Points `channel` back at the build before the live one, unconditionally, and holds the
+    /// channel there against scheduled publishes (see [`Hold`]); returns the build.
     pub async fn rollback(&self, channel: &str) -> Result<Manifest, ObjectError> {
         let live = self.current(channel).await?;
         let builds = self.builds(channel).await?;
@@ -405,7 +465,44 @@ impl ObjectTarget {
         self.put_pointer(&previous, PutMode::Overwrite)
             .await
             .map_err(self.fail("writing", &key))?;
+        let hold = Hold {
+            build_id: previous.build_id.clone(),
+            since: crate::clock::now(),
+        };
+        let hold_key = hold_key(channel);
+        let body = serde_json::to_vec_pretty(&hold).expect("holds serialise");
+        self.store
+            .put(&ObjectPath::from(hold_key.as_str()), PutPayload::from(body))
+            .await
+            .map_err(self.fail("writing", &hold_key))?;
         Ok(previous)
+    }
+
+    /// The rollback holding `channel`, if one does.
+    pub async fn hold(&self, channel: &str) -> Result<Option<Hold>, ObjectError> {
+        let key = hold_key(channel);
+        let result = match self.store.get(&ObjectPath::from(key.as_str())).await {
+            Ok(result) => result,
+            Err(object_store::Error::NotFound { .. }) => return Ok(None),
+            Err(error) => return Err(self.fail("reading", &key)(error)),
+        };
+        let bytes = result.bytes().await.map_err(self.fail("reading", &key))?;
+        serde_json::from_slice(&bytes)
+            .map(Some)
+            .map_err(|source| ObjectError::BadHold {
+                key,
+                target: self.description.clone(),
+                source,
+            })
+    }
+
+    /// Ends a rollback's hold on `channel`, if there is one.
+    async fn release(&self, channel: &str) -> Result<(), ObjectError> {
+        let key = hold_key(channel);
+        match self.store.delete(&ObjectPath::from(key.as_str())).await {
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+            Err(error) => Err(self.fail("deleting", &key)(error)),
+        }
     }
 
     /// Deletes old builds of `channel`, keeping the newest `keep`, the live one and the one

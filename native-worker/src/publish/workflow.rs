@@ -13,7 +13,7 @@ use pubsearch_shared::manifest::Manifest;
 use serde::{Deserialize, Serialize};
 
 use super::build::{self, BuiltSnapshot};
-use super::objects::{ObjectError, TargetSpec};
+use super::objects::{ObjectError, Requester, TargetSpec};
 use super::{PublishOptions, verify};
 use crate::flow::{
     FlowClient, FlowError, InstanceInfo, OrchestrationContext, Registry, RetryPolicy, Status, db,
@@ -32,6 +32,9 @@ pub struct PublishRequest {
     pub keep: usize,
     /// The requester's trace (W3C `traceparent`), so every step's span joins it.
     pub traceparent: Option<String>,
+    /// Who asked: a scheduled publish leaves a channel held by a rollback alone.
+    #[serde(default)]
+    pub requester: Requester,
 }
 
 impl PublishRequest {
@@ -42,6 +45,15 @@ impl PublishRequest {
             force: options.force,
             keep: options.keep,
             traceparent: crate::telemetry::current_traceparent(),
+            requester: Requester::Operator,
+        }
+    }
+
+    /// A publish the worker's schedule asks for.
+    pub fn scheduled(target: TargetSpec, options: &PublishOptions) -> Self {
+        PublishRequest {
+            requester: Requester::Schedule,
+            ..PublishRequest::new(target, options)
         }
     }
 
@@ -55,8 +67,16 @@ impl PublishRequest {
             force,
             keep,
             traceparent: _,
+            requester,
         } = running;
-        (target, channel, force, keep) == (&self.target, &self.channel, &self.force, &self.keep)
+        (target, channel, force, keep, requester)
+            == (
+                &self.target,
+                &self.channel,
+                &self.force,
+                &self.keep,
+                &self.requester,
+            )
     }
 }
 
@@ -102,6 +122,8 @@ struct PointerStep {
     /// Move the pointer even to a build of an older source than the live one's.
     #[serde(default)]
     force: bool,
+    #[serde(default)]
+    requester: Requester,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -167,6 +189,7 @@ async fn publish(ctx: OrchestrationContext, request: PublishRequest) -> Result<M
     let pointing = request.step(PointerStep {
         manifest: built.manifest.clone(),
         force: request.force,
+        requester: request.requester,
     });
     // A refusal (the live build is newer) is final, so it comes back as a result, not an error
     // to retry.
@@ -264,11 +287,17 @@ pub fn register(registry: &mut Registry, store: Store, work_dir: PathBuf) {
             |_, step: TargetStep<PointerStep>| async move {
                 let target = step.target.open().map_err(|error| error.to_string())?;
                 let span = span("snapshot.pointer", &step.traceparent);
-                let PointerStep { manifest, force } = step.input;
-                let pointed = target.advance_pointer(&manifest, force);
+                let PointerStep {
+                    manifest,
+                    force,
+                    requester,
+                } = step.input;
+                let pointed = target.advance_pointer(&manifest, force, requester);
                 match tracing::Instrument::instrument(pointed, span).await {
                     Ok(()) => {}
-                    Err(refusal @ ObjectError::StalePointer { .. }) => {
+                    Err(
+                        refusal @ (ObjectError::StalePointer { .. } | ObjectError::Held { .. }),
+                    ) => {
                         return Ok(Some(refusal.to_string()));
                     }
                     Err(error) => return Err(error.to_string()),
