@@ -382,6 +382,12 @@ async fn turso_keeps_the_newest_account_copy_whatever_the_push_order() {
     };
     assert_eq!(account(did), (0, 200));
     assert_eq!(account("did:plc:old"), (1, 0), "old rows stay readable");
+    // A deactivation queued before the upgrade (version 0, like the row) still lands, as the
+    // last applied copy did before versions.
+    upstream::send(&client, &[support::account_image("did:plc:old", false, 0)])
+        .await
+        .unwrap();
+    assert_eq!(account("did:plc:old"), (0, 0));
     upstream::send(&client, &[support::account_image(did, true, 300)])
         .await
         .unwrap();

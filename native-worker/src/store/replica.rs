@@ -114,6 +114,22 @@ impl Table {
         }
     }
 
+    /// When an upserted copy (`excluded`) replaces the stored row: a higher version. Accounts
+    /// from before versions (version 0, migration 5 and Turso tables of an earlier build) keep
+    /// the rule they had among themselves, the copy applied last wins, and lose to any event.
+    fn newer_than_stored(self) -> String {
+        let (name, version) = (self.name(), self.version());
+        match self {
+            Table::Documents | Table::Publications => {
+                format!("excluded.{version} > {name}.{version}")
+            }
+            Table::Accounts => format!(
+                "excluded.{version} > {name}.{version}
+                 OR (excluded.{version} = 0 AND {name}.{version} = 0)"
+            ),
+        }
+    }
+
     /// Definitions of the columns added after the table first shipped, `(column, definition)`:
     /// what an older copy (a Turso database created by an earlier build) gets with
     /// `ALTER TABLE … ADD COLUMN`. Each has a default, so existing rows stay readable.
@@ -239,12 +255,12 @@ impl RowImage {
         let sql = format!(
             "INSERT INTO {name} ({columns}) VALUES ({placeholders})
              ON CONFLICT({key}) DO UPDATE SET {updates}
-             WHERE excluded.{version} > {name}.{version}",
+             WHERE {newer}",
             name = table.name(),
             columns = columns.join(", "),
             placeholders = placeholders.join(", "),
             key = table.key(),
-            version = table.version(),
+            newer = table.newer_than_stored(),
         );
         (sql, args)
     }
