@@ -454,3 +454,20 @@ async fn a_rollback_holds_the_channel_against_the_schedule_until_a_publish_by_ha
         .await
         .unwrap();
 }
+
+#[test]
+fn a_publish_recorded_before_requesters_existed_respects_holds() {
+    use pubsearch_native_worker::publish::objects::TargetSpec;
+    use pubsearch_native_worker::publish::workflow::PublishRequest;
+    let request = PublishRequest::new(
+        TargetSpec::Dir {
+            path: "published".into(),
+        },
+        &options(10),
+    );
+    let mut recorded = serde_json::to_value(&request).unwrap();
+    assert_eq!(recorded["requester"], "operator");
+    recorded.as_object_mut().unwrap().remove("requester");
+    let resumed: PublishRequest = serde_json::from_value(recorded).unwrap();
+    assert_eq!(resumed.requester, Requester::Schedule);
+}

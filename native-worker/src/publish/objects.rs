@@ -103,14 +103,15 @@ pub struct Hold {
     pub since: Timestamp,
 }
 
-/// Who asked for a pointer move, which decides what a [`Hold`] means to it.
+/// Who asked for a pointer move, which decides what a [`Hold`] means to it. A request recorded
+/// before requesters existed reads as the schedule's, the cautious reading: it respects holds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize, Default)]
 #[serde(rename_all = "snake_case")]
 pub enum Requester {
     /// Someone, by hand: the move goes ahead and releases a hold.
-    #[default]
     Operator,
     /// The worker's schedule: a held channel refuses the move.
+    #[default]
     Schedule,
 }
 
@@ -361,26 +362,39 @@ impl ObjectTarget {
         requester: Requester,
     ) -> Result<(), ObjectError> {
         let channel = &manifest.channel;
-        if requester == Requester::Schedule
-            && let Some(hold) = self.hold(channel).await?
+        let held_before = self.hold(channel).await?;
+        self.move_pointer(manifest, force, requester).await?;
+        // Only the hold this publish overrode: one a rollback wrote meanwhile stands.
+        if requester == Requester::Operator
+            && held_before.is_some()
+            && self.hold(channel).await? == held_before
         {
-            return Err(ObjectError::Held {
-                channel: channel.clone(),
-                build_id: hold.build_id,
-            });
-        }
-        self.move_pointer(manifest, force).await?;
-        if requester == Requester::Operator {
             self.release(channel).await?;
         }
         Ok(())
     }
 
-    /// [`ObjectTarget::advance_pointer`]'s write, holds aside.
-    async fn move_pointer(&self, manifest: &Manifest, force: bool) -> Result<(), ObjectError> {
+    /// [`ObjectTarget::advance_pointer`]'s write. A scheduled move checks the hold after reading
+    /// the pointer it will replace: a rollback writes its hold before its pointer, so either the
+    /// check sees the hold or the conditional PUT sees the rolled-back pointer and reads again.
+    async fn move_pointer(
+        &self,
+        manifest: &Manifest,
+        force: bool,
+        requester: Requester,
+    ) -> Result<(), ObjectError> {
         let key = manifest::pointer_key(&manifest.channel);
         for _ in 0..POINTER_ATTEMPTS {
-            let mode = match self.get_manifest_versioned(&key).await? {
+            let live = self.get_manifest_versioned(&key).await?;
+            if requester == Requester::Schedule
+                && let Some(hold) = self.hold(&manifest.channel).await?
+            {
+                return Err(ObjectError::Held {
+                    channel: manifest.channel.clone(),
+                    build_id: hold.build_id,
+                });
+            }
+            let mode = match live {
                 Some((live, _))
                     if !force && live.source_watermark_us > manifest.source_watermark_us =>
                 {
@@ -460,11 +474,8 @@ impl ObjectTarget {
             .cloned()
             .ok_or_else(|| ObjectError::NothingToRollBackTo(channel.to_owned()))?;
         self.check_artifact(&previous).await?;
-        // An explicit step back: the one pointer write allowed to go to an older source.
-        let key = manifest::pointer_key(channel);
-        self.put_pointer(&previous, PutMode::Overwrite)
-            .await
-            .map_err(self.fail("writing", &key))?;
+        // The hold goes first, so a scheduled publish racing this one either sees it or finds the
+        // pointer changed under it (see `move_pointer`).
         let hold = Hold {
             build_id: previous.build_id.clone(),
             since: crate::clock::now(),
@@ -475,6 +486,11 @@ impl ObjectTarget {
             .put(&ObjectPath::from(hold_key.as_str()), PutPayload::from(body))
             .await
             .map_err(self.fail("writing", &hold_key))?;
+        // An explicit step back: the one pointer write allowed to go to an older source.
+        let key = manifest::pointer_key(channel);
+        self.put_pointer(&previous, PutMode::Overwrite)
+            .await
+            .map_err(self.fail("writing", &key))?;
         Ok(previous)
     }
 
