@@ -51,9 +51,11 @@ pub fn requested_uris<S: AsRef<str>>(
 /// `uris` in order, each once, if there are some and not too many.
 fn distinct<'a>(uris: impl IntoIterator<Item = &'a str>) -> Result<Vec<String>, LookupError> {
     let mut seen = std::collections::HashSet::new();
+    // One past the limit is enough to refuse, however long the request.
     let uris: Vec<String> = uris
         .into_iter()
         .filter(|uri| seen.insert(*uri))
+        .take(MAX_URIS + 1)
         .map(str::to_owned)
         .collect();
     match uris.len() {
