@@ -216,15 +216,22 @@ impl ObjectTarget {
             .map(|(manifest, _)| manifest))
     }
 
+    /// The object at `key`, if there is one.
+    async fn read(&self, key: &str) -> Result<Option<object_store::GetResult>, ObjectError> {
+        match self.store.get(&ObjectPath::from(key)).await {
+            Ok(result) => Ok(Some(result)),
+            Err(object_store::Error::NotFound { .. }) => Ok(None),
+            Err(error) => Err(self.fail("reading", key)(error)),
+        }
+    }
+
     /// A manifest with the version it was read at, for a conditional update of it.
     async fn get_manifest_versioned(
         &self,
         key: &str,
     ) -> Result<Option<(Manifest, UpdateVersion)>, ObjectError> {
-        let result = match self.store.get(&ObjectPath::from(key)).await {
-            Ok(result) => result,
-            Err(object_store::Error::NotFound { .. }) => return Ok(None),
-            Err(error) => return Err(self.fail("reading", key)(error)),
+        let Some(result) = self.read(key).await? else {
+            return Ok(None);
         };
         let version = UpdateVersion {
             e_tag: result.meta.e_tag.clone(),
@@ -362,13 +369,14 @@ impl ObjectTarget {
         requester: Requester,
     ) -> Result<(), ObjectError> {
         let channel = &manifest.channel;
-        let held_before = self.hold(channel).await?;
+        // A scheduled move reads the hold in `move_pointer`, where the order matters.
+        let held_before = match requester {
+            Requester::Operator => self.hold(channel).await?,
+            Requester::Schedule => None,
+        };
         self.move_pointer(manifest, force, requester).await?;
         // Only the hold this publish overrode: one a rollback wrote meanwhile stands.
-        if requester == Requester::Operator
-            && held_before.is_some()
-            && self.hold(channel).await? == held_before
-        {
+        if held_before.is_some() && self.hold(channel).await? == held_before {
             self.release(channel).await?;
         }
         Ok(())
@@ -497,10 +505,8 @@ impl ObjectTarget {
     /// The rollback holding `channel`, if one does.
     pub async fn hold(&self, channel: &str) -> Result<Option<Hold>, ObjectError> {
         let key = hold_key(channel);
-        let result = match self.store.get(&ObjectPath::from(key.as_str())).await {
-            Ok(result) => result,
-            Err(object_store::Error::NotFound { .. }) => return Ok(None),
-            Err(error) => return Err(self.fail("reading", &key)(error)),
+        let Some(result) = self.read(&key).await? else {
+            return Ok(None);
         };
         let bytes = result.bytes().await.map_err(self.fail("reading", &key))?;
         serde_json::from_slice(&bytes)
