@@ -10,8 +10,13 @@ pub fn now_us() -> i64 {
         .unwrap_or_default()
 }
 
+/// Now, in Unix milliseconds: workflow timers and instance timestamps.
+pub fn now_ms() -> i64 {
+    now_us() / 1_000
+}
+
 /// Now, as manifests and holds record it.
 pub fn now() -> pubsearch_shared::Timestamp {
-    pubsearch_shared::Timestamp::from_unix_millis(now_us() / 1_000)
+    pubsearch_shared::Timestamp::from_unix_millis(now_ms())
         .expect("the clock is within years 1-9999")
 }

@@ -50,12 +50,7 @@ pub(crate) fn lock<T>(mutex: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, 
 }
 
 /// Wall-clock Unix milliseconds: timer deadlines and instance timestamps.
-pub(crate) fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|elapsed| elapsed.as_millis() as i64)
-        .unwrap_or_default()
-}
+pub(crate) use crate::clock::now_ms;
 
 /// Why a flow operation failed.
 #[derive(Debug, thiserror::Error)]
