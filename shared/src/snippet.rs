@@ -348,8 +348,7 @@ impl Marks<'_> {
     /// holds: a document containing the marks' characters would otherwise open and close
     /// highlights around text that matched nothing. (FTS5's snippet keeps them.)
     fn append_text(&self, out: &mut Vec<u8>, piece: &[u8]) {
-        let piece = &piece[..piece.iter().position(|&b| b == 0).unwrap_or(piece.len())];
-        let mut rest = piece;
+        let mut rest = until_nul(piece);
         while let Some((at, mark)) = self.find_mark(rest) {
             out.extend_from_slice(&rest[..at]);
             rest = &rest[at + mark..];
@@ -477,8 +476,13 @@ impl Coalesced<'_> {
 
 /// Appends `piece` as `sqlite3_mprintf("%.*s")` would: up to its first NUL.
 fn append(out: &mut Vec<u8>, piece: &[u8]) {
+    out.extend_from_slice(until_nul(piece));
+}
+
+/// `piece` up to its first NUL, where C's `%.*s` stops.
+fn until_nul(piece: &[u8]) -> &[u8] {
     let length = piece.iter().position(|&b| b == 0).unwrap_or(piece.len());
-    out.extend_from_slice(&piece[..length]);
+    &piece[..length]
 }
 
 /// `text[from..to]`, empty where FTS5's byte count would be zero or negative.
