@@ -374,6 +374,65 @@ fn an_older_account_copy_never_undoes_a_newer_takedown() {
 }
 
 #[test]
+fn account_changes_still_apply_after_a_switch_from_jetstream_to_tap() {
+    // Jetstream versions are `time_us`, tap's are event ids: a switch must not freeze accounts.
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path().join("store.db")).unwrap();
+    let mut writer = store.writer().unwrap();
+    let did = "did:plc:a";
+    let status = |active: bool, version: i64| Change::Account {
+        did: did.into(),
+        active,
+        status: (!active).then(|| "takendown".to_owned()),
+        version,
+    };
+    let jetstream_time = 1_760_000_000_000_000;
+    writer
+        .apply(&batch(vec![status(true, jetstream_time)]))
+        .unwrap();
+
+    // The first tap event applies over Jetstream's row; within tap, an older id does not.
+    writer.apply(&batch(vec![status(false, 5)])).unwrap();
+    assert_eq!(account(&store, did), (false, None, 5));
+    let older = writer.apply(&batch(vec![status(true, 4)])).unwrap();
+    assert_eq!((older.applied, older.stale), (0, 1));
+    writer
+        .apply(&batch(vec![Change::Identity {
+            did: did.into(),
+            handle: Some("a.test".into()),
+            version: 6,
+        }]))
+        .unwrap();
+    assert_eq!(account(&store, did), (false, Some("a.test".into()), 6));
+
+    // Copies from Turso follow the same rule: an older tap copy is stale, a Jetstream copy
+    // (another worker's) is not comparable and applies, and its own echo changes nothing.
+    let copies = writer
+        .apply(&batch(vec![Change::Replica(support::account_image(
+            did, true, 3,
+        ))]))
+        .unwrap();
+    assert_eq!((copies.applied, copies.stale), (0, 1));
+    let other_worker = jetstream_time + 1_000_000;
+    writer
+        .apply(&batch(vec![Change::Replica(support::account_image(
+            did,
+            true,
+            other_worker,
+        ))]))
+        .unwrap();
+    assert_eq!(account(&store, did), (true, None, other_worker));
+    let echo = writer
+        .apply(&batch(vec![Change::Replica(support::account_image(
+            did,
+            true,
+            other_worker,
+        ))]))
+        .unwrap();
+    assert_eq!((echo.applied, echo.stale), (0, 1));
+}
+
+#[test]
 fn accounts_from_before_versions_stay_readable_and_lose_to_any_event() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("store.db");

@@ -7,6 +7,8 @@
 use serde::Deserialize;
 use serde_json::Value;
 
+use crate::store::replica::FIRST_TIME_VERSION;
+
 /// Where an event sits in its source's stream: what the cursor (Jetstream) or ack (tap) refers to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Position {
@@ -32,11 +34,13 @@ pub struct Event {
 
 impl Event {
     /// The event's place in its source's order: the tap id, else the source's `time_us` (0
-    /// when it has neither). It versions account rows, so it compares only between events of
-    /// one kind of source: a store and its Turso database are fed by Jetstream or by tap.
+    /// when it has neither). It versions account rows. Tap ids stay below
+    /// [`FIRST_TIME_VERSION`], so the store can tell the two kinds apart: they do not compare
+    /// ([`crate::store::replica::account_supersedes`]).
     pub fn order(&self) -> i64 {
         match self.position {
-            Position::TapId(id) => i64::try_from(id).unwrap_or(i64::MAX),
+            Position::TapId(id) => i64::try_from(id)
+                .map_or(FIRST_TIME_VERSION - 1, |id| id.min(FIRST_TIME_VERSION - 1)),
             _ => self.time_us.unwrap_or(0),
         }
     }
@@ -372,6 +376,16 @@ mod tests {
             (event.order(), account.order()),
             (7, 8),
             "tap events order by id"
+        );
+        let huge = decode_tap(&format!(
+            r#"{{"id":{},"type":"identity","identity":{{"did":"did:plc:a","handle":"a.test"}}}}"#,
+            u64::MAX
+        ))
+        .unwrap();
+        assert_eq!(
+            huge.order(),
+            FIRST_TIME_VERSION - 1,
+            "a tap id never reads as a Jetstream time"
         );
         let (id, _) = decode_tap(r#"{"id":9,"type":"mystery"}"#).unwrap_err();
         assert_eq!(id, Some(9));

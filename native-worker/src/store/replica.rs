@@ -66,6 +66,26 @@ const PUBLICATION_COLUMNS: &[&str] = &[
 
 const ACCOUNT_COLUMNS: &[&str] = &["did", "handle", "active", "status", "version", "updated_at"];
 
+/// The smallest account version that is a Jetstream `time_us` (1973-03-03 in Unix µs); tap
+/// event ids sit below it. No tap ever hands out 10^14 ids, and no Jetstream event predates it.
+pub const FIRST_TIME_VERSION: i64 = 100_000_000_000_000;
+
+/// SQL: whether an account row at version `new` replaces one at version `old` (two SQL
+/// expressions). Versions are their source's order ([`crate::firehose::Event::order`]), so
+/// they compare only within one kind of source: a higher `time_us` or a higher tap id wins.
+/// Across kinds (a store switched from Jetstream to tap, or workers of both kinds sharing a
+/// Turso database) neither is older, so the copy applied last wins; otherwise a switch to tap
+/// would leave every account Jetstream had seen frozen, takedowns included. Rows from before
+/// versions (0: migration 5, Turso tables of an earlier build) keep their old rule among
+/// themselves, the last applied wins, and lose to any event.
+pub fn account_supersedes(new: &str, old: &str) -> String {
+    let floor = FIRST_TIME_VERSION;
+    format!(
+        "({new} = 0 AND {old} = 0)
+         OR ({new} <> 0 AND ({new} > {old} OR ({new} >= {floor}) <> ({old} >= {floor})))"
+    )
+}
+
 /// Who stamps the watermark column of an upserted row.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Stamp {
@@ -114,19 +134,17 @@ impl Table {
         }
     }
 
-    /// When an upserted copy (`excluded`) replaces the stored row: a higher version. Accounts
-    /// from before versions (version 0, migration 5 and Turso tables of an earlier build) keep
-    /// the rule they had among themselves, the copy applied last wins, and lose to any event.
+    /// When an upserted copy (`excluded`) replaces the stored row: a higher version; for
+    /// accounts, [`account_supersedes`].
     fn newer_than_stored(self) -> String {
         let (name, version) = (self.name(), self.version());
         match self {
             Table::Documents | Table::Publications => {
                 format!("excluded.{version} > {name}.{version}")
             }
-            Table::Accounts => format!(
-                "excluded.{version} > {name}.{version}
-                 OR (excluded.{version} = 0 AND {name}.{version} = 0)"
-            ),
+            Table::Accounts => {
+                account_supersedes(&format!("excluded.{version}"), &format!("{name}.{version}"))
+            }
         }
     }
 

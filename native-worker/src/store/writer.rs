@@ -2,10 +2,11 @@
 
 use pubsearch_shared::record::{Document, Publication, at_uri, is_publication_collection};
 use rusqlite::{Connection, params};
+use std::sync::LazyLock;
 
 use super::checkpoint::Checkpointer;
 use super::fts::TouchedDocuments;
-use super::replica::{RowImage, Stamp, Table};
+use super::replica::{RowImage, Stamp, Table, account_supersedes};
 use crate::clock::now_us;
 
 /// One change to the store, already extracted and policy-checked.
@@ -240,6 +241,28 @@ fn queue_upstream(
     Ok(())
 }
 
+/// Sets an account's hosting status, over an older version only ([`account_supersedes`]).
+static SET_ACCOUNT_STATUS: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "INSERT INTO accounts (did, active, status, version, updated_at) VALUES (?1, ?2, ?3, ?4, ?5)
+         ON CONFLICT(did) DO UPDATE SET active = excluded.active, status = excluded.status,
+                                        version = excluded.version, updated_at = excluded.updated_at
+         WHERE {}",
+        account_supersedes("excluded.version", "accounts.version")
+    )
+});
+
+/// Sets an account's handle, versioned like [`SET_ACCOUNT_STATUS`].
+static SET_ACCOUNT_HANDLE: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "INSERT INTO accounts (did, handle, version, updated_at) VALUES (?1, ?2, ?3, ?4)
+         ON CONFLICT(did) DO UPDATE SET handle = excluded.handle, version = excluded.version,
+                                        updated_at = excluded.updated_at
+         WHERE {}",
+        account_supersedes("excluded.version", "accounts.version")
+    )
+});
+
 fn apply_change(tx: &Connection, change: &Change, indexed_at: i64) -> rusqlite::Result<bool> {
     let changed = match change {
         Change::Replica(image) => return image.apply(tx, Stamp::Local(indexed_at)),
@@ -341,12 +364,7 @@ fn apply_change(tx: &Connection, change: &Change, indexed_at: i64) -> rusqlite::
             status,
             version,
         } => tx
-            .prepare_cached(
-                "INSERT INTO accounts (did, active, status, version, updated_at) VALUES (?1, ?2, ?3, ?4, ?5)
-                 ON CONFLICT(did) DO UPDATE SET active = excluded.active, status = excluded.status,
-                                                version = excluded.version, updated_at = excluded.updated_at
-                 WHERE excluded.version > accounts.version",
-            )?
+            .prepare_cached(&SET_ACCOUNT_STATUS)?
             .execute(params![did, active, status, version, indexed_at])?,
         Change::BackfillProgress {
             did,
@@ -366,12 +384,7 @@ fn apply_change(tx: &Connection, change: &Change, indexed_at: i64) -> rusqlite::
             handle,
             version,
         } => tx
-            .prepare_cached(
-                "INSERT INTO accounts (did, handle, version, updated_at) VALUES (?1, ?2, ?3, ?4)
-                 ON CONFLICT(did) DO UPDATE SET handle = excluded.handle, version = excluded.version,
-                                                updated_at = excluded.updated_at
-                 WHERE excluded.version > accounts.version",
-            )?
+            .prepare_cached(&SET_ACCOUNT_HANDLE)?
             .execute(params![did, handle, version, indexed_at])?,
     };
     Ok(changed > 0)
