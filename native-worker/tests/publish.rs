@@ -455,6 +455,35 @@ async fn a_rollback_holds_the_channel_against_the_schedule_until_a_publish_by_ha
         .unwrap();
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pointer_writers_on_a_directory_wait_for_each_other() {
+    use pubsearch_native_worker::publish::objects::DIR_POINTER_LOCK;
+    let dir = tempfile::tempdir().unwrap();
+    let (_, target, ids) = published_builds(dir.path(), 2).await;
+    // Another process mid-move: it holds the directory's pointer lock.
+    let other = std::fs::File::open(dir.path().join("published").join(DIR_POINTER_LOCK)).unwrap();
+    other.lock().unwrap();
+
+    let rollback = tokio::spawn({
+        let target = target.clone();
+        async move { target.rollback("prod").await }
+    });
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    assert!(!rollback.is_finished(), "the rollback waits for the lock");
+    assert_eq!(
+        target.current("prod").await.unwrap().unwrap().build_id,
+        ids[1]
+    );
+    assert_eq!(target.hold("prod").await.unwrap(), None);
+
+    drop(other);
+    assert_eq!(rollback.await.unwrap().unwrap().build_id, ids[0]);
+    assert_eq!(
+        target.current("prod").await.unwrap().unwrap().build_id,
+        ids[0]
+    );
+}
+
 #[test]
 fn a_publish_recorded_before_requesters_existed_respects_holds() {
     use pubsearch_native_worker::publish::objects::TargetSpec;

@@ -74,6 +74,12 @@ pub enum ObjectError {
         #[source]
         source: serde_json::Error,
     },
+    #[error("locking {path} against concurrent publishers: {source}")]
+    Lock {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("the pointer of channel {0:?} kept changing under concurrent publishes")]
     PointerContended(String),
     #[error(
@@ -115,6 +121,9 @@ pub enum Requester {
     Schedule,
 }
 
+/// The file in a local target directory whose `flock` serialises pointer writers there.
+pub const DIR_POINTER_LOCK: &str = ".pointer.lock";
+
 /// Attempts at a conditional pointer update before concurrent writers are reported.
 const POINTER_ATTEMPTS: usize = 5;
 
@@ -145,6 +154,8 @@ pub struct ObjectTarget {
     store: Arc<dyn ObjectStore>,
     description: String,
     spec: TargetSpec,
+    /// A local directory's [`DIR_POINTER_LOCK`]; S3/R2 need none (conditional PUTs).
+    pointer_lock: Option<Arc<Path>>,
 }
 
 impl std::fmt::Debug for ObjectTarget {
@@ -170,6 +181,7 @@ impl ObjectTarget {
             spec: TargetSpec::Dir {
                 path: dir.to_path_buf(),
             },
+            pointer_lock: Some(dir.join(DIR_POINTER_LOCK).into()),
         })
     }
 
@@ -187,6 +199,7 @@ impl ObjectTarget {
             spec: TargetSpec::S3 {
                 bucket: bucket.to_string(),
             },
+            pointer_lock: None,
         })
     }
 
@@ -358,8 +371,8 @@ impl ObjectTarget {
     /// On S3/R2 the compare and the write are one step: the PUT is conditional on the pointer
     /// being as read (If-Match its ETag, or If-None-Match for a channel's first publish), and a
     /// concurrent write makes it read and compare again. object_store's local directory has no
-    /// conditional update (`PutMode::Update` is not implemented there), so on a directory the
-    /// compare and the write are two steps, and publishers racing between them can both write.
+    /// conditional update (`PutMode::Update` is not implemented there), so there every pointer
+    /// writer, in any process, first takes the directory's [`DIR_POINTER_LOCK`].
     ///
     /// A channel held by a rollback refuses a scheduled move; an operator's move releases it.
     pub async fn advance_pointer(
@@ -368,6 +381,7 @@ impl ObjectTarget {
         force: bool,
         requester: Requester,
     ) -> Result<(), ObjectError> {
+        let _lock = self.lock_pointers().await?;
         let channel = &manifest.channel;
         // A scheduled move reads the hold in `move_pointer`, where the order matters.
         let held_before = match requester {
@@ -435,6 +449,32 @@ impl ObjectTarget {
         Err(ObjectError::PointerContended(manifest.channel.clone()))
     }
 
+    /// On a local directory, waits for and takes the exclusive lock every pointer writer takes
+    /// there (released when the returned file drops); elsewhere, nothing to take.
+    async fn lock_pointers(&self) -> Result<Option<std::fs::File>, ObjectError> {
+        let Some(path) = self.pointer_lock.clone() else {
+            return Ok(None);
+        };
+        let locked = tokio::task::spawn_blocking({
+            let path = path.clone();
+            move || {
+                let file = std::fs::OpenOptions::new()
+                    .create(true)
+                    .truncate(false)
+                    .write(true)
+                    .open(&path)?;
+                file.lock()?;
+                Ok(file)
+            }
+        })
+        .await
+        .expect("the pointer lock task does not panic");
+        locked.map(Some).map_err(|source| ObjectError::Lock {
+            path: path.display().to_string(),
+            source,
+        })
+    }
+
     /// Writes the manifest as its channel's pointer: one atomic PUT, in `mode`.
     async fn put_pointer(&self, manifest: &Manifest, mode: PutMode) -> object_store::Result<()> {
         let key = ObjectPath::from(manifest::pointer_key(&manifest.channel));
@@ -470,6 +510,7 @@ impl ObjectTarget {
     /// Points `channel` back at the build before the live one, unconditionally, and holds the
     /// channel there against scheduled publishes (see [`Hold`]); returns the build.
     pub async fn rollback(&self, channel: &str) -> Result<Manifest, ObjectError> {
+        let _lock = self.lock_pointers().await?;
         let live = self.current(channel).await?;
         let builds = self.builds(channel).await?;
         let previous = builds
