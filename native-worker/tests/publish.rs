@@ -171,6 +171,42 @@ async fn retention_never_deletes_the_live_build_or_its_predecessor() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retention_sweeps_builds_left_without_a_manifest_once_they_are_old() {
+    use pubsearch_native_worker::publish::objects::ORPHAN_AGE_MS;
+    let dir = tempfile::tempdir().unwrap();
+    let (target_dir, target, ids) = published_builds(dir.path(), 2).await;
+    // An interrupted retain left one artifact behind; an upload under way has not written its
+    // manifest yet.
+    let left = target_dir.join("builds/20200101T000000Z-left/snapshot.db");
+    let uploading = target_dir.join("builds/29990101T000000Z-uploading/snapshot.db");
+    for path in [&left, &uploading] {
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(path, b"snapshot bytes").unwrap();
+    }
+    let age = std::time::Duration::from_millis(ORPHAN_AGE_MS as u64 + 60_000);
+    // So is the oldest real build: its manifest keeps it.
+    let oldest = target_dir.join(manifest::artifact_key(&ids[0]));
+    for path in [
+        &left,
+        &oldest,
+        &target_dir.join(manifest::manifest_key(&ids[0])),
+    ] {
+        std::fs::File::options()
+            .write(true)
+            .open(path)
+            .unwrap()
+            .set_modified(std::time::SystemTime::now() - age)
+            .unwrap();
+    }
+
+    assert_eq!(target.retain("prod", 10).await.unwrap(), 0);
+    assert!(!left.exists(), "the old leftover is deleted");
+    assert!(uploading.exists(), "a young upload is not");
+    assert!(oldest.exists(), "a build with a manifest is not");
+    assert_eq!(listed_builds(&target).await, ids);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn readers_never_see_a_pointer_to_a_partial_build() {
     let dir = tempfile::tempdir().unwrap();
     let store = ingested_store(dir.path(), 1_500).await;

@@ -124,6 +124,11 @@ pub enum Requester {
 /// The file in a local target directory whose `flock` serialises pointer writers there.
 pub const DIR_POINTER_LOCK: &str = ".pointer.lock";
 
+/// How long a build's files may sit without a manifest beside them before [`ObjectTarget::retain`]
+/// deletes them. An upload writes the artifact before the manifest, so a younger build without
+/// one may be an upload under way; an older one was left by an interrupted upload or retain.
+pub const ORPHAN_AGE_MS: i64 = 24 * 3600 * 1000;
+
 /// Attempts at a conditional pointer update before concurrent writers are reported.
 const POINTER_ATTEMPTS: usize = 5;
 
@@ -485,15 +490,19 @@ impl ObjectTarget {
             .map(drop)
     }
 
-    /// Every build of `channel` with a manifest, oldest first (build ids sort by time).
-    pub async fn builds(&self, channel: &str) -> Result<Vec<Manifest>, ObjectError> {
+    /// Every object under `builds/`.
+    async fn list_builds(&self) -> Result<Vec<object_store::ObjectMeta>, ObjectError> {
         use futures_util::TryStreamExt;
-        let listed: Vec<_> = self
-            .store
+        self.store
             .list(Some(&ObjectPath::from("builds")))
             .try_collect()
             .await
-            .map_err(self.fail("listing", "builds/"))?;
+            .map_err(self.fail("listing", "builds/"))
+    }
+
+    /// Every build of `channel` with a manifest, oldest first (build ids sort by time).
+    pub async fn builds(&self, channel: &str) -> Result<Vec<Manifest>, ObjectError> {
+        let listed = self.list_builds().await?;
         let mut builds = Vec::new();
         for object in listed {
             if object.location.filename() == Some("manifest.json")
@@ -561,11 +570,7 @@ impl ObjectTarget {
 
     /// Ends a rollback's hold on `channel`, if there is one.
     async fn release(&self, channel: &str) -> Result<(), ObjectError> {
-        let key = hold_key(channel);
-        match self.store.delete(&ObjectPath::from(key.as_str())).await {
-            Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
-            Err(error) => Err(self.fail("deleting", &key)(error)),
-        }
+        self.delete(&hold_key(channel)).await
     }
 
     /// Deletes old builds of `channel`, keeping the newest `keep`, the live one and the one
@@ -573,7 +578,8 @@ impl ObjectTarget {
     ///
     /// A build's manifest goes before its artifact: a build is listed (and a rollback target)
     /// only while its manifest exists, so an interrupted retain leaves at worst an unlisted
-    /// artifact, never a listed build without one.
+    /// artifact, never a listed build without one. Such leftovers, of any channel, go once they
+    /// are [`ORPHAN_AGE_MS`] old.
     pub async fn retain(&self, channel: &str, keep: usize) -> Result<usize, ObjectError> {
         let live = self
             .current(channel)
@@ -590,17 +596,58 @@ impl ObjectTarget {
             if recent || protected {
                 continue;
             }
-            for key in [
-                manifest::manifest_key(&build.build_id),
-                build.artifact.clone(),
-            ] {
-                match self.store.delete(&ObjectPath::from(key.as_str())).await {
-                    Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
-                    Err(error) => return Err(self.fail("deleting", &key)(error)),
-                }
-            }
+            self.delete(&manifest::manifest_key(&build.build_id))
+                .await?;
+            self.delete(&build.artifact).await?;
             removed += 1;
         }
+        self.sweep_orphans().await?;
         Ok(removed)
+    }
+
+    /// Deletes the files of builds that have no manifest and are [`ORPHAN_AGE_MS`] old.
+    async fn sweep_orphans(&self) -> Result<(), ObjectError> {
+        use std::collections::BTreeMap;
+        let listed = self.list_builds().await?;
+        /// What one `builds/<build_id>/` holds.
+        #[derive(Default)]
+        struct BuildFiles {
+            manifest: bool,
+            young: bool,
+            keys: Vec<String>,
+        }
+        let mut builds: BTreeMap<String, BuildFiles> = BTreeMap::new();
+        let cutoff = crate::clock::now_ms() - ORPHAN_AGE_MS;
+        for object in listed {
+            let Some(build_id) = object.location.parts().nth(1) else {
+                continue;
+            };
+            let build = builds.entry(build_id.as_ref().to_owned()).or_default();
+            build.manifest |= object.location.filename() == Some("manifest.json");
+            build.young |= object.last_modified.timestamp_millis() >= cutoff;
+            build.keys.push(object.location.to_string());
+        }
+        for (build_id, build) in builds {
+            if build.manifest || build.young {
+                continue;
+            }
+            tracing::info!(
+                build_id,
+                files = build.keys.len(),
+                "deleting a build left without a manifest"
+            );
+            for key in &build.keys {
+                self.delete(key).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Deletes `key`; one already gone counts as deleted.
+    async fn delete(&self, key: &str) -> Result<(), ObjectError> {
+        match self.store.delete(&ObjectPath::from(key)).await {
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+            Err(error) => Err(self.fail("deleting", key)(error)),
+        }
     }
 }
