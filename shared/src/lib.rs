@@ -4,6 +4,7 @@
 //! natively and in the Worker:
 //!
 //! - [`schema`]: the serving snapshot's tables, FTS5 indexes and version stamps.
+//! - [`content`]: document text at rest in a snapshot (LZ4) and the SQL function that reads it.
 //! - [`snapshot`]: writes documents and publications into a snapshot (builders and test fixtures).
 //! - [`query`]: turns untrusted user text into a safe FTS5 `MATCH` expression.
 //! - [`search`]: validated search requests, ranking (bm25 top-K, then recency re-rank) and results.
@@ -20,6 +21,7 @@
 //! [`snapshot::SnapshotWriter`]; the edge opens the snapshot read-only, calls [`search::prepare`]
 //! and then [`search::search`].
 
+pub mod content;
 mod facts;
 mod fts5;
 pub mod lookup;

@@ -4,6 +4,7 @@
 use rusqlite::{Connection, OptionalExtension};
 use serde::{Deserialize, Serialize};
 
+use crate::content::FUNCTION as TEXT;
 use crate::search::{DOCUMENT_RESULT_COLUMNS, SearchResult, document_result};
 
 /// Most URIs one lookup accepts.
@@ -75,7 +76,7 @@ pub fn documents_by_uri(
         Err(refused) => return Ok(Err(refused)),
     };
     let mut statement = conn.prepare_cached(&format!(
-        "SELECT {DOCUMENT_RESULT_COLUMNS}, substr(d.content, 1, {EXCERPT_CHARS})
+        "SELECT {DOCUMENT_RESULT_COLUMNS}, substr({TEXT}(d.content), 1, {EXCERPT_CHARS})
          FROM documents AS d WHERE d.uri = ?1"
     ))?;
     let mut lookup = DocumentLookup {

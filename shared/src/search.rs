@@ -24,7 +24,7 @@ use serde::{Deserialize, Serialize};
 use crate::platform::{Platform, UnknownPlatform};
 use crate::query::{self, MatchExpr, QueryError};
 use crate::timestamp::{Timestamp, TimestampError};
-use crate::{facts, fts5, rank, schema, snippet};
+use crate::{content, facts, fts5, rank, schema, snippet};
 
 /// How much of a snapshot SQLite may read in place rather than copy into its page cache (SQLite's
 /// own ceiling). For a deserialized snapshot (the edge's) that is memory already, which SQLite
@@ -342,10 +342,11 @@ impl Candidate {
 
 /// Readies a connection to a snapshot for [`search`]: lets SQLite read pages in place (see
 /// [`MMAP_BYTES`]), reads the row facts search uses and registers the SQL functions it calls (see
-/// `facts`, `rank` and `snippet`). Like rusqlite's `load_module`, call it once after opening; the
+/// [`crate::content`], `facts`, `rank` and `snippet`). Like rusqlite's `load_module`, call it once after opening; the
 /// snapshot must not change afterwards.
 pub fn prepare(conn: &Connection) -> rusqlite::Result<()> {
     conn.execute_batch(&format!("PRAGMA mmap_size = {MMAP_BYTES}"))?;
+    content::install(conn)?;
     let indexes = facts::install(conn)?;
     let fts5 = fts5::api(conn)?;
     rank::install(fts5, &indexes)?;

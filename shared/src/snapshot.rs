@@ -90,7 +90,7 @@ impl<'conn> SnapshotWriter<'conn> {
             doc.collection,
             doc.platform.as_str(),
             doc.title,
-            doc.content,
+            crate::content::compress(&doc.content),
             doc.created_at.to_rfc3339(),
             doc.indexed_at_us,
             doc.publication_uri,

@@ -98,7 +98,7 @@ fn a_row_missing_from_its_index_is_refused() {
     let manifest = manifest_for(&conn);
     conn.execute_batch(
         "INSERT INTO documents_fts (documents_fts, rowid, title, content)
-         SELECT 'delete', id, title, content FROM documents WHERE id = (SELECT max(id) FROM documents)",
+         SELECT 'delete', id, title, content FROM document_text WHERE id = (SELECT max(id) FROM documents)",
     )
     .unwrap();
     for verify in [manifest::verify_snapshot, manifest::verify_published] {

@@ -352,8 +352,8 @@ fn fixture_in_version_1_layout() -> Connection {
     old.deserialize_read_exact("fixture", &bytes[..], bytes.len(), true)
         .unwrap();
     old.execute_batch(
-        "INSERT INTO documents SELECT id, uri, did, rkey, collection, platform, title, content,
-             created_at, indexed_at, publication_uri, base_path, path, tags, cover_image
+        "INSERT INTO documents SELECT id, uri, did, rkey, collection, platform, title,
+             pubsearch_text(content), created_at, indexed_at, publication_uri, base_path, path, tags, cover_image
              FROM fixture.documents;
          INSERT INTO documents_fts(documents_fts) VALUES ('rebuild');
          INSERT INTO publications SELECT * FROM fixture.publications;
@@ -387,6 +387,44 @@ fn a_version_1_snapshot_is_read_and_answers_identically() {
         assert!(!page.results.is_empty(), "{pairs:?}: something to compare");
         assert_eq!(run(&old, pairs), page, "{pairs:?}");
     }
+    // Its plain text reads as the current layout's deflated text does.
+    let uris: Vec<String> = support::documents()
+        .iter()
+        .map(|doc| doc.uri.clone())
+        .collect();
+    let lookup = |conn| pubsearch_shared::lookup::documents_by_uri(conn, &uris[..20]);
+    let found = lookup(&current).unwrap().unwrap();
+    assert!(found.documents.iter().all(|doc| !doc.snippet.is_empty()));
+    assert_eq!(lookup(&old).unwrap().unwrap(), found);
+}
+
+#[test]
+fn document_text_is_stored_compressed_and_read_back_whole() {
+    let conn = open_fixture();
+    let (blobs, stored, text): (i64, i64, i64) = conn
+        .query_row(
+            "SELECT sum(typeof(content) = 'blob'), sum(length(content)),
+                    sum(length(CAST(pubsearch_text(content) AS BLOB))) FROM documents",
+            [],
+            |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)),
+        )
+        .unwrap();
+    assert_eq!(blobs as usize, support::documents().len());
+    let expected: usize = support::documents()
+        .iter()
+        .map(|doc| doc.content.len())
+        .sum();
+    assert_eq!(text as usize, expected);
+    assert!(stored < text, "{stored} stored bytes for {text} of text");
+    // What FTS5 reads is the text itself.
+    let first: String = conn
+        .query_row(
+            "SELECT content FROM document_text ORDER BY id LIMIT 1",
+            [],
+            |row| row.get(0),
+        )
+        .unwrap();
+    assert_eq!(first, support::documents()[0].content);
 }
 
 #[test]
