@@ -2,7 +2,7 @@
 
 mod support;
 
-use pubsearch_native_worker::store::replica::RowImage;
+use pubsearch_native_worker::store::replica::{RowImage, Stamp, Table};
 use pubsearch_native_worker::store::{Batch, Change, Store, read_cursor};
 use pubsearch_native_worker::turso::hrana::Value;
 use pubsearch_shared::record::{self, Extracted};
@@ -405,31 +405,32 @@ fn account_changes_still_apply_after_a_switch_from_jetstream_to_tap() {
         .unwrap();
     assert_eq!(account(&store, did), (false, Some("a.test".into()), 6));
 
-    // Copies from Turso follow the same rule: an older tap copy is stale, a Jetstream copy
-    // (another worker's) is not comparable and applies, and its own echo changes nothing.
+    // Copies from Turso: an older tap copy is stale, and so is a Jetstream one, an echo of the
+    // store's writes before the switch, however late it comes down.
     let copies = writer
-        .apply(&batch(vec![Change::Replica(support::account_image(
-            did, true, 3,
-        ))]))
+        .apply(&batch(vec![
+            Change::Replica(support::account_image(did, true, 3)),
+            Change::Replica(support::account_image(did, true, jetstream_time + 1)),
+        ]))
         .unwrap();
-    assert_eq!((copies.applied, copies.stale), (0, 1));
-    let other_worker = jetstream_time + 1_000_000;
-    writer
-        .apply(&batch(vec![Change::Replica(support::account_image(
-            did,
-            true,
-            other_worker,
-        ))]))
+    assert_eq!((copies.applied, copies.stale), (0, 2));
+    assert_eq!(account(&store, did), (false, Some("a.test".into()), 6));
+    // Going up, the store's tap rows replace Turso's Jetstream ones; an older tap row does not.
+    let turso = rusqlite::Connection::open_in_memory().unwrap();
+    turso.execute_batch(&Table::Accounts.remote_ddl()).unwrap();
+    for (active, version) in [(true, jetstream_time), (false, 5), (true, 4)] {
+        let (sql, args) = support::account_image(did, active, version).upsert(Stamp::ServerClock);
+        let args = args.into_iter().map(rusqlite::types::Value::from);
+        turso
+            .execute(&sql, rusqlite::params_from_iter(args))
+            .unwrap();
+    }
+    let upstream: (bool, i64) = turso
+        .query_row("SELECT active, version FROM accounts", [], |row| {
+            Ok((row.get(0)?, row.get(1)?))
+        })
         .unwrap();
-    assert_eq!(account(&store, did), (true, None, other_worker));
-    let echo = writer
-        .apply(&batch(vec![Change::Replica(support::account_image(
-            did,
-            true,
-            other_worker,
-        ))]))
-        .unwrap();
-    assert_eq!((echo.applied, echo.stale), (0, 1));
+    assert_eq!(upstream, (false, 5));
 }
 
 #[test]

@@ -35,7 +35,7 @@ pub struct Event {
 impl Event {
     /// The event's place in its source's order: the tap id, else the source's `time_us` (0
     /// when it has neither). It versions account rows. Tap ids stay below
-    /// [`FIRST_TIME_VERSION`], so the store can tell the two kinds apart: they do not compare
+    /// [`FIRST_TIME_VERSION`], so the store can tell the two kinds apart, which do not compare
     /// ([`crate::store::replica::account_supersedes`]).
     pub fn order(&self) -> i64 {
         match self.position {

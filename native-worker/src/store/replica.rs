@@ -70,20 +70,35 @@ const ACCOUNT_COLUMNS: &[&str] = &["did", "handle", "active", "status", "version
 /// event ids sit below it. No tap ever hands out 10^14 ids, and no Jetstream event predates it.
 pub const FIRST_TIME_VERSION: i64 = 100_000_000_000_000;
 
+/// Where an account row being applied comes from, which decides how it compares across kinds
+/// of source (see [`account_supersedes`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AccountOrigin {
+    /// This store's own firehose: an event applied locally, or its row going up to Turso.
+    Event,
+    /// A copy of some row Turso holds, coming down.
+    Copy,
+}
+
 /// SQL: whether an account row at version `new` replaces one at version `old` (two SQL
 /// expressions). Versions are their source's order ([`crate::firehose::Event::order`]), so
-/// they compare only within one kind of source: a higher `time_us` or a higher tap id wins.
-/// Across kinds (a store switched from Jetstream to tap, or workers of both kinds sharing a
-/// Turso database) neither is older, so the copy applied last wins; otherwise a switch to tap
-/// would leave every account Jetstream had seen frozen, takedowns included. Rows from before
+/// they compare only within one kind of source: there a higher `time_us` or tap id wins, and a
+/// replay or redelivery never undoes a later change. Across kinds neither is older. A store's
+/// own events win then: that is a store switched from Jetstream to tap (or back), whose
+/// accounts would otherwise stay frozen at the old kind's versions, takedowns included. A copy
+/// from Turso does not: it is an echo of the store's writes before the switch, or the row of a
+/// worker fed by the other kind, which this store's own source also reports. (Workers of both
+/// kinds sharing one Turso database therefore each follow their own source.) Rows from before
 /// versions (0: migration 5, Turso tables of an earlier build) keep their old rule among
-/// themselves, the last applied wins, and lose to any event.
-pub fn account_supersedes(new: &str, old: &str) -> String {
+/// themselves, the last applied wins, and lose to any versioned row.
+pub fn account_supersedes(new: &str, old: &str, origin: AccountOrigin) -> String {
     let floor = FIRST_TIME_VERSION;
-    format!(
-        "({new} = 0 AND {old} = 0)
-         OR ({new} <> 0 AND ({new} > {old} OR ({new} >= {floor}) <> ({old} >= {floor})))"
-    )
+    let same_kind = format!("(({new} >= {floor}) = ({old} >= {floor}))");
+    let newer = match origin {
+        AccountOrigin::Event => format!("{new} > {old} OR NOT {same_kind}"),
+        AccountOrigin::Copy => format!("({new} > {old} AND {same_kind}) OR {old} = 0"),
+    };
+    format!("({new} = 0 AND {old} = 0) OR ({new} <> 0 AND ({newer}))")
 }
 
 /// Who stamps the watermark column of an upserted row.
@@ -134,17 +149,24 @@ impl Table {
         }
     }
 
-    /// When an upserted copy (`excluded`) replaces the stored row: a higher version; for
-    /// accounts, [`account_supersedes`].
-    fn newer_than_stored(self) -> String {
+    /// When an upserted row (`excluded`) replaces the stored one: a higher version; for
+    /// accounts, [`account_supersedes`], where rows going up to Turso (`stamp` is Turso's
+    /// clock) are this store's own events and rows coming down are copies.
+    fn newer_than_stored(self, stamp: Stamp) -> String {
         let (name, version) = (self.name(), self.version());
+        let origin = match stamp {
+            Stamp::ServerClock => AccountOrigin::Event,
+            Stamp::Local(_) => AccountOrigin::Copy,
+        };
         match self {
             Table::Documents | Table::Publications => {
                 format!("excluded.{version} > {name}.{version}")
             }
-            Table::Accounts => {
-                account_supersedes(&format!("excluded.{version}"), &format!("{name}.{version}"))
-            }
+            Table::Accounts => account_supersedes(
+                &format!("excluded.{version}"),
+                &format!("{name}.{version}"),
+                origin,
+            ),
         }
     }
 
@@ -278,7 +300,7 @@ impl RowImage {
             columns = columns.join(", "),
             placeholders = placeholders.join(", "),
             key = table.key(),
-            newer = table.newer_than_stored(),
+            newer = table.newer_than_stored(stamp),
         );
         (sql, args)
     }

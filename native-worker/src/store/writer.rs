@@ -6,7 +6,7 @@ use std::sync::LazyLock;
 
 use super::checkpoint::Checkpointer;
 use super::fts::TouchedDocuments;
-use super::replica::{RowImage, Stamp, Table, account_supersedes};
+use super::replica::{AccountOrigin, RowImage, Stamp, Table, account_supersedes};
 use crate::clock::now_us;
 
 /// One change to the store, already extracted and policy-checked.
@@ -248,7 +248,7 @@ static SET_ACCOUNT_STATUS: LazyLock<String> = LazyLock::new(|| {
          ON CONFLICT(did) DO UPDATE SET active = excluded.active, status = excluded.status,
                                         version = excluded.version, updated_at = excluded.updated_at
          WHERE {}",
-        account_supersedes("excluded.version", "accounts.version")
+        account_supersedes("excluded.version", "accounts.version", AccountOrigin::Event)
     )
 });
 
@@ -259,7 +259,7 @@ static SET_ACCOUNT_HANDLE: LazyLock<String> = LazyLock::new(|| {
          ON CONFLICT(did) DO UPDATE SET handle = excluded.handle, version = excluded.version,
                                         updated_at = excluded.updated_at
          WHERE {}",
-        account_supersedes("excluded.version", "accounts.version")
+        account_supersedes("excluded.version", "accounts.version", AccountOrigin::Event)
     )
 });
 
