@@ -520,6 +520,23 @@ async fn pointer_writers_on_a_directory_wait_for_each_other() {
     );
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_pointer_never_moves_to_a_build_whose_artifact_is_gone() {
+    let dir = tempfile::tempdir().unwrap();
+    let (target_dir, target, ids) = published_builds(dir.path(), 2).await;
+    let first = target.builds("prod").await.unwrap().remove(0);
+    std::fs::remove_file(target_dir.join(manifest::artifact_key(&ids[0]))).unwrap();
+    let error = target
+        .advance_pointer(&first, true, Requester::Operator)
+        .await
+        .unwrap_err();
+    assert!(error.to_string().contains("missing"), "{error}");
+    assert_eq!(
+        target.current("prod").await.unwrap().unwrap().build_id,
+        ids[1]
+    );
+}
+
 #[test]
 fn a_publish_recorded_before_requesters_existed_respects_holds() {
     use pubsearch_native_worker::publish::objects::TargetSpec;

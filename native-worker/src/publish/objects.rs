@@ -129,6 +129,10 @@ pub const DIR_POINTER_LOCK: &str = ".pointer.lock";
 /// one may be an upload under way; an older one was left by an interrupted upload or retain.
 pub const ORPHAN_AGE_MS: i64 = 24 * 3600 * 1000;
 
+/// How long a pointer writer on a local directory waits for another's [`DIR_POINTER_LOCK`]: a
+/// move holds it for a few file operations, so a longer wait means a stuck publisher.
+const POINTER_LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
+
 /// Attempts at a conditional pointer update before concurrent writers are reported.
 const POINTER_ATTEMPTS: usize = 5;
 
@@ -271,42 +275,13 @@ impl ObjectTarget {
 
     /// Uploads a build's artifact (streamed, multipart where the store supports it) and manifest.
     pub async fn upload(&self, built: &BuiltSnapshot) -> Result<(), ObjectError> {
-        let key = built.manifest.artifact.clone();
-        let path = ObjectPath::from(key.as_str());
-        if self.artifact_size(&key).await? == Some(built.manifest.byte_size)
-            && self.artifact_is_intact(&built.manifest).await?
-        {
+        let key = &built.manifest.artifact;
+        let resumed = self.artifact_size(key).await? == Some(built.manifest.byte_size)
+            && self.artifact_is_intact(&built.manifest).await?;
+        if resumed {
             tracing::info!(key, "artifact already uploaded; resuming after it");
         } else {
-            let upload_error = |source| ObjectError::Upload {
-                key: key.clone(),
-                target: self.description.clone(),
-                source,
-            };
-            let mut file = tokio::fs::File::open(&built.path)
-                .await
-                .map_err(upload_error)?;
-            let mut writer = object_store::buffered::BufWriter::new(Arc::clone(&self.store), path);
-            let copied = match tokio::io::copy(&mut file, &mut writer).await {
-                Ok(_) => writer.shutdown().await,
-                Err(error) => Err(error),
-            };
-            if let Err(error) = copied {
-                // Otherwise an S3 multipart upload stays open (and billed) until a lifecycle rule.
-                if let Err(abort) = writer.abort().await {
-                    tracing::warn!(key, error = %abort, "could not abort the failed upload");
-                }
-                return Err(upload_error(error));
-            }
-            if !self.artifact_is_intact(&built.manifest).await? {
-                return Err(ObjectError::ArtifactNotIntact {
-                    build_id: built.manifest.build_id.clone(),
-                    key,
-                    target: self.description.clone(),
-                    found: "different bytes after the upload".into(),
-                    expected: built.manifest.byte_size,
-                });
-            }
+            self.put_artifact(built).await?;
         }
         let manifest_key = manifest::manifest_key(&built.manifest.build_id);
         let body = serde_json::to_vec_pretty(&built.manifest).expect("manifests serialise");
@@ -317,6 +292,48 @@ impl ObjectTarget {
             )
             .await
             .map_err(self.fail("writing", &manifest_key))?;
+        // An artifact found from an attempt a day or more ago had no manifest to protect it from
+        // a retain's orphan sweep until now; if one took it meanwhile, put it back.
+        if resumed && self.artifact_size(key).await? != Some(built.manifest.byte_size) {
+            tracing::warn!(key, "artifact removed while resuming; uploading it again");
+            self.put_artifact(built).await?;
+        }
+        Ok(())
+    }
+
+    /// Streams the build's artifact up and reads it back.
+    async fn put_artifact(&self, built: &BuiltSnapshot) -> Result<(), ObjectError> {
+        let key = built.manifest.artifact.clone();
+        let upload_error = |source| ObjectError::Upload {
+            key: key.clone(),
+            target: self.description.clone(),
+            source,
+        };
+        let mut file = tokio::fs::File::open(&built.path)
+            .await
+            .map_err(upload_error)?;
+        let path = ObjectPath::from(key.as_str());
+        let mut writer = object_store::buffered::BufWriter::new(Arc::clone(&self.store), path);
+        let copied = match tokio::io::copy(&mut file, &mut writer).await {
+            Ok(_) => writer.shutdown().await,
+            Err(error) => Err(error),
+        };
+        if let Err(error) = copied {
+            // Otherwise an S3 multipart upload stays open (and billed) until a lifecycle rule.
+            if let Err(abort) = writer.abort().await {
+                tracing::warn!(key, error = %abort, "could not abort the failed upload");
+            }
+            return Err(upload_error(error));
+        }
+        if !self.artifact_is_intact(&built.manifest).await? {
+            return Err(ObjectError::ArtifactNotIntact {
+                build_id: built.manifest.build_id.clone(),
+                key,
+                target: self.description.clone(),
+                found: "different bytes after the upload".into(),
+                expected: built.manifest.byte_size,
+            });
+        }
         Ok(())
     }
 
@@ -387,6 +404,8 @@ impl ObjectTarget {
         requester: Requester,
     ) -> Result<(), ObjectError> {
         let _lock = self.lock_pointers().await?;
+        // A pointer never names a missing artifact, whatever happened since the upload.
+        self.check_artifact(manifest).await?;
         let channel = &manifest.channel;
         // A scheduled move reads the hold in `move_pointer`, where the order matters.
         let held_before = match requester {
@@ -454,30 +473,41 @@ impl ObjectTarget {
         Err(ObjectError::PointerContended(manifest.channel.clone()))
     }
 
-    /// On a local directory, waits for and takes the exclusive lock every pointer writer takes
-    /// there (released when the returned file drops); elsewhere, nothing to take.
+    /// On a local directory, waits (up to [`POINTER_LOCK_WAIT`]) for and takes the exclusive lock
+    /// every pointer writer takes there, released when the returned file drops; elsewhere,
+    /// nothing to take.
     async fn lock_pointers(&self) -> Result<Option<std::fs::File>, ObjectError> {
-        let Some(path) = self.pointer_lock.clone() else {
+        let Some(path) = &self.pointer_lock else {
             return Ok(None);
         };
-        let locked = tokio::task::spawn_blocking({
-            let path = path.clone();
-            move || {
-                let file = std::fs::OpenOptions::new()
-                    .create(true)
-                    .truncate(false)
-                    .write(true)
-                    .open(&path)?;
-                file.lock()?;
-                Ok(file)
-            }
-        })
-        .await
-        .expect("the pointer lock task does not panic");
-        locked.map(Some).map_err(|source| ObjectError::Lock {
+        let failed = |source| ObjectError::Lock {
             path: path.display().to_string(),
             source,
-        })
+        };
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(path)
+            .map_err(failed)?;
+        let deadline = tokio::time::Instant::now() + POINTER_LOCK_WAIT;
+        loop {
+            match file.try_lock() {
+                Ok(()) => return Ok(Some(file)),
+                Err(std::fs::TryLockError::WouldBlock)
+                    if tokio::time::Instant::now() < deadline =>
+                {
+                    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+                }
+                Err(std::fs::TryLockError::WouldBlock) => {
+                    return Err(failed(std::io::Error::new(
+                        std::io::ErrorKind::TimedOut,
+                        format!("another publisher held it for {POINTER_LOCK_WAIT:?}"),
+                    )));
+                }
+                Err(std::fs::TryLockError::Error(error)) => return Err(failed(error)),
+            }
+        }
     }
 
     /// Writes the manifest as its channel's pointer: one atomic PUT, in `mode`.

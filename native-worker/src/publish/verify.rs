@@ -73,6 +73,8 @@ pub fn verify_build(
     let manifest = &built.manifest;
     verify_artifact_file(&built.path, manifest)?;
     let conn = Connection::open_with_flags(&built.path, OpenFlags::SQLITE_OPEN_READ_ONLY)?;
+    // No check reads document text today, but one that did would need this to.
+    pubsearch_shared::content::install(&conn)?;
     manifest::verify_snapshot(&conn, manifest)?;
 
     let expected = match built.source_documents {
