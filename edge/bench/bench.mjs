@@ -1,9 +1,10 @@
 // Edge benchmark: prints a table. Run by hand (not in CI):
 //   cargo build --release -p pubsearch-native-worker && worker-build --release --no-opt edge
-//   node edge/bench/bench.mjs [corpus records, default 1000,10000,14000]
+//   node edge/bench/bench.mjs [corpus records, default 1000,10000,19000]
 //
-// 14,000 records make about 10.3k documents (a 92 MB snapshot, 96 MB of wasm memory): the largest
-// that stays under 100 MB with snapshot schema 2. A 128 MB isolate cannot hold much more.
+// 19,000 records make about 14.5k documents (an 87 MB snapshot, 91 MB of wasm memory); 20,500 make
+// 15.8k, 103 MB. So about 15k documents is the most that stays under 100 MB with snapshot schema 3
+// (schema 2: 10.3k). A 128 MB isolate cannot hold much more.
 //
 // For each corpus size it publishes a real snapshot with the native pipeline, starts the built
 // Worker in workerd (Miniflare, local R2), and measures cold start to first answer (median of three
@@ -22,7 +23,7 @@ import { Miniflare } from "miniflare";
 const ROOT = join(dirname(fileURLToPath(import.meta.url)), "..", "..");
 const NATIVE = join(ROOT, "target", "release", "native-worker");
 const QUERIES = ["ka", "mi lo", "ra ten su", "\"ka lo\"", "vo", "ne shi", "da pe lu", "gor an"];
-const sizes = (process.argv[2] || "1000,10000,14000").split(",").map(Number);
+const sizes = (process.argv[2] || "1000,10000,19000").split(",").map(Number);
 // Rounds of all QUERIES: discarded while both sides warm up, then measured for the ratio.
 const WARMUP_ROUNDS = 3;
 /** Fresh isolates whose first answer gives the cold start (their median). */

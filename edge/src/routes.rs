@@ -66,6 +66,7 @@ fn health() -> Result<Response, EdgeError> {
         "service": "pubsearch-edge",
         "version": env!("CARGO_PKG_VERSION"),
         "schema_version": schema::SCHEMA_VERSION,
+        "oldest_schema_version": schema::OLDEST_READABLE_SCHEMA_VERSION,
         "scoring_version": schema::SCORING_VERSION,
         "snapshot": live.as_ref().map(|live| live.manifest.build_id.clone()),
     });

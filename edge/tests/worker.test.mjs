@@ -29,7 +29,9 @@ async function pointTo(manifest) {
 test("before any snapshot: health answers, search is a 503 with Retry-After, never an empty result", async () => {
   const health = await get("/health");
   assert.equal(health.status, 200);
-  assert.equal((await health.json()).snapshot, null);
+  const body = await health.json();
+  assert.equal(body.snapshot, null);
+  assert.ok(body.oldest_schema_version >= 1 && body.oldest_schema_version < body.schema_version, JSON.stringify(body));
   const search = await get("/search?q=garden");
   assert.equal(search.status, 503);
   assert.equal(search.headers.get("retry-after"), "5");

@@ -387,7 +387,7 @@ fn a_version_1_snapshot_is_read_and_answers_identically() {
         assert!(!page.results.is_empty(), "{pairs:?}: something to compare");
         assert_eq!(run(&old, pairs), page, "{pairs:?}");
     }
-    // Its plain text reads as the current layout's deflated text does.
+    // Its plain text reads as the current layout's compressed text does.
     let uris: Vec<String> = support::documents()
         .iter()
         .map(|doc| doc.uri.clone())
