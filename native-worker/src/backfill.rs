@@ -68,6 +68,9 @@ pub struct BackfillReport {
     pub banned_repos: usize,
     /// Repos that could not be read (not found, deactivated), with the reason.
     pub failed_repos: Vec<(String, String)>,
+    /// Listed records without a usable `uri` and `value`: counted and skipped, the rest of
+    /// their page kept.
+    pub malformed_records: u64,
 }
 
 /// Why a backfill stopped.
@@ -110,8 +113,9 @@ struct LatestCommit {
 
 #[derive(Deserialize)]
 struct RecordPage {
+    /// Decoded one by one, so one bad entry costs that entry, not the page.
     #[serde(default)]
-    records: Vec<ListedRecord>,
+    records: Vec<Value>,
     cursor: Option<String>,
 }
 
@@ -219,13 +223,10 @@ async fn backfill_repo(
                 .await?;
             report.pages += 1;
             let count = page.records.len() as u64;
-            for record in page.records {
-                let Some(rkey) = record
-                    .uri
-                    .rsplit('/')
-                    .next()
-                    .filter(|rkey| !rkey.is_empty())
-                else {
+            for entry in page.records {
+                let Some((rkey, record)) = listed_record(entry) else {
+                    report.malformed_records += 1;
+                    tracing::debug!(did, collection, "skipping a malformed listed record");
                     continue;
                 };
                 let event = Event {
@@ -235,9 +236,9 @@ async fn backfill_repo(
                     payload: Payload::Commit(Commit {
                         operation: Operation::Create,
                         collection: collection.to_owned(),
-                        rkey: rkey.to_owned(),
+                        rkey,
                         rev: rev.clone(),
-                        record: Some(record.value),
+                        record: Some(record),
                     }),
                 };
                 if !sink.send(event).await {
@@ -264,6 +265,33 @@ async fn backfill_repo(
         tracing::info!(did, collection, "collection backfilled");
     }
     Ok(())
+}
+
+/// Parses a PDS or PLC directory address for the command line: http(s) only, and always ending
+/// in `/`, so the XRPC paths joined onto it keep any path prefix (`https://host/prefix`).
+pub fn service_url(text: &str) -> Result<Url, String> {
+    let url = Url::parse(text).map_err(|error| format!("{text:?} is not a URL: {error}"))?;
+    if !matches!(url.scheme(), "http" | "https") || url.host().is_none() {
+        return Err(format!(
+            "{text:?} is not an http(s) address, like https://pds.example.com"
+        ));
+    }
+    if url.path().ends_with('/') {
+        Ok(url)
+    } else {
+        Url::parse(&format!("{url}/")).map_err(|error| error.to_string())
+    }
+}
+
+/// A listed record's rkey (the last segment of its at-uri) and value, if it has both.
+fn listed_record(entry: Value) -> Option<(String, Value)> {
+    let record: ListedRecord = serde_json::from_value(entry).ok()?;
+    let rkey = record
+        .uri
+        .rsplit('/')
+        .next()
+        .filter(|rkey| !rkey.is_empty())?;
+    Some((rkey.to_owned(), record.value))
 }
 
 /// Finds a repo's PDS from its DID document (PLC directory for `did:plc`, the host for `did:web`).
@@ -313,7 +341,11 @@ fn did_web_document_url(identifier: &str) -> Result<Url, String> {
     }
 }
 
-/// GETs JSON with a timeout, retrying retryable failures with jittered backoff.
+/// Longest `Retry-After` a rate-limited request waits before its next attempt.
+const MAX_RETRY_AFTER: Duration = Duration::from_secs(60);
+
+/// GETs JSON with a timeout, retrying retryable failures (connect errors, timeouts, a body cut
+/// off, 5xx, 429) with jittered backoff, or after the server's `Retry-After` when it gives one.
 async fn get_json<T: for<'de> Deserialize<'de>>(
     client: &reqwest::Client,
     url: &Url,
@@ -321,18 +353,30 @@ async fn get_json<T: for<'de> Deserialize<'de>>(
 ) -> Result<T, RepoError> {
     let mut backoff = config.backoff.clone();
     let mut attempt = 0;
+    let failed = |reason: String, attempt: u32| RepoError::Request {
+        url: url.to_string(),
+        reason: format!("{reason} (attempt {attempt})"),
+    };
     loop {
         attempt += 1;
-        let outcome = match client.get(url.clone()).send().await {
-            Ok(response) if response.status().is_success() => {
-                return response.json::<T>().await.map_err(|e| RepoError::Request {
-                    url: url.to_string(),
-                    reason: format!("unreadable response: {e}"),
-                });
-            }
+        let mut retry_after = None;
+        let (retryable, reason) = match client.get(url.clone()).send().await {
+            Ok(response) if response.status().is_success() => match response.bytes().await {
+                Ok(body) => {
+                    return serde_json::from_slice(&body)
+                        .map_err(|error| failed(format!("unreadable response: {error}"), attempt));
+                }
+                Err(error) => (true, format!("response cut off: {error}")),
+            },
             Ok(response) => {
                 let status = response.status();
                 let retryable = status.is_server_error() || status.as_u16() == 429;
+                retry_after = response
+                    .headers()
+                    .get(reqwest::header::RETRY_AFTER)
+                    .and_then(|value| value.to_str().ok())
+                    .and_then(|value| value.trim().parse::<u64>().ok())
+                    .map(|seconds| Duration::from_secs(seconds).min(MAX_RETRY_AFTER));
                 let body: String = response
                     .text()
                     .await
@@ -347,21 +391,45 @@ async fn get_json<T: for<'de> Deserialize<'de>>(
                 error.to_string(),
             ),
         };
-        let (retryable, reason) = outcome;
         if !retryable || attempt >= config.max_attempts {
-            return Err(RepoError::Request {
-                url: url.to_string(),
-                reason: format!("{reason} (attempt {attempt})"),
-            });
+            return Err(failed(reason, attempt));
         }
-        tracing::debug!(%url, attempt, reason, "retrying");
-        tokio::time::sleep(backoff.next_delay()).await;
+        let delay = retry_after.unwrap_or_else(|| backoff.next_delay());
+        tracing::debug!(%url, attempt, reason, ?delay, "retrying");
+        tokio::time::sleep(delay).await;
     }
 }
 
 #[cfg(test)]
 mod tests {
-    use super::did_web_document_url;
+    use super::{did_web_document_url, service_url};
+
+    #[test]
+    fn service_addresses_are_http_and_keep_their_path() {
+        let joined = |text: &str| {
+            service_url(text)
+                .unwrap()
+                .join("xrpc/com.atproto.repo.listRecords")
+                .unwrap()
+                .to_string()
+        };
+        assert_eq!(
+            joined("https://pds.example.com"),
+            "https://pds.example.com/xrpc/com.atproto.repo.listRecords"
+        );
+        assert_eq!(
+            joined("http://127.0.0.1:3000/prefix"),
+            "http://127.0.0.1:3000/prefix/xrpc/com.atproto.repo.listRecords"
+        );
+        for bad in [
+            "localhost:3000",
+            "pds.example.com",
+            "ftp://host/",
+            "https://",
+        ] {
+            assert!(service_url(bad).is_err(), "{bad}");
+        }
+    }
 
     #[test]
     fn did_web_names_a_host_and_maybe_a_port() {

@@ -35,6 +35,10 @@ struct Pds {
     outage_after: Option<usize>,
     served: Arc<AtomicUsize>,
     base: Arc<Mutex<String>>,
+    /// Answer the first listRecords with 429 and `Retry-After: 1`, and 429 again to any
+    /// request before that second is up.
+    rate_limit: bool,
+    rate_limited_until: Arc<Mutex<Option<std::time::Instant>>>,
 }
 
 fn entries(did: &str, count: usize) -> Vec<Value> {
@@ -69,6 +73,23 @@ async fn list_records(
     State(pds): State<Pds>,
     Query(query): Query<HashMap<String, String>>,
 ) -> Response {
+    if pds.rate_limit {
+        let mut until = pds.rate_limited_until.lock().unwrap();
+        let now = std::time::Instant::now();
+        match *until {
+            None => {
+                *until = Some(now + Duration::from_secs(1));
+                return (
+                    StatusCode::TOO_MANY_REQUESTS,
+                    [("retry-after", "1")],
+                    "slow down",
+                )
+                    .into_response();
+            }
+            Some(at) if now < at => return StatusCode::TOO_MANY_REQUESTS.into_response(),
+            Some(_) => {}
+        }
+    }
     if pds.transient_failures.load(Ordering::SeqCst) > 0 {
         pds.transient_failures.fetch_sub(1, Ordering::SeqCst);
         return (StatusCode::SERVICE_UNAVAILABLE, "try later").into_response();
@@ -187,6 +208,58 @@ async fn resolves_pages_and_retries() {
         .filter(|r| r.0 == "did:plc:alice" && r.1 == "com.whtwnd.blog.entry")
         .count();
     assert_eq!(alice_pages, 3, "250 records in pages of 100");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_listed_records_are_counted_and_skipped_not_the_page() {
+    let did = "did:plc:dave";
+    let mut listed = entries(did, 5);
+    listed.insert(
+        1,
+        json!({"uri": format!("at://{did}/com.whtwnd.blog.entry/3kbad"), "cid": "x"}),
+    );
+    listed.insert(3, json!({"uri": 7, "value": {}}));
+    listed.insert(
+        4,
+        json!({"uri": format!("at://{did}/com.whtwnd.blog.entry/"), "value": {}}),
+    );
+    listed.push(json!("not even an object"));
+    let mut records = HashMap::new();
+    records.insert((did.to_owned(), "com.whtwnd.blog.entry".to_owned()), listed);
+    let pds = Pds {
+        records: Arc::new(records),
+        ..Pds::default()
+    };
+    let (base, _server) = start(pds).await;
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path().join("store.db")).unwrap();
+    let report = backfill::backfill(&store, &[did.to_owned()], &config(&base), None)
+        .await
+        .unwrap();
+    assert_eq!(report.malformed_records, 4);
+    assert!(report.failed_repos.is_empty(), "{:?}", report.failed_repos);
+    assert_eq!(count(&store, "SELECT count(*) FROM documents"), 5);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rate_limited_pds_is_retried_after_its_retry_after() {
+    let pds = Pds {
+        rate_limit: true,
+        ..pds_with(&[("did:plc:erin", 3)])
+    };
+    let (base, _server) = start(pds).await;
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path().join("store.db")).unwrap();
+    // Two attempts 10–50 ms apart would both land inside the limited second.
+    let config = BackfillConfig {
+        max_attempts: 2,
+        ..config(&base)
+    };
+    let report = backfill::backfill(&store, &["did:plc:erin".to_owned()], &config, None)
+        .await
+        .unwrap();
+    assert!(report.failed_repos.is_empty(), "{:?}", report.failed_repos);
+    assert_eq!(count(&store, "SELECT count(*) FROM documents"), 3);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -314,4 +387,31 @@ async fn a_backfill_without_a_ban_list_keeps_and_honours_the_stored_one() {
         .iter()
         .any(|r| r.0 == "did:plc:spam");
     assert!(!fetched_spam, "a banned repo is not even fetched");
+}
+
+#[test]
+fn the_command_fails_when_a_repo_was_not_backfilled_and_refuses_a_bad_pds() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = |args: &[&str]| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_native-worker"))
+            .args(["backfill", "--data-dir"])
+            .arg(dir.path())
+            .args(args)
+            .env("RUST_LOG", "warn")
+            .output()
+            .unwrap()
+    };
+    let output = run(&["--did", "did:key:zunsupported"]);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("not backfilled: did:key:zunsupported"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("1 of 1 repos"), "{stderr}");
+
+    let output = run(&["--did", "did:plc:a", "--pds", "localhost:3000"]);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("not an http(s) address"), "{stderr}");
 }

@@ -40,10 +40,11 @@ enum Command {
         #[arg(long, value_name = "FILE")]
         dids_file: Option<PathBuf>,
         /// Use this PDS for every repo instead of resolving DIDs.
-        #[arg(long, value_name = "URL")]
+        #[arg(long, value_name = "URL", value_parser = crate::backfill::service_url)]
         pds: Option<Url>,
         /// PLC directory for resolving did:plc repos.
-        #[arg(long, env = "PLC_URL", default_value = crate::backfill::DEFAULT_PLC_URL)]
+        #[arg(long, env = "PLC_URL", default_value = crate::backfill::DEFAULT_PLC_URL,
+              value_parser = crate::backfill::service_url)]
         plc_url: Url,
         /// Directory holding the store.
         #[arg(long, env = "PUBSEARCH_DATA_DIR", default_value = "data")]
@@ -319,12 +320,20 @@ fn backfill(
         records = report.records,
         pages = report.pages,
         already_done = report.already_done,
+        malformed_records = report.malformed_records,
         failed = report.failed_repos.len(),
         "backfill finished"
     );
     for (did, reason) in &report.failed_repos {
         eprintln!("not backfilled: {did}: {reason}");
     }
+    // Scripts must be able to tell; a rerun resumes where each failed repo stopped.
+    anyhow::ensure!(
+        report.failed_repos.is_empty(),
+        "{} of {} repos were not backfilled; run it again to resume them",
+        report.failed_repos.len(),
+        report.repos
+    );
     Ok(())
 }
 
