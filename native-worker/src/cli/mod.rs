@@ -125,12 +125,15 @@ struct RunArgs {
     /// Seconds between progress log lines.
     #[arg(long, default_value_t = 10)]
     progress_secs: u64,
-    /// Minutes between scheduled snapshot publishes (to DATA_DIR/snapshots); 0 disables.
+    /// Minutes between scheduled snapshot publishes (to --s3-bucket or --snapshot-dir); 0
+    /// disables.
     #[arg(long, env = "PUBSEARCH_PUBLISH_MINUTES", default_value_t = 15)]
     publish_minutes: u64,
     /// Channel scheduled publishes update.
     #[arg(long, default_value = "prod")]
     channel: String,
+    #[command(flatten)]
+    target: TargetArgs,
     /// Turso database (`libsql://…`): write every batch through to it and sync other writers'
     /// rows down. Unset: the local store is the source of truth.
     #[arg(long, env = "TURSO_URL")]
@@ -158,19 +161,41 @@ struct PublishArgs {
     /// Channel whose pointer to update.
     #[arg(long, global = true, default_value = "prod")]
     channel: String,
+    #[command(flatten)]
+    target: TargetArgs,
+    /// Publish even if the build has under half the live build's documents.
+    #[arg(long)]
+    force: bool,
+}
+
+/// Where snapshots are published, and how many are kept there: shared by `publish` and `run`.
+#[derive(Debug, clap::Args)]
+struct TargetArgs {
     /// Publish to this S3/R2 bucket (configured by the AWS_* variables) instead of a directory.
     #[arg(long, global = true, env = "PUBSEARCH_S3_BUCKET")]
     s3_bucket: Option<String>,
     /// Local publish directory (default: DATA_DIR/snapshots).
     #[arg(long, global = true)]
     snapshot_dir: Option<PathBuf>,
-    /// Publish even if the build has under half the live build's documents.
-    #[arg(long)]
-    force: bool,
     /// Builds to keep: the newest N (counting the live one), and always the live one and its
     /// predecessor (the rollback target).
-    #[arg(long, default_value_t = 5)]
+    #[arg(long, global = true, default_value_t = 5)]
     keep: usize,
+}
+
+impl TargetArgs {
+    fn open(&self, data_dir: &std::path::Path) -> Result<crate::publish::objects::ObjectTarget> {
+        use crate::publish::objects::ObjectTarget;
+        Ok(match &self.s3_bucket {
+            Some(bucket) => ObjectTarget::s3(bucket)?,
+            None => ObjectTarget::local(
+                &self
+                    .snapshot_dir
+                    .clone()
+                    .unwrap_or_else(|| data_dir.join("snapshots")),
+            )?,
+        })
+    }
 }
 
 #[derive(Debug, Subcommand)]
@@ -240,14 +265,12 @@ fn run_ingest(args: RunArgs) -> Result<()> {
     let publish = (args.publish_minutes > 0)
         .then(|| -> Result<run::ScheduledPublish> {
             Ok(run::ScheduledPublish {
-                every: Duration::from_secs(args.publish_minutes * 60),
-                target: crate::publish::objects::ObjectTarget::local(
-                    &args.data_dir.join("snapshots"),
-                )?,
+                every: Duration::from_secs(args.publish_minutes.saturating_mul(60)),
+                target: args.target.open(&args.data_dir)?,
                 options: crate::publish::PublishOptions {
                     channel: args.channel.clone(),
                     force: false,
-                    keep: 5,
+                    keep: args.target.keep,
                 },
             })
         })
@@ -366,16 +389,8 @@ fn gen_corpus(records: usize, seed: u64, malformed_rate: f64, out: &std::path::P
 }
 
 fn publish(args: PublishArgs) -> Result<()> {
-    use crate::publish::{self, PublishOptions, objects::ObjectTarget};
-    let target = match &args.s3_bucket {
-        Some(bucket) => ObjectTarget::s3(bucket)?,
-        None => ObjectTarget::local(
-            &args
-                .snapshot_dir
-                .clone()
-                .unwrap_or_else(|| args.data_dir.join("snapshots")),
-        )?,
-    };
+    use crate::publish::{self, PublishOptions};
+    let target = args.target.open(&args.data_dir)?;
     let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
     runtime.block_on(async {
         match args.action {
@@ -408,7 +423,7 @@ fn publish(args: PublishArgs) -> Result<()> {
                 let options = PublishOptions {
                     channel: args.channel.clone(),
                     force: args.force,
-                    keep: args.keep,
+                    keep: args.target.keep,
                 };
                 let manifest =
                     publish::publish_once(&store, &args.data_dir, &target, &options).await?;
@@ -441,5 +456,37 @@ fn search_snapshot(path: &PathBuf, query: String, mut params: Vec<(String, Strin
     match writeln!(std::io::stdout().lock(), "{body}") {
         Err(error) if error.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
         other => other.context("writing results"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::{Cli, Command};
+    use crate::publish::objects::TargetSpec;
+
+    #[test]
+    fn scheduled_publishing_goes_where_publish_would() {
+        let dir = tempfile::tempdir().unwrap();
+        let elsewhere = dir.path().join("elsewhere");
+        let cli = Cli::try_parse_from([
+            "native-worker".as_ref(),
+            "run".as_ref(),
+            "--snapshot-dir".as_ref(),
+            elsewhere.as_os_str(),
+            "--keep".as_ref(),
+            "2".as_ref(),
+        ])
+        .unwrap();
+        let Command::Run(args) = cli.command else {
+            panic!("parsed as another command");
+        };
+        let target = args.target.open(&args.data_dir).unwrap();
+        let TargetSpec::Dir { path } = target.spec() else {
+            panic!("{target:?}");
+        };
+        assert_eq!(path, &elsewhere.canonicalize().unwrap());
+        assert_eq!(args.target.keep, 2);
     }
 }
