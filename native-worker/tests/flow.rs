@@ -493,6 +493,16 @@ async fn list_paginates_purge_removes_finished_and_a_second_engine_is_refused() 
     engine.shutdown().await;
 }
 
+/// What `flow cancel` leaves in the inbox.
+fn cancel_from_the_cli() -> pubsearch_native_worker::flow::history::Message {
+    pubsearch_native_worker::flow::history::Message {
+        execution: None,
+        event: Event::CancelRequested {
+            reason: "cancelled from the CLI".into(),
+        },
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn another_process_cancels_through_the_inbox() {
     let dir = tempfile::tempdir().unwrap();
@@ -502,13 +512,7 @@ async fn another_process_cancels_through_the_inbox() {
         .unwrap();
     let client = engine.client();
     client.start("approval", "remote", &()).await.unwrap();
-    let message = pubsearch_native_worker::flow::history::Message {
-        execution: None,
-        event: Event::CancelRequested {
-            reason: "cancelled from the CLI".into(),
-        },
-    };
-    db::post_to_inbox(&path, "remote", &message).unwrap();
+    db::post_to_inbox(&path, "remote", &cancel_from_the_cli()).unwrap();
     let info = client.wait("remote", WAIT).await.unwrap();
     assert_eq!(info.status, Status::Cancelled);
     assert_eq!(info.error.as_deref(), Some("cancelled from the CLI"));
@@ -534,4 +538,60 @@ async fn a_wait_ends_when_the_engine_stops() {
         .expect("the wait outlived the engine that would finish the instance")
         .unwrap();
     assert!(matches!(ended, Err(FlowError::Stopped)), "{ended:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stored_record_that_no_longer_decodes_ends_its_instance_not_the_engine() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("flow.db");
+    let engine = Engine::start(&path, waiting_registry(), options())
+        .await
+        .unwrap();
+    let client = engine.client();
+    client.start("approval", "bad-history", &()).await.unwrap();
+    client.start("approval", "healthy", &()).await.unwrap();
+    client
+        .start("deadline", "bad-timer", &60_000u64)
+        .await
+        .unwrap();
+    wait_for_history(&client, "bad-history", 1).await;
+    wait_for_history(&client, "healthy", 1).await;
+    wait_for_history(&client, "bad-timer", 2).await;
+    engine.shutdown().await;
+
+    // As a newer build, or a damaged disk, might leave them.
+    let conn = rusqlite::Connection::open(&path).unwrap();
+    conn.execute_batch(
+        "UPDATE flow_history SET event = '{\"FromTheFuture\":{}}' WHERE instance = 'bad-history';
+         UPDATE flow_work SET body = 'not json' WHERE instance = 'bad-timer';",
+    )
+    .unwrap();
+
+    let engine = Engine::start(&path, waiting_registry(), options())
+        .await
+        .unwrap();
+    let client = engine.client();
+    let timer = client.wait("bad-timer", WAIT).await.unwrap();
+    assert_eq!(timer.status, Status::Cancelled, "{timer:?}");
+    assert!(timer.error.unwrap().contains("work item no longer decodes"));
+
+    client
+        .raise_event("bad-history", "approve", &"x")
+        .await
+        .unwrap();
+    let history = client.wait("bad-history", WAIT).await.unwrap();
+    assert_eq!(history.status, Status::Failed, "{history:?}");
+    assert!(history.error.unwrap().contains("history no longer decodes"));
+
+    // A message another process left that does not decode cancels its instance; the messages
+    // after it still arrive.
+    conn.execute(
+        "INSERT INTO flow_inbox (instance, body) VALUES ('bad-message', 'not json')",
+        [],
+    )
+    .unwrap();
+    db::post_to_inbox(&path, "healthy", &cancel_from_the_cli()).unwrap();
+    let healthy = client.wait("healthy", WAIT).await.unwrap();
+    assert_eq!(healthy.error.as_deref(), Some("cancelled from the CLI"));
+    engine.shutdown().await;
 }

@@ -191,7 +191,6 @@ pub fn list(
     })
 }
 
-/// All pending work, oldest first, for recovery after a restart.
 /// All pending work, oldest first, for recovery after a restart, each with whether an attempt
 /// of it was running when the previous process stopped.
 pub(crate) fn pending_work(conn: &Connection) -> Result<Vec<(WorkItem, bool)>, FlowError> {
@@ -211,11 +210,19 @@ pub(crate) fn pending_work(conn: &Connection) -> Result<Vec<(WorkItem, bool)>, F
     let mut items = Vec::new();
     for row in rows {
         let (id, instance, kind, visible_at_ms, body, interrupted) = row?;
+        // A stand-in for what does not decode is due now, whenever the original was.
+        let (work, visible_at_ms) = match super::history::Work::from_row(kind, &body) {
+            Ok(work) => (work, visible_at_ms),
+            Err(error) => (
+                super::history::Work::Message(undecodable(&instance, "work item", &error)),
+                0,
+            ),
+        };
         let item = WorkItem {
             id,
             instance,
             visible_at_ms,
-            work: super::history::Work::from_row(kind, &body)?,
+            work,
         };
         items.push((item, interrupted > 0));
     }
@@ -228,6 +235,19 @@ pub(crate) fn max_work_id(conn: &Connection) -> Result<i64, FlowError> {
             row.get(0)
         })?,
     )
+}
+
+/// What stands in for a stored message or work item that no longer decodes (written by another
+/// build, or damaged): a cancellation of its instance, saying why. The engine goes on; the row
+/// is deleted when the instance takes the message, as its own would have been.
+fn undecodable(instance: &str, what: &str, error: &serde_json::Error) -> Message {
+    tracing::error!(instance, what, %error, "a stored flow record no longer decodes; cancelling its instance");
+    Message {
+        execution: None,
+        event: Event::CancelRequested {
+            reason: format!("its stored {what} no longer decodes ({error})"),
+        },
+    }
 }
 
 /// Messages other processes left for the engine.
@@ -247,7 +267,9 @@ pub(crate) fn inbox(
     let mut messages = Vec::new();
     for row in rows {
         let (id, instance, body) = row?;
-        messages.push((id, instance, serde_json::from_str(&body)?));
+        let message = serde_json::from_str(&body)
+            .unwrap_or_else(|error| undecodable(&instance, "inbox message", &error));
+        messages.push((id, instance, message));
     }
     Ok(messages)
 }

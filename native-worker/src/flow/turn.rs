@@ -501,7 +501,19 @@ pub(crate) fn load(
     if info.status.is_terminal() {
         return Ok(Some(Live::fresh(&info)));
     }
-    let events = history(&info)?;
+    let events = match history(&info) {
+        Ok(events) => events,
+        // Written by another build, or damaged: this instance cannot resume, but the engine and
+        // every other instance go on.
+        Err(super::FlowError::Json(error)) => {
+            let mut live = Live::fresh(&info);
+            live.replay_outcome = Some(Outcome::Failed(format!(
+                "its stored history no longer decodes ({error}); it cannot resume"
+            )));
+            return Ok(Some(live));
+        }
+        Err(error) => return Err(error),
+    };
     Ok(Some(if events.is_empty() {
         Live::fresh(&info)
     } else {
