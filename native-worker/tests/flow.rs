@@ -595,3 +595,48 @@ async fn a_stored_record_that_no_longer_decodes_ends_its_instance_not_the_engine
     assert_eq!(healthy.error.as_deref(), Some("cancelled from the CLI"));
     engine.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_lets_a_running_attempt_finish_and_record_its_result() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("flow.db");
+    let calls = Arc::new(AtomicU32::new(0));
+    let registry = || {
+        let calls = Arc::clone(&calls);
+        let mut registry = registry();
+        registry
+            .activity("slow", move |_, ms: u64| {
+                calls.fetch_add(1, Ordering::SeqCst);
+                async move {
+                    tokio::time::sleep(Duration::from_millis(ms)).await;
+                    Ok(ms)
+                }
+            })
+            .orchestration(
+                "one_slow_step",
+                1,
+                |ctx: OrchestrationContext, ms: u64| async move {
+                    let slept: u64 = ctx.activity("slow", &ms).await?;
+                    Ok(slept)
+                },
+            );
+        registry
+    };
+    let engine = Engine::start(&path, registry(), options()).await.unwrap();
+    let client = engine.client();
+    client
+        .start("one_slow_step", "slow", &400u64)
+        .await
+        .unwrap();
+    while calls.load(Ordering::SeqCst) == 0 {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    engine.shutdown().await;
+
+    // The next engine (another process taking over) finds the result, not the work.
+    let engine = Engine::start(&path, registry(), options()).await.unwrap();
+    let info = engine.client().wait("slow", WAIT).await.unwrap();
+    assert_eq!(info.output.as_deref(), Some("400"), "{info:?}");
+    assert_eq!(calls.load(Ordering::SeqCst), 1, "the attempt ran once");
+    engine.shutdown().await;
+}

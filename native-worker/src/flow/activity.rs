@@ -51,7 +51,6 @@ impl Shared {
             );
         }
         let result = self.call_activity(&item.instance, work).await;
-        lock(&self.running).remove(&item.id);
         drop(slot);
         let (ops, next) = match result {
             Ok(output) => self.activity_answer(
@@ -66,6 +65,8 @@ impl Shared {
             }
         };
         self.commit_and_dispatch(ops, vec![next]);
+        // Only now: a stopping engine waits for this set to empty before closing its writer.
+        lock(&self.running).remove(&item.id);
     }
 
     /// What follows a failed attempt: the next attempt after the policy's delay, or the failure

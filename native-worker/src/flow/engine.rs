@@ -40,6 +40,10 @@ pub struct EngineOptions {
     pub inbox_poll: Duration,
     /// `synchronous=FULL`: a commit survives power loss. Off only for throwaway databases.
     pub durable: bool,
+    /// How long [`Engine::shutdown`] lets activity attempts under way finish and record their
+    /// results before abandoning them, so the next engine on the file (another process taking
+    /// over) does not run them a second time beside the first.
+    pub shutdown_grace: Duration,
 }
 
 impl Default for EngineOptions {
@@ -50,6 +54,7 @@ impl Default for EngineOptions {
             cache_capacity: 10_000,
             inbox_poll: Duration::from_secs(1),
             durable: true,
+            shutdown_grace: Duration::from_secs(30),
         }
     }
 }
@@ -499,12 +504,27 @@ impl Engine {
         self.shared.shutdown.child_token()
     }
 
-    /// Stops dispatching, lets queued commits finish and joins the writer. Activities still
-    /// running are abandoned and run again on the next start (at-least-once).
+    /// Stops dispatching, gives running activity attempts [`EngineOptions::shutdown_grace`] to
+    /// finish and record their results, lets queued commits finish and joins the writer.
+    /// Attempts still running then are abandoned and run again on the next start
+    /// (at-least-once).
     pub async fn shutdown(mut self) {
         self.shared.shutdown.cancel();
         for task in self.tasks.drain(..) {
             let _ = task.await;
+        }
+        let deadline = tokio::time::Instant::now() + self.shared.options.shutdown_grace;
+        let mut announced = false;
+        loop {
+            let running = lock(&self.shared.running).len();
+            if running == 0 || tokio::time::Instant::now() >= deadline {
+                break;
+            }
+            if !announced {
+                tracing::info!(running, grace = ?self.shared.options.shutdown_grace, "waiting for running activities to finish");
+                announced = true;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
         }
         // Attempts abandoned by a clean stop run again without counting against their policy.
         let abandoned: Vec<WriteOp> = lock(&self.shared.running)
