@@ -129,8 +129,15 @@ pub async fn run(options: RunOptions, shutdown: CancellationToken) -> Result<Sta
     let interrupt = shutdown.clone();
     tokio::spawn(async move {
         if tokio::signal::ctrl_c().await.is_ok() {
-            tracing::info!("interrupted; committing what is queued and stopping");
+            tracing::info!(
+                "interrupted; committing what is queued and stopping (interrupt again to exit now)"
+            );
             interrupt.cancel();
+        }
+        // Exiting now is a crash the store and the workflows are built to survive.
+        if tokio::signal::ctrl_c().await.is_ok() {
+            tracing::warn!("interrupted again; exiting without waiting");
+            std::process::exit(130);
         }
     });
     let background = CancellationToken::new();
@@ -196,7 +203,7 @@ pub async fn run(options: RunOptions, shutdown: CancellationToken) -> Result<Sta
             Ok(())
         }
         Source::Replay(path) => {
-            let replayed = replay::run(&path, &sink).await;
+            let replayed = replay::run(&path, &sink, &ingest_stop).await;
             drop(sink);
             replayed.map(drop)
         }

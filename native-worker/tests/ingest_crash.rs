@@ -102,3 +102,43 @@ async fn sigkill_mid_ingest_then_restart_matches_an_uninterrupted_run() {
     assert_consistent(&store);
     assert_eq!(support::dump(&store), expected);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_interrupted_replay_stops_early_and_running_it_again_completes_it() {
+    use pubsearch_native_worker::run::{self, Source};
+    use tokio_util::sync::CancellationToken;
+    let events = support::jetstream_events(EVENTS);
+    let reference = tempfile::tempdir().unwrap();
+    support::replay(reference.path(), &events).await;
+
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("events.ndjson");
+    std::fs::write(&file, events.join("\n")).unwrap();
+    let options = || support::run_options(dir.path(), Source::Replay(file.clone()));
+    let interrupt = CancellationToken::new();
+    let running = tokio::spawn(run::run(options(), interrupt.clone()));
+    let store = store_path(dir.path());
+    support::wait_for(Duration::from_secs(20), || {
+        store.exists()
+            && support::read_store(&store)
+                .query_row("SELECT count(*) FROM documents", [], |row| {
+                    row.get::<_, i64>(0)
+                })
+                .unwrap_or(0)
+                > 0
+    })
+    .await;
+    interrupt.cancel(); // what Ctrl-C does
+    let stopped = running.await.unwrap().unwrap();
+    assert!(
+        stopped.events < EVENTS as u64,
+        "the replay ran to its end: {stopped:?}"
+    );
+    assert_consistent(&store);
+
+    run::run(options(), CancellationToken::new()).await.unwrap();
+    assert_eq!(
+        support::dump(&store),
+        support::dump(&store_path(reference.path()))
+    );
+}

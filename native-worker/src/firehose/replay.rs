@@ -3,6 +3,7 @@
 use std::path::Path;
 
 use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio_util::sync::CancellationToken;
 
 use super::{MAX_FRAME_BYTES, Position, decode_jetstream};
 use crate::ingest::Sink;
@@ -20,9 +21,10 @@ pub enum ReplayError {
     PipelineStopped,
 }
 
-/// Feeds every line of `path` to `sink`; returns the number of lines read. Undecodable lines are
-/// counted and skipped. Replays keep no cursor: the store's revision check makes them idempotent.
-pub async fn run(path: &Path, sink: &Sink) -> Result<u64, ReplayError> {
+/// Feeds every line of `path` to `sink`, or those before `stop`; returns the number of lines
+/// read. Undecodable lines are counted and skipped. Replays keep no cursor: the store's revision
+/// check makes them idempotent, so a stopped one is simply run again.
+pub async fn run(path: &Path, sink: &Sink, stop: &CancellationToken) -> Result<u64, ReplayError> {
     let read_error = |source| ReplayError::Read {
         path: path.to_path_buf(),
         source,
@@ -31,6 +33,10 @@ pub async fn run(path: &Path, sink: &Sink) -> Result<u64, ReplayError> {
     let mut lines = BufReader::with_capacity(1 << 20, file).lines();
     let mut count = 0u64;
     while let Some(line) = lines.next_line().await.map_err(read_error)? {
+        if stop.is_cancelled() {
+            tracing::info!(lines = count, "replay stopped");
+            break;
+        }
         count += 1;
         if line.trim().is_empty() {
             continue;
