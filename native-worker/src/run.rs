@@ -91,6 +91,12 @@ pub fn store_path(data_dir: &std::path::Path) -> PathBuf {
 /// Runs ingest until Ctrl-C, `shutdown`, or the end of a replay; returns the final counters.
 pub async fn run(options: RunOptions, shutdown: CancellationToken) -> Result<StatsSnapshot> {
     let store = Store::open(store_path(&options.data_dir))?;
+    // First of all that can clash with another worker, so a second one fails before it starts
+    // anything.
+    let admin_listener = match options.admin_addr {
+        Some(addr) => Some(admin::bind(addr).await?),
+        None => None,
+    };
     let policy = options
         .banned_dids
         .as_deref()
@@ -156,8 +162,7 @@ pub async fn run(options: RunOptions, shutdown: CancellationToken) -> Result<Sta
             .flatten();
         *live_build.lock().expect("not poisoned") = current;
     }
-    if let Some(addr) = options.admin_addr {
-        let listener = admin::bind(addr).await?;
+    if let Some(listener) = admin_listener {
         tracing::info!(addr = %listener.local_addr()?, "admin endpoint listening (/health, /stats)");
         let state = AdminState {
             source: options.source.name(),

@@ -114,10 +114,30 @@ pub(super) fn run(args: FlowArgs) -> Result<()> {
         }
         FlowAction::Purge { older_than_hours } => {
             let mut conn = db::open_write(&path, true)?;
-            let cutoff = flow::now_ms() - older_than_hours as i64 * 3_600_000;
+            let cutoff = purge_cutoff(flow::now_ms(), older_than_hours);
             let purged = db::purge(&mut conn, cutoff)?;
             println!("purged {purged} finished instance(s)");
         }
     }
     Ok(())
+}
+
+/// The finish time before which `flow purge` deletes instances. Saturating: an absurd age means
+/// "nothing is that old", never a cutoff in the future that would purge everything.
+fn purge_cutoff(now_ms: i64, older_than_hours: u64) -> i64 {
+    let age_ms = i64::try_from(older_than_hours)
+        .unwrap_or(i64::MAX)
+        .saturating_mul(3_600_000);
+    now_ms.saturating_sub(age_ms)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn an_absurd_purge_age_purges_nothing() {
+        let now = 1_760_000_000_000;
+        assert_eq!(super::purge_cutoff(now, 168), now - 168 * 3_600_000);
+        assert!(super::purge_cutoff(now, u64::MAX) < 0);
+        assert!(super::purge_cutoff(now, i64::MAX as u64 / 1_000) < 0);
+    }
 }

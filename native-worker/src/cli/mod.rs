@@ -215,9 +215,13 @@ fn parse_admin_addr(text: &str) -> Result<AdminAddr, String> {
     if text.eq_ignore_ascii_case("off") {
         return Ok(AdminAddr(None));
     }
-    text.parse()
+    use std::net::ToSocketAddrs;
+    // An IP address as is; a name (`localhost:7070`) as the first address it resolves to.
+    text.to_socket_addrs()
+        .map_err(|e| format!("expected HOST:PORT or `off`: {e}"))?
+        .next()
         .map(|addr| AdminAddr(Some(addr)))
-        .map_err(|e| format!("expected HOST:PORT or `off`: {e}"))
+        .ok_or_else(|| format!("{text} resolves to no address"))
 }
 
 fn parse_param(text: &str) -> Result<(String, String), String> {
@@ -465,6 +469,15 @@ mod tests {
 
     use super::{Cli, Command};
     use crate::publish::objects::TargetSpec;
+
+    #[test]
+    fn admin_addresses_take_names_and_off() {
+        let addr = |text| super::parse_admin_addr(text).map(|addr| addr.0);
+        assert_eq!(addr("off").unwrap(), None);
+        assert_eq!(addr("127.0.0.1:7070").unwrap().unwrap().port(), 7070);
+        assert!(addr("localhost:7071").unwrap().unwrap().ip().is_loopback());
+        assert!(addr("7070").is_err());
+    }
 
     #[test]
     fn scheduled_publishing_goes_where_publish_would() {
