@@ -32,6 +32,8 @@ async fn engine_that_never_builds(data: &Path, store: &Store) -> Engine {
     });
     let options = EngineOptions {
         inbox_poll: Duration::from_millis(50),
+        // It stands for a process that was killed: its build never ends, so nothing to wait for.
+        shutdown_grace: Duration::ZERO,
         ..EngineOptions::default()
     };
     Engine::start(flow::flow_path(data), registry, options)
