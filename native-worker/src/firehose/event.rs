@@ -7,8 +7,6 @@
 use serde::Deserialize;
 use serde_json::Value;
 
-use crate::store::replica::FIRST_TIME_VERSION;
-
 /// Where an event sits in its source's stream: what the cursor (Jetstream) or ack (tap) refers to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Position {
@@ -32,6 +30,10 @@ pub struct Event {
     pub payload: Payload,
 }
 
+/// The smallest [`Event::order`] that is a Jetstream `time_us` (1973-03-03 in Unix µs); tap
+/// event ids sit below it. No tap ever hands out 10^14 ids, and no Jetstream event predates it.
+pub const FIRST_TIME_VERSION: i64 = 100_000_000_000_000;
+
 impl Event {
     /// The event's place in its source's order: the tap id, else the source's `time_us` (0
     /// when it has neither). It versions account rows. Tap ids stay below
@@ -39,8 +41,7 @@ impl Event {
     /// ([`crate::store::replica::account_supersedes`]).
     pub fn order(&self) -> i64 {
         match self.position {
-            Position::TapId(id) => i64::try_from(id)
-                .map_or(FIRST_TIME_VERSION - 1, |id| id.min(FIRST_TIME_VERSION - 1)),
+            Position::TapId(id) => id.min(FIRST_TIME_VERSION as u64 - 1) as i64,
             _ => self.time_us.unwrap_or(0),
         }
     }

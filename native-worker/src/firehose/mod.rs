@@ -12,7 +12,8 @@ use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 
 pub use backoff::Backoff;
 pub use event::{
-    Commit, Event, FrameError, Operation, Payload, Position, decode_jetstream, decode_tap, tap_id,
+    Commit, Event, FIRST_TIME_VERSION, FrameError, Operation, Payload, Position, decode_jetstream,
+    decode_tap, tap_id,
 };
 
 /// Collections pubsearch indexes; Jetstream filters by them, tap and replays are checked against them.

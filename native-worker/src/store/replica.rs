@@ -66,10 +66,6 @@ const PUBLICATION_COLUMNS: &[&str] = &[
 
 const ACCOUNT_COLUMNS: &[&str] = &["did", "handle", "active", "status", "version", "updated_at"];
 
-/// The smallest account version that is a Jetstream `time_us` (1973-03-03 in Unix µs); tap
-/// event ids sit below it. No tap ever hands out 10^14 ids, and no Jetstream event predates it.
-pub const FIRST_TIME_VERSION: i64 = 100_000_000_000_000;
-
 /// Where an account row being applied comes from, which decides how it compares across kinds
 /// of source (see [`account_supersedes`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -92,7 +88,7 @@ pub enum AccountOrigin {
 /// versions (0: migration 5, Turso tables of an earlier build) keep their old rule among
 /// themselves, the last applied wins, and lose to any versioned row.
 pub fn account_supersedes(new: &str, old: &str, origin: AccountOrigin) -> String {
-    let floor = FIRST_TIME_VERSION;
+    let floor = crate::firehose::FIRST_TIME_VERSION;
     let same_kind = format!("(({new} >= {floor}) = ({old} >= {floor}))");
     let newer = match origin {
         AccountOrigin::Event => format!("{new} > {old} OR NOT {same_kind}"),
