@@ -532,7 +532,15 @@ impl ObjectTarget {
 
     /// Every build of `channel` with a manifest, oldest first (build ids sort by time).
     pub async fn builds(&self, channel: &str) -> Result<Vec<Manifest>, ObjectError> {
-        let listed = self.list_builds().await?;
+        self.manifests_in(&self.list_builds().await?, channel).await
+    }
+
+    /// The manifests of `channel`'s builds among `listed` objects, oldest first.
+    async fn manifests_in(
+        &self,
+        listed: &[object_store::ObjectMeta],
+        channel: &str,
+    ) -> Result<Vec<Manifest>, ObjectError> {
         let mut builds = Vec::new();
         for object in listed {
             if object.location.filename() == Some("manifest.json")
@@ -615,7 +623,10 @@ impl ObjectTarget {
             .current(channel)
             .await?
             .map(|manifest| manifest.build_id);
-        let builds = self.builds(channel).await?;
+        // One listing serves both passes: the sweep spares any build it shows with a manifest,
+        // those deleted here included, which are gone either way.
+        let listed = self.list_builds().await?;
+        let builds = self.manifests_in(&listed, channel).await?;
         let live_index = live
             .as_ref()
             .and_then(|live| builds.iter().position(|build| &build.build_id == live));
@@ -631,14 +642,17 @@ impl ObjectTarget {
             self.delete(&build.artifact).await?;
             removed += 1;
         }
-        self.sweep_orphans().await?;
+        self.sweep_orphans(listed).await?;
         Ok(removed)
     }
 
-    /// Deletes the files of builds that have no manifest and are [`ORPHAN_AGE_MS`] old.
-    async fn sweep_orphans(&self) -> Result<(), ObjectError> {
+    /// Deletes the files of builds among `listed` that have no manifest and are
+    /// [`ORPHAN_AGE_MS`] old.
+    async fn sweep_orphans(
+        &self,
+        listed: Vec<object_store::ObjectMeta>,
+    ) -> Result<(), ObjectError> {
         use std::collections::BTreeMap;
-        let listed = self.list_builds().await?;
         /// What one `builds/<build_id>/` holds.
         #[derive(Default)]
         struct BuildFiles {
