@@ -513,17 +513,13 @@ impl Engine {
         for task in self.tasks.drain(..) {
             let _ = task.await;
         }
-        let deadline = tokio::time::Instant::now() + self.shared.options.shutdown_grace;
-        let mut announced = false;
-        loop {
-            let running = lock(&self.shared.running).len();
-            if running == 0 || tokio::time::Instant::now() >= deadline {
-                break;
-            }
-            if !announced {
-                tracing::info!(running, grace = ?self.shared.options.shutdown_grace, "waiting for running activities to finish");
-                announced = true;
-            }
+        let grace = self.shared.options.shutdown_grace;
+        let running = lock(&self.shared.running).len();
+        if running > 0 && !grace.is_zero() {
+            tracing::info!(running, ?grace, "waiting for running activities to finish");
+        }
+        let deadline = tokio::time::Instant::now() + grace;
+        while !lock(&self.shared.running).is_empty() && tokio::time::Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         // Attempts abandoned by a clean stop run again without counting against their policy.
