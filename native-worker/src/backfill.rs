@@ -270,17 +270,17 @@ async fn backfill_repo(
 /// Parses a PDS or PLC directory address for the command line: http(s) only, and always ending
 /// in `/`, so the XRPC paths joined onto it keep any path prefix (`https://host/prefix`).
 pub fn service_url(text: &str) -> Result<Url, String> {
-    let url = Url::parse(text).map_err(|error| format!("{text:?} is not a URL: {error}"))?;
+    let mut url = Url::parse(text).map_err(|error| format!("{text:?} is not a URL: {error}"))?;
     if !matches!(url.scheme(), "http" | "https") || url.host().is_none() {
         return Err(format!(
             "{text:?} is not an http(s) address, like https://pds.example.com"
         ));
     }
-    if url.path().ends_with('/') {
-        Ok(url)
-    } else {
-        Url::parse(&format!("{url}/")).map_err(|error| error.to_string())
+    if !url.path().ends_with('/') {
+        let path = format!("{}/", url.path());
+        url.set_path(&path);
     }
+    Ok(url)
 }
 
 /// A listed record's rkey (the last segment of its at-uri) and value, if it has both.
