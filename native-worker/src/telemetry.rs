@@ -1,4 +1,4 @@
-//! Telemetry that never blocks the work it observes (DESIGN.md invariant 4).
+//! Telemetry that never blocks the work it observes (ARCHITECTURE.md invariant 4).
 //!
 //! Logs are human-readable on stderr, filtered by `RUST_LOG` (default `info`). When
 //! `OTEL_EXPORTER_OTLP_ENDPOINT` is set, `tracing` spans are also exported as OpenTelemetry traces

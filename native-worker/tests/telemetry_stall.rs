@@ -171,7 +171,7 @@ async fn negative_control_synchronous_export_stalls_everything() {
         delay: Duration::from_millis(300),
         exported: Arc::new(AtomicUsize::new(0)),
     };
-    // The mis-wiring DESIGN.md forbids: export inside span.end(), under the processor's lock.
+    // The mis-wiring ARCHITECTURE.md invariant 4 forbids: export inside span.end(), under the processor's lock.
     let provider = SdkTracerProvider::builder()
         .with_simple_exporter(exporter)
         .build();

@@ -1,7 +1,7 @@
 //! Search requests, ranking and results.
 //!
 //! Ranking runs in two phases so the request path does no work proportional to the corpus beyond
-//! what FTS5 itself does (DESIGN.md invariant 1):
+//! what FTS5 itself does (ARCHITECTURE.md invariant 1):
 //!
 //! 1. **Candidates.** Every FTS5 match is scored by weighted bm25 (`rank`'s function, with
 //!    row facts held in memory), with the filters tested on each match in the same statement,

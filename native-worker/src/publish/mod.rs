@@ -1,4 +1,4 @@
-//! The snapshot pipeline: build → verify → publish (DESIGN.md invariants 2 and 8).
+//! The snapshot pipeline: build → verify → publish (ARCHITECTURE.md invariants 2 and 8).
 //!
 //! - [`build`]: export the store's policy-passing documents at a watermark into a snapshot file.
 //! - [`verify`]: the gates a build must pass before anyone can see it.

@@ -3,7 +3,7 @@
 //! FTS5 buffers new terms in memory and writes them out as an on-disk segment when the
 //! transaction commits, but also whenever a statement inside the transaction opens a savepoint,
 //! which every constrained upsert does. Row triggers therefore wrote one tiny segment per
-//! document and spent most of ingest merging them (see DESIGN.md). The writer instead takes the
+//! document and spent most of ingest merging them. The writer instead takes the
 //! batch's documents out of the index before it changes them and puts the live ones back after,
 //! one set-based statement each, so a whole batch reaches the index as one segment (migration 4
 //! also lets FTS5 buffer 64 MiB of terms, not 1 MiB, before it must write one). Both statements

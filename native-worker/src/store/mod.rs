@@ -1,7 +1,7 @@
 //! The ingest store: a local SQLite file in WAL mode, the embedded default source of truth.
 //!
 //! One [`StoreWriter`] owns the only write connection and applies a whole [`Batch`] of changes,
-//! plus the source cursor that batch reaches, in one transaction (DESIGN.md invariants 3, 5, 7):
+//! plus the source cursor that batch reaches, in one transaction (ARCHITECTURE.md invariants 3, 5, 7):
 //! the cursor can never be ahead of the data it covers. Everything that reads opens its own
 //! read-only connection with [`Store::reader`] and never waits on the writer. The writer keeps
 //! the full-text index per batch ([`fts`]) and leaves WAL checkpoints to a thread of their own

@@ -1,7 +1,8 @@
 //! In-process stand-ins for Jetstream and tap on loopback, written from their protocols
-//! (DESIGN.md "Data facts") and faithful in the failure modes a consumer must survive:
-//! connections dropped without a close frame, garbage frames, oversized frames, cursor replay
-//! (Jetstream) and redelivery of unacknowledged events (tap).
+//! (Jetstream's `/subscribe` JSON events, tap's acknowledged `/channel`) and faithful in the
+//! failure modes a consumer must survive: connections dropped without a close frame, garbage
+//! frames, oversized frames, cursor replay (Jetstream) and redelivery of unacknowledged events
+//! (tap).
 #![allow(dead_code)]
 
 use std::collections::BTreeSet;
