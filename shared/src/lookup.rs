@@ -75,8 +75,9 @@ pub fn documents_by_uri(
         Ok(uris) => uris,
         Err(refused) => return Ok(Err(refused)),
     };
+    let text = crate::schema::text_source(conn, "d.id")?;
     let mut statement = conn.prepare_cached(&format!(
-        "SELECT {DOCUMENT_RESULT_COLUMNS}, substr({TEXT}(d.content), 1, {EXCERPT_CHARS})
+        "SELECT {DOCUMENT_RESULT_COLUMNS}, substr({TEXT}({text}), 1, {EXCERPT_CHARS})
          FROM documents AS d WHERE d.uri = ?1"
     ))?;
     let mut lookup = DocumentLookup {

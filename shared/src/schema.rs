@@ -20,11 +20,17 @@ use rusqlite::{Connection, OptionalExtension};
 /// 3: `documents.content` is LZ4-compressed ([`crate::content`]) and `documents_fts` reads it
 /// through the `document_text` view, so the snapshot, and the edge's memory for it, is about 28%
 /// smaller.
-pub const SCHEMA_VERSION: u32 = 3;
+///
+/// 4: document text moves out of `documents` into `document_bodies`, so `documents` is compact
+/// metadata. The paged edge reads a snapshot by range (see the README's "Paged snapshots"):
+/// opening one reads every `documents` row (`search::prepare`'s facts), which in schema 3
+/// meant reading most of the text too, since each row's first kilobytes of text share its page.
+pub const SCHEMA_VERSION: u32 = 4;
 /// The oldest table layout this build still reads. Versions 1 and 2 store plain text, which
-/// `pubsearch_text` passes through, and version 1 has its columns in another order and no prefix
-/// index: the same SQL answers them identically, only slower, so a new reader keeps serving the
-/// last old snapshot until the first new one is published.
+/// `pubsearch_text` passes through, version 1 has its columns in another order and no prefix
+/// index, and versions 1 to 3 keep text in `documents.content` ([`text_source`] says where): the
+/// same SQL answers them identically, only slower, so a new reader keeps serving the last old
+/// snapshot until the first new one is published.
 pub const OLDEST_READABLE_SCHEMA_VERSION: u32 = 1;
 /// The FTS5 tokenizer both indexes use; a snapshot built with another is refused.
 pub const TOKENIZER: &str = "unicode61 remove_diacritics 2";
@@ -62,11 +68,16 @@ CREATE TABLE documents (
     path            TEXT,
     tags            TEXT NOT NULL DEFAULT '[]',
     cover_image     TEXT,
-    title           TEXT NOT NULL,
-    content         BLOB NOT NULL
+    title           TEXT NOT NULL
 );
 CREATE INDEX documents_publication_uri ON documents(publication_uri);
 CREATE INDEX documents_did ON documents(did);
+
+-- Each document's text, LZ4-compressed (see `content`), apart from the metadata every search reads.
+CREATE TABLE document_bodies (
+    id      INTEGER PRIMARY KEY REFERENCES documents(id),
+    content BLOB NOT NULL
+);
 
 CREATE TABLE publications (
     id           INTEGER PRIMARY KEY,
@@ -96,7 +107,8 @@ CREATE TABLE tag_counts (
 
 -- What FTS5 reads of a document: its text, decompressed (by `pubsearch_text`, see `content`).
 CREATE VIEW document_text AS
-    SELECT id, title, pubsearch_text(content) AS content FROM documents;
+    SELECT d.id, d.title, pubsearch_text(b.content) AS content
+    FROM documents AS d JOIN document_bodies AS b ON b.id = d.id;
 
 CREATE VIRTUAL TABLE documents_fts USING fts5(
     title, content,
@@ -198,6 +210,22 @@ pub fn speaks(schema_version: u32, scoring_version: u32, tokenizer: &str) -> boo
     (OLDEST_READABLE_SCHEMA_VERSION..=SCHEMA_VERSION).contains(&schema_version)
         && scoring_version == SCORING_VERSION
         && tokenizer == TOKENIZER
+}
+
+/// The SQL for the stored text of the document whose id is `id_sql` (an expression), whatever
+/// the layout: schema 4 keeps text in `document_bodies`, older ones in `documents.content`.
+/// Decompressed by the caller with [`crate::content::FUNCTION`].
+pub fn text_source(conn: &Connection, id_sql: &str) -> rusqlite::Result<String> {
+    let split: bool = conn.query_row(
+        "SELECT EXISTS (SELECT 1 FROM sqlite_schema WHERE type = 'table' AND name = 'document_bodies')",
+        [],
+        |row| row.get(0),
+    )?;
+    Ok(if split {
+        format!("(SELECT content FROM document_bodies WHERE id = {id_sql})")
+    } else {
+        format!("(SELECT content FROM documents WHERE id = {id_sql})")
+    })
 }
 
 /// Reads the version stamps and refuses a snapshot this build cannot rank identically.

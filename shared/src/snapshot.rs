@@ -79,9 +79,9 @@ impl<'conn> SnapshotWriter<'conn> {
         tags.dedup();
         let tags_json = serde_json::to_string(&tags).expect("a list of strings serialises");
         let mut insert = self.tx.prepare_cached(
-            "INSERT INTO documents (uri, did, rkey, collection, platform, title, content, created_at,
+            "INSERT INTO documents (uri, did, rkey, collection, platform, title, created_at,
                                     indexed_at, publication_uri, base_path, path, tags, cover_image)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)",
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
         )?;
         insert.execute(params![
             doc.uri,
@@ -90,7 +90,6 @@ impl<'conn> SnapshotWriter<'conn> {
             doc.collection,
             doc.platform.as_str(),
             doc.title,
-            crate::content::compress(&doc.content),
             doc.created_at.to_rfc3339(),
             doc.indexed_at_us,
             doc.publication_uri,
@@ -100,6 +99,9 @@ impl<'conn> SnapshotWriter<'conn> {
             doc.cover_image,
         ])?;
         let id = self.tx.last_insert_rowid();
+        self.tx
+            .prepare_cached("INSERT INTO document_bodies (id, content) VALUES (?1, ?2)")?
+            .execute(params![id, crate::content::compress(&doc.content)])?;
         let mut tag_insert = self
             .tx
             .prepare_cached("INSERT INTO document_tags (tag, document_id) VALUES (?1, ?2)")?;

@@ -330,6 +330,8 @@ fn fixture_in_version_1_layout() -> Connection {
     schema::create(&old).unwrap();
     old.execute_batch(
         "DROP TABLE documents_fts;
+         DROP VIEW document_text;
+         DROP TABLE document_bodies;
          DROP TABLE documents;
          CREATE TABLE documents (
              id INTEGER PRIMARY KEY, uri TEXT NOT NULL UNIQUE, did TEXT NOT NULL,
@@ -352,9 +354,9 @@ fn fixture_in_version_1_layout() -> Connection {
     old.deserialize_read_exact("fixture", &bytes[..], bytes.len(), true)
         .unwrap();
     old.execute_batch(
-        "INSERT INTO documents SELECT id, uri, did, rkey, collection, platform, title,
-             pubsearch_text(content), created_at, indexed_at, publication_uri, base_path, path, tags, cover_image
-             FROM fixture.documents;
+        "INSERT INTO documents SELECT d.id, uri, did, rkey, collection, platform, title,
+             pubsearch_text(b.content), created_at, indexed_at, publication_uri, base_path, path, tags, cover_image
+             FROM fixture.documents AS d JOIN fixture.document_bodies AS b ON b.id = d.id;
          INSERT INTO documents_fts(documents_fts) VALUES ('rebuild');
          INSERT INTO publications SELECT * FROM fixture.publications;
          INSERT INTO publications_fts(publications_fts) VALUES ('rebuild');
@@ -404,7 +406,7 @@ fn document_text_is_stored_compressed_and_read_back_whole() {
     let (blobs, stored, text): (i64, i64, i64) = conn
         .query_row(
             "SELECT sum(typeof(content) = 'blob'), sum(length(content)),
-                    sum(length(CAST(pubsearch_text(content) AS BLOB))) FROM documents",
+                    sum(length(CAST(pubsearch_text(content) AS BLOB))) FROM document_bodies",
             [],
             |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)),
         )
