@@ -6,7 +6,7 @@ use pubsearch_native_worker::publish::objects::{ObjectTarget, Requester};
 use pubsearch_native_worker::publish::{self, PublishOptions, build, verify};
 use pubsearch_native_worker::run::store_path;
 use pubsearch_native_worker::store::{Batch, Change, Store};
-use pubsearch_shared::manifest;
+use pubsearch_shared::manifest::{self, ArtifactDigests, Manifest};
 
 async fn ingested_store(dir: &std::path::Path, events: usize) -> Store {
     support::replay(dir, &support::jetstream_events(events)).await;
@@ -32,7 +32,27 @@ async fn publish_writes_a_verified_build_then_the_pointer() {
         .unwrap();
 
     let live = target.current("prod").await.unwrap().unwrap();
-    assert_eq!(live, manifest);
+    assert_eq!(
+        live,
+        manifest.pointer(),
+        "the pointer is the manifest less its chunk table"
+    );
+    // The build's own manifest lists every chunk's digest, and they are the artifact's.
+    let chunks = manifest.chunks.as_ref().expect("a chunk table");
+    assert_eq!(
+        chunks.digests(manifest.byte_size).unwrap().len() as u64,
+        manifest.byte_size.div_ceil(u64::from(chunks.chunk_bytes))
+    );
+    let artifact = std::fs::read(target_dir.join(&manifest.artifact)).unwrap();
+    let (_, computed) = ArtifactDigests::of_reader(&artifact[..], chunks.chunk_bytes)
+        .unwrap()
+        .finish();
+    assert_eq!(&computed, chunks);
+    let stored: Manifest = serde_json::from_slice(
+        &std::fs::read(target_dir.join(manifest::manifest_key(&manifest.build_id))).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(stored, manifest);
     assert_eq!(
         manifest.counts.documents,
         build::expected_document_count(&store, manifest.source_watermark_us).unwrap()
@@ -274,7 +294,7 @@ async fn a_staler_build_never_moves_the_pointer_back_unless_forced() {
         format!("{error:#}").contains("refusing to move the pointer back"),
         "{error:#}"
     );
-    assert_eq!(target.current("prod").await.unwrap(), Some(live.clone()));
+    assert_eq!(target.current("prod").await.unwrap(), Some(live.pointer()));
 
     let mut forced = options(5);
     forced.force = true;
@@ -282,7 +302,7 @@ async fn a_staler_build_never_moves_the_pointer_back_unless_forced() {
         .await
         .unwrap();
     assert!(stale.source_watermark_us < live.source_watermark_us);
-    assert_eq!(target.current("prod").await.unwrap(), Some(stale));
+    assert_eq!(target.current("prod").await.unwrap(), Some(stale.pointer()));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1,18 +1,23 @@
 //! The snapshot manifest: the contract between the builder that publishes a snapshot and every
-//! reader that adopts one (DESIGN.md invariant 8).
+//! reader that adopts one (ARCHITECTURE.md invariant 8).
 //!
 //! Object layout in the store (local directory, R2 or S3):
 //!
 //! ```text
 //! builds/<build_id>/snapshot.db      the SQLite snapshot
-//! builds/<build_id>/manifest.json    its manifest
-//! channels/<channel>/latest.json     the pointer: a copy of the live build's manifest, written last
+//! builds/<build_id>/manifest.json    its manifest, with the artifact's chunk table
+//! channels/<channel>/latest.json     the pointer: the live build's manifest without the chunk
+//!                                    table ([`Manifest::pointer`]), written last
 //! channels/<channel>/hold.json       a rollback's hold on the channel (the publisher's; readers ignore it)
 //! ```
 //!
 //! The publisher runs [`verify_snapshot`] on a build before uploading it. A reader fetches the
 //! pointer, downloads `artifact`, checks size and sha256 while streaming, opens it, and runs
 //! [`verify_published`] before serving from it. Anything that fails is refused whole.
+//!
+//! A reader that fetches the artifact by range instead (the paged edge) reads the build's own
+//! manifest for its [`ChunkTable`] and checks each chunk's SHA-256 as the chunk arrives, before
+//! SQLite reads a byte of it.
 
 use rusqlite::Connection;
 use serde::{Deserialize, Serialize};
@@ -52,6 +57,63 @@ pub struct Manifest {
     pub builder_version: String,
     /// Object key of the snapshot file.
     pub artifact: String,
+    /// The artifact's chunk digests: in a build's own manifest, never in the pointer, which
+    /// stays one small object however large the build.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub chunks: Option<ChunkTable>,
+}
+
+/// Bytes per chunk in the chunk tables this builder writes: the unit a paged reader fetches,
+/// checks and caches. A multiple of every snapshot page size.
+pub const CHUNK_BYTES: u32 = 64 * 1024;
+
+/// SHA-256 of each fixed-size chunk of an artifact, so a reader that fetches it by range can
+/// check every chunk on arrival rather than hash gigabytes before its first answer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChunkTable {
+    /// Bytes per chunk; the last chunk holds the rest.
+    pub chunk_bytes: u32,
+    /// Lowercase hex SHA-256 of each chunk, in order.
+    pub sha256: Vec<String>,
+}
+
+impl ChunkTable {
+    /// The chunk digests as bytes, after checking the table describes `byte_size` bytes.
+    pub fn digests(&self, byte_size: u64) -> Result<Vec<[u8; 32]>, VerifyError> {
+        let bad = |why: String| VerifyError::ChunkTable(why);
+        if self.chunk_bytes == 0 {
+            return Err(bad("chunk size 0".into()));
+        }
+        let expected = byte_size.div_ceil(u64::from(self.chunk_bytes));
+        if self.sha256.len() as u64 != expected {
+            return Err(bad(format!(
+                "{} digests for {byte_size} bytes in chunks of {}: {expected} expected",
+                self.sha256.len(),
+                self.chunk_bytes
+            )));
+        }
+        self.sha256
+            .iter()
+            .enumerate()
+            .map(|(index, hex)| {
+                decode_digest(hex).ok_or_else(|| bad(format!("digest {index} is not SHA-256 hex")))
+            })
+            .collect()
+    }
+}
+
+/// A lowercase or uppercase hex SHA-256 as bytes.
+fn decode_digest(hex: &str) -> Option<[u8; 32]> {
+    let hex = hex.as_bytes();
+    if hex.len() != 64 {
+        return None;
+    }
+    let mut digest = [0u8; 32];
+    for (byte, pair) in digest.iter_mut().zip(hex.chunks_exact(2)) {
+        let pair = std::str::from_utf8(pair).ok()?;
+        *byte = u8::from_str_radix(pair, 16).ok()?;
+    }
+    Some(digest)
 }
 
 /// Why a snapshot (or its manifest) was refused.
@@ -73,6 +135,15 @@ pub enum VerifyError {
     Size { expected: u64, actual: u64 },
     #[error("artifact sha256 is {actual}, manifest says {expected}")]
     Checksum { expected: String, actual: String },
+    #[error("chunk table: {0}")]
+    ChunkTable(String),
+    #[error("chunk {index} of build {build_id} has sha256 {actual}, its manifest says {expected}")]
+    Chunk {
+        build_id: String,
+        index: usize,
+        expected: String,
+        actual: String,
+    },
     #[error("snapshot integrity check failed: {0}")]
     Integrity(String),
     #[error("snapshot counts {actual:?} differ from the manifest's {expected:?}")]
@@ -136,6 +207,47 @@ impl Manifest {
         Ok(())
     }
 
+    /// The channel pointer for this build: the manifest without its chunk table.
+    pub fn pointer(&self) -> Manifest {
+        Manifest {
+            chunks: None,
+            ..self.clone()
+        }
+    }
+
+    /// Checks `computed`, the chunk table of the artifact's bytes, against `table`, the manifest's.
+    pub fn check_chunks(
+        &self,
+        table: &ChunkTable,
+        computed: &ChunkTable,
+    ) -> Result<(), VerifyError> {
+        table.digests(self.byte_size)?;
+        if table.chunk_bytes != computed.chunk_bytes || table.sha256.len() != computed.sha256.len()
+        {
+            return Err(VerifyError::ChunkTable(format!(
+                "the artifact makes {} chunks of {} bytes, the manifest lists {} of {}",
+                computed.sha256.len(),
+                computed.chunk_bytes,
+                table.sha256.len(),
+                table.chunk_bytes
+            )));
+        }
+        match table
+            .sha256
+            .iter()
+            .zip(&computed.sha256)
+            .position(|(a, b)| !a.eq_ignore_ascii_case(b))
+        {
+            None => Ok(()),
+            Some(index) => Err(VerifyError::Chunk {
+                build_id: self.build_id.clone(),
+                index,
+                expected: table.sha256[index].clone(),
+                actual: computed.sha256[index].clone(),
+            }),
+        }
+    }
+
     /// Checks a downloaded artifact's size and digest against the manifest.
     pub fn check_artifact(&self, byte_size: u64, sha256: &str) -> Result<(), VerifyError> {
         if byte_size != self.byte_size {
@@ -151,6 +263,72 @@ impl Manifest {
             });
         }
         Ok(())
+    }
+}
+
+/// An artifact's digests, computed in one pass as it streams: the whole file's and each chunk's.
+pub struct ArtifactDigests {
+    whole: ArtifactDigest,
+    chunk: ArtifactDigest,
+    chunk_bytes: u32,
+    chunks: Vec<String>,
+}
+
+impl ArtifactDigests {
+    /// Digests for a chunk table of `chunk_bytes` chunks.
+    pub fn new(chunk_bytes: u32) -> Self {
+        assert!(chunk_bytes > 0, "chunks hold bytes");
+        Self {
+            whole: ArtifactDigest::default(),
+            chunk: ArtifactDigest::default(),
+            chunk_bytes,
+            chunks: Vec::new(),
+        }
+    }
+
+    /// Feeds the next bytes, however they are cut.
+    pub fn update(&mut self, mut bytes: &[u8]) {
+        self.whole.update(bytes);
+        while !bytes.is_empty() {
+            let room = (u64::from(self.chunk_bytes) - self.chunk.bytes()) as usize;
+            let (head, rest) = bytes.split_at(room.min(bytes.len()));
+            self.chunk.update(head);
+            if self.chunk.bytes() == u64::from(self.chunk_bytes) {
+                self.chunks.push(std::mem::take(&mut self.chunk).finish());
+            }
+            bytes = rest;
+        }
+    }
+
+    /// Bytes fed so far.
+    pub fn bytes(&self) -> u64 {
+        self.whole.bytes()
+    }
+
+    /// The whole artifact's hex digest and its chunk table.
+    pub fn finish(mut self) -> (String, ChunkTable) {
+        if self.chunk.bytes() > 0 {
+            self.chunks.push(self.chunk.finish());
+        }
+        let table = ChunkTable {
+            chunk_bytes: self.chunk_bytes,
+            sha256: self.chunks,
+        };
+        (self.whole.finish(), table)
+    }
+
+    /// The digests of everything `reader` yields.
+    pub fn of_reader(mut reader: impl std::io::Read, chunk_bytes: u32) -> std::io::Result<Self> {
+        let mut digests = Self::new(chunk_bytes);
+        let mut buffer = vec![0u8; 1 << 20];
+        loop {
+            match reader.read(&mut buffer) {
+                Ok(0) => return Ok(digests),
+                Ok(read) => digests.update(&buffer[..read]),
+                Err(error) if error.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(error) => return Err(error),
+            }
+        }
     }
 }
 
@@ -212,14 +390,7 @@ pub fn verify_snapshot(conn: &Connection, manifest: &Manifest) -> Result<(), Ver
 /// the check reads every page again. In workerd that was half of a cold start (1.0 of 2.1 s on
 /// the bench's 7.5k-document snapshot).
 pub fn verify_published(conn: &Connection, manifest: &Manifest) -> Result<(), VerifyError> {
-    manifest.check_spoken()?;
-    let version = schema::check_compatible(conn)?;
-    if version.source_watermark_us != manifest.source_watermark_us {
-        return Err(VerifyError::Meta(format!(
-            "watermark {} vs manifest {}",
-            version.source_watermark_us, manifest.source_watermark_us
-        )));
-    }
+    verify_stamps(conn, manifest)?;
     let counts = snapshot::count(conn)?;
     if counts != manifest.counts {
         return Err(VerifyError::Counts {
@@ -245,6 +416,33 @@ pub fn verify_published(conn: &Connection, manifest: &Manifest) -> Result<(), Ve
             });
         }
     }
+    verify_sentinel(conn, manifest)
+}
+
+/// Verifies a snapshot read by range (the paged edge) before serving from it, with the checks
+/// that read a bounded number of pages: versions and watermark in `meta`, and the FTS sentinel.
+/// Counting every row would read the whole index; the bytes themselves are checked chunk by
+/// chunk against the manifest's chunk table as they arrive, and the publisher ran
+/// [`verify_snapshot`] on these exact bytes.
+pub fn verify_paged(conn: &Connection, manifest: &Manifest) -> Result<(), VerifyError> {
+    verify_stamps(conn, manifest)?;
+    verify_sentinel(conn, manifest)
+}
+
+/// The manifest's versions are spoken here and match the snapshot's `meta`.
+fn verify_stamps(conn: &Connection, manifest: &Manifest) -> Result<(), VerifyError> {
+    manifest.check_spoken()?;
+    let version = schema::check_compatible(conn)?;
+    if version.source_watermark_us != manifest.source_watermark_us {
+        return Err(VerifyError::Meta(format!(
+            "watermark {} vs manifest {}",
+            version.source_watermark_us, manifest.source_watermark_us
+        )));
+    }
+    Ok(())
+}
+
+fn verify_sentinel(conn: &Connection, manifest: &Manifest) -> Result<(), VerifyError> {
     if let Some(sentinel) = &manifest.sentinel {
         let actual = sentinel_hits(conn, &sentinel.term)?;
         if actual != sentinel.documents {

@@ -25,7 +25,64 @@ fn manifest_for(conn: &rusqlite::Connection) -> Manifest {
         created_at: support::now(),
         builder_version: "test".into(),
         artifact: manifest::artifact_key("b1"),
+        chunks: None,
     }
+}
+
+#[test]
+fn chunk_tables_cover_the_artifact_however_it_streams() {
+    let artifact: Vec<u8> = (0..10_000u32).map(|i| (i * 7 % 251) as u8).collect();
+    let mut streamed = manifest::ArtifactDigests::new(4096);
+    // Pieces that straddle chunk boundaries.
+    for piece in artifact.chunks(1_000) {
+        streamed.update(piece);
+    }
+    let (whole, table) = streamed.finish();
+    assert_eq!(whole, ArtifactDigest::of(&artifact));
+    assert_eq!(table.chunk_bytes, 4096);
+    let expected: Vec<String> = artifact.chunks(4096).map(ArtifactDigest::of).collect();
+    assert_eq!(
+        table.sha256, expected,
+        "two full chunks and a short last one"
+    );
+    assert_eq!(table.digests(artifact.len() as u64).unwrap().len(), 3);
+
+    // A table that does not describe the artifact's size, or is not hex, is refused.
+    assert!(matches!(
+        table.digests(artifact.len() as u64 + 4096),
+        Err(VerifyError::ChunkTable(_))
+    ));
+    let mut bad = table.clone();
+    bad.sha256[1] = "zz".repeat(32);
+    assert!(matches!(
+        bad.digests(artifact.len() as u64),
+        Err(VerifyError::ChunkTable(_))
+    ));
+
+    // A changed byte is named by its chunk.
+    let manifest = Manifest {
+        byte_size: artifact.len() as u64,
+        chunks: Some(table.clone()),
+        ..manifest_for(&support::open_fixture())
+    };
+    let mut changed = artifact.clone();
+    changed[5_000] ^= 1;
+    let (_, computed) = manifest::ArtifactDigests::of_reader(&changed[..], 4096)
+        .unwrap()
+        .finish();
+    assert!(matches!(
+        manifest.check_chunks(&table, &computed),
+        Err(VerifyError::Chunk { index: 1, .. })
+    ));
+    manifest.check_chunks(&table, &table).unwrap();
+    // The pointer drops the table; everything else is the manifest's.
+    assert_eq!(
+        manifest.pointer(),
+        Manifest {
+            chunks: None,
+            ..manifest.clone()
+        }
+    );
 }
 
 #[test]

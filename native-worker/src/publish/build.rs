@@ -143,7 +143,12 @@ pub fn build(
     let counts = pubsearch_shared::snapshot::count(&target).map_err(write)?;
     drop(target);
 
-    let bytes = std::fs::read(out).map_err(io)?;
+    // Streamed: the artifact is never held in memory whole, however large the corpus.
+    let digests = std::fs::File::open(out)
+        .and_then(|file| manifest::ArtifactDigests::of_reader(file, manifest::CHUNK_BYTES))
+        .map_err(io)?;
+    let byte_size = digests.bytes();
+    let (sha256, chunks) = digests.finish();
     let manifest = Manifest {
         build_id: build_id.to_owned(),
         channel: channel.to_owned(),
@@ -151,14 +156,15 @@ pub fn build(
         tokenizer: schema::TOKENIZER.to_owned(),
         scoring_version: schema::SCORING_VERSION,
         source_watermark_us: watermark,
-        sha256: manifest::ArtifactDigest::of(&bytes),
-        byte_size: bytes.len() as u64,
+        sha256,
+        byte_size,
         page_size: SNAPSHOT_PAGE_SIZE,
         counts,
         sentinel,
         created_at: crate::clock::now(),
         builder_version: concat!("native-worker ", env!("CARGO_PKG_VERSION")).to_owned(),
         artifact: manifest::artifact_key(build_id),
+        chunks: Some(chunks),
     };
     tracing::info!(
         build_id,

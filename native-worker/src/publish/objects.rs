@@ -513,7 +513,7 @@ impl ObjectTarget {
     /// Writes the manifest as its channel's pointer: one atomic PUT, in `mode`.
     async fn put_pointer(&self, manifest: &Manifest, mode: PutMode) -> object_store::Result<()> {
         let key = ObjectPath::from(manifest::pointer_key(&manifest.channel));
-        let body = serde_json::to_vec_pretty(manifest).expect("manifests serialise");
+        let body = serde_json::to_vec_pretty(&manifest.pointer()).expect("manifests serialise");
         self.store
             .put_opts(&key, PutPayload::from(body), PutOptions::from(mode))
             .await

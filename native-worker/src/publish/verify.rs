@@ -2,7 +2,7 @@
 
 use std::path::Path;
 
-use pubsearch_shared::manifest::{self, ArtifactDigest, Manifest, VerifyError};
+use pubsearch_shared::manifest::{self, ArtifactDigests, Manifest, VerifyError};
 use rusqlite::{Connection, OpenFlags};
 
 use super::build::{BuiltSnapshot, expected_document_count};
@@ -39,25 +39,26 @@ pub enum GateError {
     Sqlite(#[from] rusqlite::Error),
 }
 
-/// Checks an artifact file against its manifest: size and sha256.
+/// Checks an artifact file against its manifest: size, sha256 and, where the manifest has one,
+/// every chunk's digest in its chunk table.
 pub fn verify_artifact_file(path: &Path, manifest: &Manifest) -> Result<(), GateError> {
-    use std::io::Read;
     let io = |source| GateError::Io {
         path: path.to_path_buf(),
         source,
     };
-    let mut file = std::fs::File::open(path).map_err(io)?;
-    let mut digest = ArtifactDigest::default();
-    let mut buffer = vec![0u8; 1 << 20];
-    loop {
-        let read = file.read(&mut buffer).map_err(io)?;
-        if read == 0 {
-            break;
-        }
-        digest.update(&buffer[..read]);
+    let chunk_bytes = manifest
+        .chunks
+        .as_ref()
+        .map_or(manifest::CHUNK_BYTES, |table| table.chunk_bytes);
+    let digests = std::fs::File::open(path)
+        .and_then(|file| ArtifactDigests::of_reader(file, chunk_bytes))
+        .map_err(io)?;
+    let bytes = digests.bytes();
+    let (sha256, chunks) = digests.finish();
+    manifest.check_artifact(bytes, &sha256)?;
+    if let Some(table) = &manifest.chunks {
+        manifest.check_chunks(table, &chunks)?;
     }
-    let bytes = digest.bytes();
-    manifest.check_artifact(bytes, &digest.finish())?;
     Ok(())
 }
 
