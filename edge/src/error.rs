@@ -14,6 +14,9 @@ pub enum EdgeError {
     /// No snapshot is loaded yet: never answered as an empty result.
     #[error("search is starting up: {0}")]
     Unavailable(String),
+    /// A live build could not be read just now (R2 failed, or a chunk failed its digest).
+    #[error("search is degraded: {0}")]
+    Degraded(String),
     #[error("internal error: {0}")]
     Internal(String),
 }
@@ -28,7 +31,7 @@ impl EdgeError {
             EdgeError::BadRequest(_) => 400,
             EdgeError::NotFound => 404,
             EdgeError::MethodNotAllowed => 405,
-            EdgeError::Unavailable(_) => 503,
+            EdgeError::Unavailable(_) | EdgeError::Degraded(_) => 503,
             EdgeError::Internal(_) => 500,
         }
     }
@@ -45,7 +48,7 @@ impl EdgeError {
         let mut response = Response::from_json(&serde_json::json!({ "error": message }))?
             .with_status(self.status());
         response.headers_mut().set("Cache-Control", "no-store")?;
-        if matches!(self, EdgeError::Unavailable(_)) {
+        if matches!(self, EdgeError::Unavailable(_) | EdgeError::Degraded(_)) {
             response
                 .headers_mut()
                 .set("Retry-After", &RETRY_AFTER_SECONDS.to_string())?;

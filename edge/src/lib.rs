@@ -1,7 +1,12 @@
 //! The pubsearch edge: a Cloudflare Worker that answers search from a published SQLite snapshot.
 //!
 //! - [`snapshot`]: loads the channel's live build from R2, verifies it, swaps it atomically.
-//! - [`download`]: streams a build's artifact into SQLite's memory, checking size and digest.
+//! - [`download`]: streams a resident build's artifact into SQLite's memory, checking size and
+//!   digest.
+//! - [`paged`]: reads a build too large to hold by range, a verified chunk at a time, through a
+//!   SQLite VFS and a bounded chunk cache.
+//! - [`jspi`]: runs the synchronous SQLite calls whose reads wait on R2 as JSPI jobs, one at a
+//!   time.
 //! - [`routes`]: `/search`, `/document`, `/tags`, `/stats`, `/snapshot`, `/health` and the page.
 //! - [`page`]: the single-page search UI at `/`.
 //! - [`stats`]: per-endpoint request timings for `/stats`.
@@ -12,7 +17,9 @@
 
 pub mod download;
 pub mod error;
+pub mod jspi;
 pub mod page;
+pub mod paged;
 pub mod routes;
 pub mod snapshot;
 pub mod stats;
@@ -20,7 +27,7 @@ pub mod stats;
 use worker::{Context, Env, Request, Response, Result, event};
 
 #[event(fetch)]
-async fn fetch(request: Request, env: Env, _ctx: Context) -> Result<Response> {
+async fn fetch(request: Request, env: Env, ctx: Context) -> Result<Response> {
     let started = worker::Date::now().as_millis();
     let endpoint = routes::endpoint(&request.path());
     let (mut response, failed) = match routes::handle(&request, &env).await {
@@ -34,6 +41,10 @@ async fn fetch(request: Request, env: Env, _ctx: Context) -> Result<Response> {
     headers.set("Access-Control-Allow-Origin", "*")?;
     headers.set("Access-Control-Allow-Methods", "GET, HEAD, OPTIONS")?;
     headers.set("Access-Control-Max-Age", "86400")?;
+    // Chunks fetched from R2 go to the Cache API after the answer.
+    for write in paged::fetch::take_cache_writes() {
+        ctx.wait_until(write);
+    }
     stats::record(
         endpoint,
         (worker::Date::now().as_millis() - started) as f64,

@@ -8,7 +8,7 @@ use serde_json::json;
 use worker::{Env, Method, Request, Response, Url};
 
 use crate::error::EdgeError;
-use crate::{page, snapshot, stats};
+use crate::{jspi, page, paged, snapshot, stats};
 
 /// How long a CDN may cache a successful answer, and serve it stale while revalidating.
 const CACHE_CONTROL: &str = "public, max-age=60, stale-while-revalidate=300";
@@ -69,6 +69,9 @@ fn health() -> Result<Response, EdgeError> {
         "oldest_schema_version": schema::OLDEST_READABLE_SCHEMA_VERSION,
         "scoring_version": schema::SCORING_VERSION,
         "snapshot": live.as_ref().map(|live| live.manifest.build_id.clone()),
+        "paged": live.as_ref().map(|live| live.paged),
+        // Paged builds need JSPI; without it only builds under RESIDENT_MAX_MB are served.
+        "jspi": jspi::available(),
     });
     let mut response = Response::from_json(&body)?;
     response.headers_mut().set("Cache-Control", "no-store")?;
@@ -81,9 +84,13 @@ async fn search(url: &Url, env: &Env) -> Result<Response, EdgeError> {
         .map_err(|e| EdgeError::BadRequest(e.to_string()))?;
     let live = snapshot::current(env).await?;
     let started = worker::Date::now().as_millis();
-    let page = search::search(&live.conn, &request, now())?;
+    let format = request.format();
+    let at = now();
+    let page = live
+        .query("search", move |conn| search::search(conn, &request, at))
+        .await??;
     let query_ms = worker::Date::now().as_millis() - started;
-    let mut response = cached(Response::from_json(&page.to_json(request.format()))?)?;
+    let mut response = cached(Response::from_json(&page.to_json(format))?)?;
     // Time spent in the search core alone, for comparing with native (clocks are coarse in production).
     response
         .headers_mut()
@@ -99,7 +106,11 @@ async fn document(url: &Url, env: &Env) -> Result<Response, EdgeError> {
     )
     .map_err(|refused| EdgeError::BadRequest(refused.to_string()))?;
     let live = snapshot::current(env).await?;
-    let found = lookup::documents_by_uri(&live.conn, &uris)?
+    let found = live
+        .query("document", move |conn| {
+            lookup::documents_by_uri(conn, &uris)
+        })
+        .await??
         .map_err(|e| EdgeError::BadRequest(e.to_string()))?;
     cached(Response::from_json(&found)?)
 }
@@ -118,7 +129,9 @@ async fn tags(url: &Url, env: &Env) -> Result<Response, EdgeError> {
             })?,
     };
     let live = snapshot::current(env).await?;
-    let tags = lookup::top_tags(&live.conn, limit)?;
+    let tags = live
+        .query("tags", move |conn| lookup::top_tags(conn, limit))
+        .await??;
     cached(Response::from_json(&json!({ "tags": tags }))?)
 }
 
@@ -141,6 +154,12 @@ fn stats_response() -> Result<Response, EdgeError> {
         "counts": live.as_ref().map(|live| live.manifest.counts),
         "source_watermark_us": live.as_ref().map(|live| live.manifest.source_watermark_us),
         "requests": stats::summary(),
+        "paged": {
+            "overall": stats::paged_overall(),
+            "chunk_cache_budget_bytes": paged::cache_bytes().0,
+            "chunk_cache_held_bytes": paged::cache_bytes().1,
+            "abandoned_jobs": jspi::abandoned(),
+        },
         "wasm_memory_bytes": wasm_memory_bytes(),
     });
     let mut response = Response::from_json(&body)?;

@@ -5,13 +5,18 @@
 //! a lock the loading request releases: the Workers runtime cancels a request that waits on
 //! another request's I/O as hung. Afterwards the pointer is re-read at most every
 //! `POINTER_CHECK_SECONDS` by one request while the others keep answering from the live build, and
-//! a new build replaces the live one only after its size, digest and contents check out (see
-//! `manifest::verify_published`). A failure is recorded for `/stats` and `/snapshot` and the
-//! current build keeps serving (DESIGN.md invariant 2).
+//! a new build replaces the live one only after it checks out. A failure is recorded for `/stats`
+//! and `/snapshot` and the current build keeps serving (ARCHITECTURE.md, invariant 2).
 //!
-//! The artifact streams from R2 straight into memory SQLite owns (`sqlite3_malloc64`), hashed on
-//! the way ([`crate::download`]), then opens read-only with `sqlite3_deserialize`: one copy of the
-//! bytes in wasm memory, ever.
+//! A build is served one of two ways (ARCHITECTURE.md, "Paged snapshots"):
+//! - **Resident**, up to `RESIDENT_MAX_MB`: the artifact streams from R2 straight into memory
+//!   SQLite owns, hashed on the way ([`crate::download`]), and opens with `sqlite3_deserialize`:
+//!   one copy of the bytes in wasm memory, ever. Checked whole: size, digest, contents.
+//! - **Paged**, above it: SQLite reads the artifact by range through [`crate::paged`], each chunk
+//!   checked against the build's chunk table on arrival, so memory stays within `PAGE_CACHE_MB`
+//!   plus a fixed overhead whatever the build's size. Every use of a paged connection is a JSPI
+//!   job ([`crate::jspi`]). A chunk that fails its digest marks the build bad: the previous good
+//!   build serves again, and the bad one is not adopted again.
 
 use std::cell::RefCell;
 use std::rc::Rc;
@@ -22,8 +27,10 @@ use rusqlite::Connection;
 use rusqlite::serialize::OwnedData;
 use worker::Env;
 
-use crate::download;
 use crate::error::EdgeError;
+use crate::jspi::{self, JobError};
+use crate::paged::{self, Failure, RemoteArtifact};
+use crate::{download, stats};
 
 /// The R2 binding holding published builds.
 pub const BUCKET_BINDING: &str = "SNAPSHOTS";
@@ -35,11 +42,19 @@ const RETRY_EMPTY_MS: f64 = 2_000.0;
 const LOAD_TIMEOUT_MS: f64 = 30_000.0;
 /// How often a request waiting for another's load checks for it.
 const WAIT_POLL: std::time::Duration = std::time::Duration::from_millis(20);
+/// Builds at most this large load whole unless `RESIDENT_MAX_MB` says otherwise.
+const DEFAULT_RESIDENT_MAX_MB: f64 = 32.0;
+/// The chunk cache's budget for paged builds unless `PAGE_CACHE_MB` says otherwise.
+const DEFAULT_PAGE_CACHE_MB: f64 = 32.0;
+/// Builds found bad remembered, most recent last.
+const BAD_BUILDS_KEPT: usize = 16;
 
-/// A verified build, open for queries.
+/// A verified build, open for queries. Use it through [`Live::query`].
 pub struct Live {
-    pub conn: Connection,
+    conn: Connection,
     pub manifest: Manifest,
+    /// Read by range through [`crate::paged`] rather than held whole.
+    pub paged: bool,
     pub loaded_at_ms: f64,
     /// From reading the pointer to a verified build. Workers' clocks advance only on I/O, so in
     /// production this is the I/O; locally (workerd) it includes opening and verifying.
@@ -65,11 +80,25 @@ pub enum LoadError {
     OutOfMemory(u64),
     #[error("sqlite: {0}")]
     Sqlite(#[from] rusqlite::Error),
+    #[error(
+        "build {build_id} is {mb:.1} MB, over RESIDENT_MAX_MB, and this runtime has no JSPI to read it by range"
+    )]
+    NeedsJspi { build_id: String, mb: f64 },
+    #[error("build {0} was found corrupt and is not adopted again")]
+    MarkedBad(String),
+    #[error(transparent)]
+    Paged(#[from] Failure),
+    #[error("paged open: {0}")]
+    Job(#[from] JobError),
 }
 
 #[derive(Default)]
 struct State {
     live: Option<Rc<Live>>,
+    /// The build live before the current one, to fall back to if the current one turns out bad.
+    previous: Option<Rc<Live>>,
+    /// Builds refused for good: a chunk failed its digest.
+    bad_builds: Vec<String>,
     checked_at_ms: Option<f64>,
     loads: u64,
     failures: u64,
@@ -82,22 +111,32 @@ thread_local! {
     static STATE: RefCell<State> = RefCell::new(State::default());
 }
 
-/// Where the worker looks for builds.
+/// Where the worker looks for builds, and how it holds them.
 pub struct Config {
     pub channel: String,
     pub check_every_ms: f64,
+    /// Builds larger than this are paged.
+    pub resident_max_bytes: u64,
+    /// The chunk cache's budget for paged builds.
+    pub page_cache_bytes: usize,
 }
 
 impl Config {
-    /// Reads `SNAPSHOT_CHANNEL` (default `prod`) and `POINTER_CHECK_SECONDS` (default 60).
+    /// Reads `SNAPSHOT_CHANNEL` (default `prod`), `POINTER_CHECK_SECONDS` (60),
+    /// `RESIDENT_MAX_MB` (32) and `PAGE_CACHE_MB` (32).
     pub fn from_env(env: &Env) -> Self {
         let var = |name: &str| env.var(name).ok().map(|value| value.to_string());
+        let number = |name: &str, default: f64| {
+            var(name)
+                .and_then(|value| value.trim().parse::<f64>().ok())
+                .filter(|value| value.is_finite() && *value >= 0.0)
+                .unwrap_or(default)
+        };
         Self {
             channel: var("SNAPSHOT_CHANNEL").unwrap_or_else(|| "prod".into()),
-            check_every_ms: var("POINTER_CHECK_SECONDS")
-                .and_then(|seconds| seconds.parse::<f64>().ok())
-                .unwrap_or(60.0)
-                * 1000.0,
+            check_every_ms: number("POINTER_CHECK_SECONDS", 60.0) * 1000.0,
+            resident_max_bytes: (number("RESIDENT_MAX_MB", DEFAULT_RESIDENT_MAX_MB) * 1e6) as u64,
+            page_cache_bytes: (number("PAGE_CACHE_MB", DEFAULT_PAGE_CACHE_MB) * 1e6) as usize,
         }
     }
 }
@@ -113,6 +152,12 @@ pub struct LoadStatus {
     /// The live build's [`Live::load_ms`] and [`Live::download_ms`].
     pub load_ms: Option<f64>,
     pub download_ms: Option<f64>,
+    /// Whether the live build is read by range.
+    pub paged: Option<bool>,
+    /// The build served before the live one, kept to fall back to.
+    pub previous_build_id: Option<String>,
+    /// Builds found corrupt, never adopted again.
+    pub bad_builds: Vec<String>,
 }
 
 /// The current load status.
@@ -130,6 +175,12 @@ pub fn status() -> LoadStatus {
             loaded_at_ms: state.live.as_ref().map(|live| live.loaded_at_ms),
             load_ms: state.live.as_ref().map(|live| live.load_ms),
             download_ms: state.live.as_ref().map(|live| live.download_ms),
+            paged: state.live.as_ref().map(|live| live.paged),
+            previous_build_id: state
+                .previous
+                .as_ref()
+                .map(|previous| previous.manifest.build_id.clone()),
+            bad_builds: state.bad_builds.clone(),
         }
     })
 }
@@ -225,13 +276,18 @@ fn adopt(result: Result<Option<Live>, LoadError>) -> Result<Rc<Live>, EdgeError>
             Ok(Some(live)) => {
                 state.loads += 1;
                 worker::console_log!(
-                    "adopted build {}: {} bytes, loaded in {} ms (download {} ms)",
+                    "adopted build {}: {} bytes {}, loaded in {} ms (download {} ms)",
                     live.manifest.build_id,
                     live.manifest.byte_size,
+                    if live.paged { "paged" } else { "resident" },
                     live.load_ms,
                     live.download_ms
                 );
-                state.live = Some(Rc::new(live));
+                // Only a paged build can turn out bad after adoption (its chunks are checked as
+                // they arrive), so only then is the build before it worth its memory.
+                let paged = live.paged;
+                let before = state.live.replace(Rc::new(live));
+                state.previous = if paged { before } else { None };
             }
             Ok(None) => {}
             Err(error) => {
@@ -257,33 +313,187 @@ async fn refresh(env: &Env, config: &Config) -> Result<Option<Live>, LoadError> 
     let started = now_ms();
     let bucket = env.bucket(BUCKET_BINDING)?;
     let pointer_key = manifest::pointer_key(&config.channel);
-    let pointer = bucket
-        .get(&pointer_key)
-        .execute()
-        .await?
-        .ok_or_else(|| LoadError::NoPointer(pointer_key.clone()))?;
-    let body = pointer
-        .body()
-        .ok_or_else(|| LoadError::NoPointer(pointer_key.clone()))?
-        .bytes()
-        .await?;
-    let manifest = Manifest::parse(&body)?;
-    if peek().is_some_and(|live| live.manifest.build_id == manifest.build_id) {
+    let pointer = Manifest::parse(
+        &read_object(&bucket, &pointer_key)
+            .await?
+            .ok_or_else(|| LoadError::NoPointer(pointer_key.clone()))?,
+    )?;
+    if peek().is_some_and(|live| live.manifest.build_id == pointer.build_id) {
         return Ok(None);
     }
+    if STATE.with(|state| state.borrow().bad_builds.contains(&pointer.build_id)) {
+        return Err(LoadError::MarkedBad(pointer.build_id));
+    }
+    if pointer.byte_size > config.resident_max_bytes {
+        if !jspi::available() {
+            return Err(LoadError::NeedsJspi {
+                build_id: pointer.build_id,
+                mb: pointer.byte_size as f64 / 1e6,
+            });
+        }
+        // The build's own manifest has the chunk table the pointer leaves out.
+        let key = manifest::manifest_key(&pointer.build_id);
+        let built = Manifest::parse(
+            &read_object(&bucket, &key)
+                .await?
+                .ok_or(LoadError::MissingArtifact(key))?,
+        )?;
+        if built.pointer() != pointer.pointer() {
+            return Err(VerifyError::Meta(format!(
+                "build {}'s manifest differs from the pointer naming it",
+                pointer.build_id
+            ))
+            .into());
+        }
+        // A build published before chunk tables has none: it can only load whole.
+        if built.chunks.is_some() {
+            return open_paged(bucket, built, config, started).await.map(Some);
+        }
+    }
     let download_started = now_ms();
-    let data = download::artifact(&bucket, &manifest).await?;
+    let data = download::artifact(&bucket, &pointer).await?;
     let download_ms = now_ms() - download_started;
     let conn = open(data)?;
-    manifest::verify_published(&conn, &manifest)?;
+    manifest::verify_published(&conn, &pointer)?;
     let loaded_at_ms = now_ms();
     Ok(Some(Live {
         conn,
-        manifest,
+        manifest: pointer,
+        paged: false,
         loaded_at_ms,
         load_ms: loaded_at_ms - started,
         download_ms,
     }))
+}
+
+/// A small object's bytes, `None` if it is not in the bucket.
+async fn read_object(bucket: &worker::Bucket, key: &str) -> Result<Option<Vec<u8>>, LoadError> {
+    let Some(object) = bucket.get(key).execute().await? else {
+        return Ok(None);
+    };
+    match object.body() {
+        Some(body) => Ok(Some(body.bytes().await?)),
+        None => Ok(None),
+    }
+}
+
+/// Opens a build by range and runs the checks a paged build can afford (see
+/// [`manifest::verify_paged`]), all in one JSPI job.
+async fn open_paged(
+    bucket: worker::Bucket,
+    manifest: Manifest,
+    config: &Config,
+    started: f64,
+) -> Result<Live, LoadError> {
+    paged::configure(config.page_cache_bytes);
+    let artifact = Rc::new(RemoteArtifact::new(bucket, &manifest)?);
+    let checked = manifest.clone();
+    paged::take_failure();
+    let opened = jspi::run(move || -> Result<Connection, LoadError> {
+        let conn = paged::open(artifact)?;
+        search::prepare(&conn)?;
+        manifest::verify_paged(&conn, &checked)?;
+        Ok(conn)
+    })
+    .await?;
+    if let Some(failure) = paged::take_failure() {
+        if let Failure::Corrupt { build_id, .. } = &failure {
+            mark_bad(build_id);
+        }
+        return Err(failure.into());
+    }
+    let conn = opened?;
+    let loaded_at_ms = now_ms();
+    Ok(Live {
+        conn,
+        manifest,
+        paged: true,
+        loaded_at_ms,
+        load_ms: loaded_at_ms - started,
+        download_ms: 0.0,
+    })
+}
+
+/// Refuses `build_id` for good; if it is live, the previous build serves again.
+fn mark_bad(build_id: &str) {
+    STATE.with(|state| {
+        let mut state = state.borrow_mut();
+        if !state.bad_builds.iter().any(|bad| bad == build_id) {
+            state.bad_builds.push(build_id.to_owned());
+            if state.bad_builds.len() > BAD_BUILDS_KEPT {
+                state.bad_builds.remove(0);
+            }
+        }
+        if state
+            .live
+            .as_ref()
+            .is_some_and(|live| live.manifest.build_id == build_id)
+        {
+            state.live = state.previous.take();
+            worker::console_error!(
+                "build {build_id} is corrupt; serving {} again",
+                state
+                    .live
+                    .as_ref()
+                    .map_or("nothing", |live| live.manifest.build_id.as_str())
+            );
+        }
+        state.failures += 1;
+        state.last_failure = Some(format!("build {build_id} has a corrupt chunk"));
+    });
+}
+
+/// Forgets a paged build whose connection an abandoned job may still hold: the next request
+/// opens it afresh on a connection of its own.
+fn forget(build_id: &str) {
+    STATE.with(|state| {
+        let mut state = state.borrow_mut();
+        if state
+            .live
+            .as_ref()
+            .is_some_and(|live| live.manifest.build_id == build_id)
+        {
+            state.live = state.previous.take();
+            state.checked_at_ms = None;
+        }
+    });
+}
+
+impl Live {
+    /// Runs `work` on the build's connection: directly for a resident build, as a JSPI job for a
+    /// paged one, whose chunk reads and fetches are recorded for `endpoint` in `/stats`. A paged
+    /// read that fails answers 503, and a corrupt chunk marks the build bad.
+    pub async fn query<R: 'static>(
+        self: &Rc<Self>,
+        endpoint: &'static str,
+        work: impl FnOnce(&Connection) -> R + 'static,
+    ) -> Result<R, EdgeError> {
+        if !self.paged {
+            return Ok(work(&self.conn));
+        }
+        let live = self.clone();
+        paged::take_failure();
+        let before = paged::counts();
+        let result = jspi::run(move || work(&live.conn)).await;
+        stats::record_io(endpoint, paged::counts().since(&before));
+        let build_id = &self.manifest.build_id;
+        match (result, paged::take_failure()) {
+            (_, Some(failure)) => {
+                if matches!(failure, Failure::Corrupt { .. }) {
+                    mark_bad(build_id);
+                }
+                Err(EdgeError::Degraded(failure.to_string()))
+            }
+            (Err(JobError::Abandoned(ms)), None) => {
+                forget(build_id);
+                Err(EdgeError::Degraded(format!(
+                    "a request abandoned after {ms:.0} ms held build {build_id}; reopening it"
+                )))
+            }
+            (Err(error), None) => Err(EdgeError::Internal(error.to_string())),
+            (Ok(output), None) => Ok(output),
+        }
+    }
 }
 
 /// Opens a downloaded artifact read-only and readies it for search.

@@ -1,23 +1,91 @@
-//! Per-endpoint request timings kept in the isolate, for `/stats`.
+//! Per-endpoint request timings and paged reads kept in the isolate, for `/stats`.
 //!
 //! Workers freeze the clock during pure computation, so these timings measure what includes
-//! I/O (snapshot loads) precisely and CPU-only requests coarsely; they are still the right
-//! shape for spotting a slow endpoint.
+//! I/O (snapshot loads, chunk fetches) precisely and CPU-only requests coarsely; they are still
+//! the right shape for spotting a slow endpoint.
 
 use std::cell::RefCell;
 use std::collections::BTreeMap;
 
 use serde::Serialize;
 
+use crate::paged::IoCounts;
+
 /// Samples kept per endpoint (a ring): enough for stable percentiles, bounded memory.
 const SAMPLES: usize = 1024;
 
+/// The last [`SAMPLES`] values, for percentiles in bounded memory.
 #[derive(Default)]
-struct Endpoint {
+struct Ring {
     samples: Vec<f64>,
     next: usize,
+}
+
+impl Ring {
+    fn push(&mut self, value: f64) {
+        if self.samples.len() < SAMPLES {
+            self.samples.push(value);
+        } else {
+            self.samples[self.next] = value;
+        }
+        self.next = (self.next + 1) % SAMPLES;
+    }
+
+    /// The p50, p95, p99 and max of the samples (zeros when there are none).
+    fn percentiles(&self) -> [f64; 4] {
+        let mut sorted = self.samples.clone();
+        sorted.sort_by(f64::total_cmp);
+        let at = |p: f64| {
+            sorted
+                .get(((sorted.len() as f64 * p) as usize).min(sorted.len().saturating_sub(1)))
+                .copied()
+                .unwrap_or(0.0)
+        };
+        [
+            at(0.50),
+            at(0.95),
+            at(0.99),
+            sorted.last().copied().unwrap_or(0.0),
+        ]
+    }
+}
+
+#[derive(Default)]
+struct Endpoint {
+    millis: Ring,
     requests: u64,
     errors: u64,
+    /// Paged reads: totals, and the dependent round trips of each query that read.
+    io: IoCounts,
+    round_trips: Ring,
+}
+
+/// What one endpoint's queries read from a paged build.
+#[derive(Debug, Serialize)]
+pub struct PagedReads {
+    pub queries: u64,
+    #[serde(flatten)]
+    pub counts: IoCounts,
+    /// Chunk reads answered from the isolate's cache, of all chunk reads.
+    pub hit_ratio: Option<f64>,
+    pub round_trips_p50: f64,
+    pub round_trips_p95: f64,
+    pub round_trips_max: f64,
+}
+
+impl PagedReads {
+    fn of(io: &IoCounts, round_trips: &Ring) -> Self {
+        let reads = io.memory_hits + io.memory_misses;
+        let [p50, p95, _, max] = round_trips.percentiles();
+        Self {
+            queries: round_trips.samples.len() as u64,
+            counts: *io,
+            hit_ratio: (reads > 0).then(|| io.memory_hits as f64 / reads as f64),
+            round_trips_p50: p50,
+            round_trips_p95: p95,
+            round_trips_max: max,
+        }
+    }
 }
 
 /// Timing summary of one endpoint.
@@ -29,6 +97,9 @@ pub struct Timings {
     pub p95_ms: f64,
     pub p99_ms: f64,
     pub max_ms: f64,
+    /// Present once the endpoint has read from a paged build.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub paged: Option<PagedReads>,
 }
 
 thread_local! {
@@ -42,12 +113,28 @@ pub fn record(endpoint: &'static str, millis: f64, failed: bool) {
         let entry = endpoints.entry(endpoint).or_default();
         entry.requests += 1;
         entry.errors += u64::from(failed);
-        if entry.samples.len() < SAMPLES {
-            entry.samples.push(millis);
-        } else {
-            entry.samples[entry.next] = millis;
-        }
-        entry.next = (entry.next + 1) % SAMPLES;
+        entry.millis.push(millis);
+    });
+}
+
+/// Records what one query read from a paged build.
+pub fn record_io(endpoint: &'static str, io: IoCounts) {
+    ENDPOINTS.with(|endpoints| {
+        let mut endpoints = endpoints.borrow_mut();
+        let entry = endpoints.entry(endpoint).or_default();
+        let total = &mut entry.io;
+        *total = IoCounts {
+            r2_chunks: total.r2_chunks + io.r2_chunks,
+            r2_bytes: total.r2_bytes + io.r2_bytes,
+            cache_api_chunks: total.cache_api_chunks + io.cache_api_chunks,
+            cache_api_bytes: total.cache_api_bytes + io.cache_api_bytes,
+            memory_hits: total.memory_hits + io.memory_hits,
+            memory_misses: total.memory_misses + io.memory_misses,
+            round_trips: total.round_trips + io.round_trips,
+            corrupt_chunks: total.corrupt_chunks + io.corrupt_chunks,
+            failed_fetches: total.failed_fetches + io.failed_fetches,
+        };
+        entry.round_trips.push(io.round_trips as f64);
     });
 }
 
@@ -58,29 +145,35 @@ pub fn summary() -> BTreeMap<&'static str, Timings> {
             .borrow()
             .iter()
             .map(|(name, endpoint)| {
-                let mut sorted = endpoint.samples.clone();
-                sorted.sort_by(f64::total_cmp);
-                let at = |p: f64| {
-                    sorted
-                        .get(
-                            ((sorted.len() as f64 * p) as usize)
-                                .min(sorted.len().saturating_sub(1)),
-                        )
-                        .copied()
-                        .unwrap_or(0.0)
-                };
+                let [p50, p95, p99, max] = endpoint.millis.percentiles();
                 (
                     *name,
                     Timings {
                         requests: endpoint.requests,
                         errors: endpoint.errors,
-                        p50_ms: at(0.50),
-                        p95_ms: at(0.95),
-                        p99_ms: at(0.99),
-                        max_ms: sorted.last().copied().unwrap_or(0.0),
+                        p50_ms: p50,
+                        p95_ms: p95,
+                        p99_ms: p99,
+                        max_ms: max,
+                        paged: (!endpoint.round_trips.samples.is_empty())
+                            .then(|| PagedReads::of(&endpoint.io, &endpoint.round_trips)),
                     },
                 )
             })
             .collect()
+    })
+}
+
+/// Paged reads of every endpoint together, since the isolate started.
+pub fn paged_overall() -> Option<PagedReads> {
+    ENDPOINTS.with(|endpoints| {
+        let mut all = Endpoint::default();
+        for endpoint in endpoints.borrow().values() {
+            for &trips in &endpoint.round_trips.samples {
+                all.round_trips.push(trips);
+            }
+        }
+        (!all.round_trips.samples.is_empty())
+            .then(|| PagedReads::of(&crate::paged::counts(), &all.round_trips))
     })
 }

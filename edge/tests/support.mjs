@@ -52,8 +52,8 @@ export function nativeSearch(snapshotPath, params) {
   return JSON.parse(native(args).toString());
 }
 
-/** Starts the built Worker in workerd with an empty local R2 bucket. */
-export async function startWorker(bindings = {}) {
+/** Starts the built Worker in workerd with an empty local R2 bucket; `options` go to Miniflare. */
+export async function startWorker(bindings = {}, options = {}) {
   const mf = new Miniflare({
     modules: true,
     scriptPath: join(ROOT, "edge", "build", "index.js"),
@@ -63,6 +63,7 @@ export async function startWorker(bindings = {}) {
     bindings: { SNAPSHOT_CHANNEL: "prod", POINTER_CHECK_SECONDS: "0", ...bindings },
     host: "127.0.0.1",
     port: 0,
+    ...options,
   });
   const url = await mf.ready;
   const bucket = await mf.getR2Bucket("SNAPSHOTS");
