@@ -125,7 +125,7 @@ async fn a_publish_killed_during_upload_resumes_with_its_recorded_build() {
     // The resumed workflow published the build it recorded before the kill, byte for byte,
     // rather than building a new one.
     assert_eq!(manifest, built.manifest, "killed at `{at}`");
-    assert_eq!(pointer(&published), Some(manifest.clone()));
+    assert_eq!(pointer(&published), Some(manifest.pointer()));
     verify::verify_artifact_file(&artifact(&published, &manifest), &manifest).unwrap();
     let info = db::instance(&db::open_read(&data.join("flow.db")).unwrap(), &instance)
         .unwrap()
@@ -185,7 +185,7 @@ async fn a_finished_upload_is_not_redone_when_the_pointer_step_resumes() {
         manifest, built.manifest,
         "the interrupted publish was resumed"
     );
-    assert_eq!(pointer(&published), Some(manifest.clone()));
+    assert_eq!(pointer(&published), Some(manifest.pointer()));
     let after = std::fs::metadata(&uploaded).unwrap();
     use std::os::unix::fs::MetadataExt;
     assert_eq!(
