@@ -191,16 +191,22 @@ fn documents_added_after_prepare_are_filtered_by_sql() {
     let conn = open_fixture();
     conn.execute(
         "INSERT INTO documents (uri, did, rkey, collection, platform, created_at, indexed_at,
-                                title, content)
+                                title)
          VALUES ('at://did:plc:late/site.standard.document/z', 'did:plc:late', 'z',
                  'site.standard.document', 'pckt', '2026-05-01T00:00:00.000Z', 1,
-                 'Zebra late', 'a zebra arrives')",
+                 'Zebra late')",
+        [],
+    )
+    .unwrap();
+    conn.execute(
+        "INSERT INTO document_bodies (id, content) VALUES (last_insert_rowid(), 'a zebra arrives')",
         [],
     )
     .unwrap();
     conn.execute(
         "INSERT INTO documents_fts (rowid, title, content)
-         SELECT id, title, content FROM documents WHERE did = 'did:plc:late'",
+         SELECT d.id, d.title, b.content FROM documents AS d JOIN document_bodies AS b ON b.id = d.id
+         WHERE d.did = 'did:plc:late'",
         [],
     )
     .unwrap();
