@@ -388,11 +388,30 @@ async fn verify_checks_the_build_against_the_store_it_was_built_from() {
 
 /// The same whitewind entry (title and text) posted by `did`.
 fn cross_post(did: &str) -> Change {
-    let body = serde_json::json!({"$type": "com.whtwnd.blog.entry", "title": "Cross-posted",
-        "content": "the same essay about tidal gardens", "createdAt": "2025-01-01T00:00:00Z",
-        "visibility": "public"});
-    match pubsearch_shared::record::extract(did, "com.whtwnd.blog.entry", "3kpost", &body).unwrap()
-    {
+    whitewind_entry(
+        did,
+        "3kpost",
+        "Cross-posted",
+        "the same essay about tidal gardens",
+        Some("2025-01-01T00:00:00Z"),
+    )
+}
+
+/// A whitewind entry as ingest stores it; `created_at: None` leaves the date out, so the
+/// snapshot dates it when it was indexed.
+fn whitewind_entry(
+    did: &str,
+    rkey: &str,
+    title: &str,
+    content: &str,
+    created_at: Option<&str>,
+) -> Change {
+    let mut body = serde_json::json!({"$type": "com.whtwnd.blog.entry", "title": title,
+        "content": content, "visibility": "public"});
+    if let Some(created_at) = created_at {
+        body["createdAt"] = created_at.into();
+    }
+    match pubsearch_shared::record::extract(did, "com.whtwnd.blog.entry", rkey, &body).unwrap() {
         pubsearch_shared::record::Extracted::Document(document) => Change::Document {
             document,
             rev: "3l1".into(),
@@ -449,6 +468,56 @@ fn the_first_eligible_copy_of_a_cross_post_is_the_one_published() {
         .collect::<Result<_, _>>()
         .unwrap();
     assert_eq!(dids, ["did:plc:alice"]);
+}
+
+/// An entry by `did` titled and keyed `rkey`, dated `created_at`.
+fn dated_entry(did: &str, rkey: &str, created_at: Option<&str>) -> Change {
+    whitewind_entry(
+        did,
+        rkey,
+        rkey,
+        &format!("an essay numbered {rkey}"),
+        created_at,
+    )
+}
+
+#[test]
+fn the_snapshot_numbers_documents_newest_first() {
+    // Search examines each phrase's matches in id order within a budget, so the newest must
+    // come first whatever order the store holds them in (ARCHITECTURE.md invariant 9).
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(store_path(dir.path())).unwrap();
+    let mut writer = store.writer().unwrap();
+    let changes = vec![
+        dated_entry("did:plc:a", "middle", Some("2024-06-01T00:00:00.000Z")),
+        dated_entry("did:plc:a", "oldest", Some("2020-01-01T00:00:00.000Z")),
+        // Undated: dated when indexed, which is now, so newest of all.
+        dated_entry("did:plc:b", "undated", None),
+        dated_entry("did:plc:b", "newest", Some("2025-03-01T00:00:00.000Z")),
+        dated_entry("did:plc:c", "tie-b", Some("2022-01-01T00:00:00.000Z")),
+        dated_entry("did:plc:c", "tie-a", Some("2022-01-01T00:00:00.000Z")),
+    ];
+    writer
+        .apply(&Batch {
+            changes,
+            cursor: None,
+        })
+        .unwrap();
+    drop(writer);
+    let built = build::build(&store, &dir.path().join("s.db"), "b1", "prod", |_| {}).unwrap();
+    let snapshot = rusqlite::Connection::open(&built.path).unwrap();
+    let by_id: Vec<String> = snapshot
+        .prepare("SELECT rkey FROM documents ORDER BY id")
+        .unwrap()
+        .query_map([], |row| row.get(0))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    // Equal dates keep the store's order.
+    assert_eq!(
+        by_id,
+        ["undated", "newest", "middle", "tie-b", "tie-a", "oldest"]
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

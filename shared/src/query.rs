@@ -20,20 +20,30 @@ pub const MAX_TERMS: usize = 32;
 /// Counted in the word's last token, the part FTS5 expands: `"well-kn"*` is the phrase `well kn*`.
 pub const MIN_PREFIX_CHARS: usize = 3;
 
-/// A validated FTS5 `MATCH` expression built from user input.
+/// A validated FTS5 `MATCH` expression built from user input: phrases joined by `OR`.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct MatchExpr(String);
+pub struct MatchExpr {
+    expression: String,
+    phrases: Vec<String>,
+}
 
 impl MatchExpr {
     /// The expression, ready to bind as the right-hand side of `MATCH`.
     pub fn as_str(&self) -> &str {
-        &self.0
+        &self.expression
+    }
+
+    /// Each phrase of the expression alone, in order, each a `MATCH` expression itself. bm25 is a
+    /// sum over phrases, so search can score each phrase's matches by itself (see
+    /// [`crate::search::SCAN_BUDGET`]).
+    pub fn phrases(&self) -> &[String] {
+        &self.phrases
     }
 }
 
 impl fmt::Display for MatchExpr {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
+        f.write_str(&self.expression)
     }
 }
 
@@ -96,7 +106,10 @@ pub fn build(input: &str) -> Result<MatchExpr, QueryError> {
     if words > MAX_TERMS {
         return Err(QueryError::TooManyTerms);
     }
-    Ok(MatchExpr(parts.join(" OR ")))
+    Ok(MatchExpr {
+        expression: parts.join(" OR "),
+        phrases: parts,
+    })
 }
 
 /// Splits input into bare words and quoted phrases; an unbalanced quote runs to the end.
@@ -200,7 +213,7 @@ mod tests {
     use super::*;
 
     fn expr(input: &str) -> String {
-        build(input).unwrap().0
+        build(input).unwrap().expression
     }
 
     #[test]

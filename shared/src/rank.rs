@@ -20,6 +20,7 @@ use rusqlite::ffi::{
 use crate::facts::RowFacts;
 use crate::fts5::{self, call, check};
 use crate::schema::FTS_WEIGHTS;
+use crate::search::SCAN_BUDGET;
 
 /// bm25's term-frequency saturation, as in FTS5.
 const K1: f64 = 1.2;
@@ -74,15 +75,16 @@ impl QueryStats {
             check(call(api.xColumnTotalSize)?(fts, -1, &mut tokens))?;
             let mut idf = Vec::with_capacity(phrases.max(0) as usize);
             for phrase in 0..phrases {
-                let mut matching = 0i64;
-                let counter = (&raw mut matching).cast();
+                let mut count = PhraseCount::default();
+                let counter = (&raw mut count).cast();
                 check(call(api.xQueryPhrase)?(
                     fts,
                     phrase,
                     counter,
                     Some(count_row),
                 ))?;
-                let value = ((rows - matching) as f64 + 0.5) / (matching as f64 + 0.5);
+                let matching = count.rows_matching(rows);
+                let value = ((rows as f64 - matching) + 0.5) / (matching + 0.5);
                 let value = value.ln();
                 idf.push(if value <= 0.0 { 1e-6 } else { value });
             }
@@ -193,13 +195,78 @@ unsafe fn facts<'a>(api: &Fts5ExtensionApi, fts: *mut Fts5Context) -> Result<&'a
     unsafe { fts5::user_data::<Arc<RowFacts>>(api, fts).map(|facts| &**facts) }
 }
 
-/// xQueryPhrase's callback: counts the rows that contain the phrase.
+/// A phrase's matching rows as counted by [`count_row`], which stops at the scan budget.
+#[derive(Default)]
+struct PhraseCount {
+    /// Rows seen, at most [`SCAN_BUDGET`].
+    rows: i64,
+    /// The rowid of the last row seen.
+    last_rowid: i64,
+}
+
+impl PhraseCount {
+    /// How many of the index's `rows` contain the phrase: the count itself if the budget was not
+    /// reached, else an estimate from the rowids the budget covered (rowids are dense from 1, so
+    /// the budget's matches came from the first `last_rowid` rows, and the rest are assumed to
+    /// contain the phrase as densely). Deterministic arithmetic: native and edge agree.
+    fn rows_matching(&self, rows: i64) -> f64 {
+        if self.rows < i64::from(SCAN_BUDGET) || self.last_rowid <= 0 {
+            return self.rows as f64;
+        }
+        (self.rows as f64 * rows as f64 / self.last_rowid as f64).min(rows as f64)
+    }
+}
+
+/// xQueryPhrase's callback: counts the rows that contain the phrase, up to [`SCAN_BUDGET`], so
+/// IDF costs no more per query than the scan itself (ARCHITECTURE.md invariant 1).
 unsafe extern "C" fn count_row(
-    _: *const Fts5ExtensionApi,
-    _: *mut Fts5Context,
+    api: *const Fts5ExtensionApi,
+    fts: *mut Fts5Context,
     counter: *mut c_void,
 ) -> c_int {
-    // SAFETY: `counter` is the `i64` that `QueryStats::compute` passed to xQueryPhrase.
-    unsafe { *counter.cast::<i64>() += 1 };
+    // SAFETY: `counter` is the `PhraseCount` that `QueryStats::compute` passed to xQueryPhrase,
+    // and FTS5 passes this callback a live API and cursor context.
+    unsafe {
+        let count = &mut *counter.cast::<PhraseCount>();
+        count.rows += 1;
+        if let Some(rowid) = (*api).xRowid {
+            count.last_rowid = rowid(fts);
+        }
+        if count.rows >= i64::from(SCAN_BUDGET) {
+            // FTS5 ends the iteration and reports SQLITE_OK for SQLITE_DONE.
+            return ffi::SQLITE_DONE;
+        }
+    }
     ffi::SQLITE_OK
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_phrase_within_the_budget_is_counted_exactly() {
+        let count = PhraseCount {
+            rows: 1_234,
+            last_rowid: 90_000,
+        };
+        assert_eq!(count.rows_matching(100_000), 1_234.0);
+    }
+
+    #[test]
+    fn a_phrase_past_the_budget_is_estimated_from_the_rows_it_covered() {
+        let budget = i64::from(SCAN_BUDGET);
+        // The budget's matches came from the first quarter of the rows: four times as many.
+        let quarter = PhraseCount {
+            rows: budget,
+            last_rowid: 50_000,
+        };
+        assert_eq!(quarter.rows_matching(200_000), 4.0 * budget as f64);
+        // Never more rows than the index has.
+        let dense = PhraseCount {
+            rows: budget,
+            last_rowid: budget / 2,
+        };
+        assert_eq!(dense.rows_matching(budget * 3), (budget * 3) as f64);
+    }
 }

@@ -25,7 +25,12 @@ use rusqlite::{Connection, OptionalExtension};
 /// metadata. The paged edge reads a snapshot by range (see the README's "Paged snapshots"):
 /// opening one reads every `documents` row (`search::prepare`'s facts), which in schema 3
 /// meant reading most of the text too, since each row's first kilobytes of text share its page.
-pub const SCHEMA_VERSION: u32 = 4;
+///
+/// 5: documents are numbered newest first (the builder adds them in that order), so the matches
+/// a search examines within [`crate::search::SCAN_BUDGET`] are the newest (ARCHITECTURE.md
+/// invariant 9). The tables are those of version 4; an older snapshot is answered the same way,
+/// its budget spent on its lowest ids instead.
+pub const SCHEMA_VERSION: u32 = 5;
 /// The oldest table layout this build still reads. Versions 1 and 2 store plain text, which
 /// `pubsearch_text` passes through, version 1 has its columns in another order and no prefix
 /// index, and versions 1 to 3 keep text in `documents.content` ([`text_source`] says where): the
@@ -34,7 +39,10 @@ pub const SCHEMA_VERSION: u32 = 4;
 pub const OLDEST_READABLE_SCHEMA_VERSION: u32 = 1;
 /// The FTS5 tokenizer both indexes use; a snapshot built with another is refused.
 pub const TOKENIZER: &str = "unicode61 remove_diacritics 2";
-/// Version of the ranking formula (bm25 weights, recency boost, candidate pool).
+/// Version of what a snapshot must hold for the ranking formula (bm25 weights, recency boost,
+/// candidate pool) to apply to it. The scan budget came with schema 5 and kept number 1: it needs
+/// nothing new of a snapshot, and changes answers only for expressions matching more rows than
+/// the budget, so a new reader keeps serving an older build during an upgrade.
 pub const SCORING_VERSION: u32 = 1;
 
 /// bm25 weight of a document's title relative to its content (weight 1).

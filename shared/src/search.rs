@@ -3,10 +3,17 @@
 //! Ranking runs in two phases so the request path does no work proportional to the corpus beyond
 //! what FTS5 itself does (ARCHITECTURE.md invariant 1):
 //!
-//! 1. **Candidates.** Every FTS5 match is scored by weighted bm25 (`rank`'s function, with
-//!    row facts held in memory), with the filters tested on each match in the same statement,
-//!    also from memory (FTS5 drives; see `document_scan`), and the best [`CANDIDATE_POOL`] are
-//!    kept (ties to the lower rowid). Publications are ranked the same way in their own index.
+//! 1. **Candidates.** bm25 is a sum over the query's phrases, so each phrase is scanned by
+//!    itself: its first [`SCAN_BUDGET`] FTS5 matches in rowid order (the newest, since documents
+//!    are numbered newest first: ARCHITECTURE.md invariant 9) are tested against the filters in
+//!    the same statement, from memory (FTS5 drives; see `document_scan`), and those that pass
+//!    are scored by the phrase's weighted bm25 (`rank`'s function, with row facts held in
+//!    memory). A document's score is the sum of its phrases' scores, and the best
+//!    [`CANDIDATE_POOL`] are kept (ties to the lower rowid). Publications are ranked the same way
+//!    in their own index. Matches past a phrase's budget are never read, so a common word costs
+//!    the same in a million documents as in ten thousand, while a rare word beside it is still
+//!    found wherever it is; where every phrase matches fewer rows than the budget, the scores
+//!    are FTS5's bm25 of the whole expression, bit for bit.
 //! 2. **Re-rank and page.** Candidates get a recency penalty of one point per
 //!    [`DAYS_PER_RECENCY_POINT`] days of age (capped at [`MAX_RECENCY_PENALTY`]), are merged, lose
 //!    repeated `(author, title)` pairs (cross-posts) and are paged; only the page's rows are read in
@@ -41,6 +48,10 @@ pub const MAX_OFFSET: u32 = 1000;
 /// Candidates kept from each FTS index before re-ranking: enough for the deepest page plus the
 /// one-extra `hasMore` probe, with room for deduplicated cross-posts.
 pub const CANDIDATE_POOL: u32 = 1200;
+/// FTS5 matches each index examines per query, in rowid order: a match past it is neither
+/// filtered, scored nor read (ARCHITECTURE.md invariant 1). A phrase matching more rows than this
+/// has its document frequency estimated from where its budget ran out (see [`crate::rank`]).
+pub const SCAN_BUDGET: u32 = 10_000;
 /// Days of age that cost one ranking point.
 pub const DAYS_PER_RECENCY_POINT: f64 = 30.0;
 /// The most points age can cost, so strong old matches still surface.
@@ -327,19 +338,6 @@ struct Candidate {
     family: Option<u32>,
 }
 
-impl Candidate {
-    /// A candidate from a scan row `(rowid, bm25)`, before age and family are known.
-    fn scored(kind: ResultKind, row: &rusqlite::Row<'_>) -> rusqlite::Result<Self> {
-        Ok(Self {
-            kind,
-            id: row.get(0)?,
-            bm25: row.get(1)?,
-            penalty: 0.0,
-            family: None,
-        })
-    }
-}
-
 /// Readies a connection to a snapshot for [`search`]: lets SQLite read pages in place (see
 /// [`MMAP_BYTES`]), reads the row facts search uses and registers the SQL functions it calls (see
 /// [`crate::content`], `facts`, `rank` and `snippet`). Like rusqlite's `load_module`, call it once after opening; the
@@ -403,9 +401,7 @@ fn document_candidates(
     let now_seconds = now.unix_millis() as f64 / 1000.0;
     let (sql, args) = document_scan(request, articles, looseleafs);
     // Article or looseleaf is decided when the row is loaded; here only "document" matters.
-    let mut pool = best_matches(conn, &sql, args, |row| {
-        Candidate::scored(ResultKind::Article, row)
-    })?;
+    let mut pool = best_matches(conn, request, &sql, args, ResultKind::Article)?;
     let ids: Vec<i64> = pool.iter().map(|candidate| candidate.id).collect();
     for (candidate, facts) in pool.iter_mut().zip(facts::document_facts(conn, &ids)?) {
         candidate.penalty = recency_penalty(now_seconds, facts.created);
@@ -414,10 +410,13 @@ fn document_candidates(
     Ok(pool)
 }
 
-/// The statement that scores every document matching `request` (rowid, bm25), with its
-/// arguments. The filters sit in the same statement, and FTS5 drives it: each filter tests a
-/// match, and none reaches FTS5 as a rowid constraint, which would make FTS5 run the whole
-/// expression again for every rowid offered (see [`TAG_FILTER`]).
+/// The statement that examines the first [`SCAN_BUDGET`] documents matching the phrase bound
+/// to `?1` (see [`best_matches`]), giving each `(rowid, bm25)`, with its arguments; the score is
+/// NULL for a match the filters refuse.
+/// The filters sit in the same statement, and FTS5 drives it: each filter tests a match, and none
+/// reaches FTS5 as a rowid constraint, which would make FTS5 run the whole expression again for
+/// every rowid offered (see [`TAG_FILTER`]). They test matches inside the budget rather than
+/// narrowing the scan, so a filter that passes few rows cannot make the scan longer.
 ///
 /// The platform, since, author and type filters are asked of `facts`' filter function, from
 /// memory; only for a row it cannot answer for does the same test run in SQL, on the row itself.
@@ -443,8 +442,8 @@ fn document_scan(
     .into_iter()
     .filter_map(|(set, test)| set.then_some(test))
     .collect();
-    let mut args = vec![Value::Text(request.query.as_str().to_owned())];
-    let mut filters = String::new();
+    let mut args = vec![Value::Null];
+    let mut filters = Vec::new();
     if !row_tests.is_empty() {
         let text = |value: Option<String>| value.map_or(Value::Null, Value::Text);
         args.extend([
@@ -453,24 +452,29 @@ fn document_scan(
             text(request.author.clone()),
             in_publication.map_or(Value::Null, |articles| Value::Integer(articles.into())),
         ]);
-        filters = format!(
-            " AND coalesce({filter}(documents_fts.rowid, ?2, ?3, ?4, ?5), \
+        filters.push(format!(
+            "coalesce({filter}(documents_fts.rowid, ?2, ?3, ?4, ?5), \
              EXISTS (SELECT 1 FROM documents AS doc WHERE doc.id = documents_fts.rowid AND {tests}))",
             filter = facts::DOCUMENT_FILTER,
             tests = row_tests.join(" AND "),
-        );
+        ));
     }
     if let Some(tag) = &request.tag {
         args.push(Value::Text(tag.clone()));
-        filters.push_str(&TAG_FILTER.replace('#', &format!("?{}", args.len())));
+        filters.push(TAG_FILTER.replace('#', &format!("?{}", args.len())));
     }
-    let sql = format!(
-        "SELECT documents_fts.rowid, {bm25}
-         FROM documents_fts
-         WHERE documents_fts MATCH ?1{filters}",
-        bm25 = rank::bm25_call("documents_fts"),
-    );
-    (sql, args)
+    (budgeted_scan("documents_fts", &filters), args)
+}
+
+/// The statement that examines the first [`SCAN_BUDGET`] rows of `fts` matching `?1` and gives
+/// each `(rowid, bm25)`, the score NULL (and never computed) where one of `filters` fails.
+fn budgeted_scan(fts: &str, filters: &[String]) -> String {
+    let bm25 = rank::bm25_call(fts);
+    let score = match filters {
+        [] => bm25,
+        filters => format!("CASE WHEN {} THEN {bm25} END", filters.join(" AND ")),
+    };
+    format!("SELECT {fts}.rowid, {score} FROM {fts} WHERE {fts} MATCH ?1 LIMIT {SCAN_BUDGET}")
 }
 
 /// The tag filter (`#` is its placeholder). The `+` keeps the `IN` list from FTS5: offered it,
@@ -478,38 +482,50 @@ fn document_scan(
 /// snapshot a search with its most common tag (87 documents) took 89 ms that way and 3.0 ms
 /// scanning the matches once and probing the list (SQLite builds it once, with a Bloom filter).
 const TAG_FILTER: &str =
-    " AND +documents_fts.rowid IN (SELECT document_id FROM document_tags WHERE tag = #)";
+    "+documents_fts.rowid IN (SELECT document_id FROM document_tags WHERE tag = #)";
 
-/// The best [`CANDIDATE_POOL`] rows of `sql` by bm25, ties to the lower rowid.
+/// The best [`CANDIDATE_POOL`] of `kind` by bm25, ties to the lower rowid: `sql` (a
+/// [`budgeted_scan`]) runs once per phrase of the query, bound to `?1`, and each row's score is
+/// the sum of its phrases' (in phrase order, as FTS5 sums them).
 ///
-/// Every match is scored either way; choosing the pool here rather than with FTS5's
-/// `ORDER BY rank LIMIT` spares a nested statement that writes every match into SQLite's sorter
-/// and sorts them all. That was half of ranking's time on the bench's 7.5k-document snapshot.
-/// Memory stays at twice the pool however many rows match (wasm memory never shrinks).
+/// Choosing the pool here rather than with FTS5's `ORDER BY rank LIMIT` spares a nested
+/// statement that writes every match into SQLite's sorter and sorts them all. That was half of
+/// ranking's time on the bench's 7.5k-document snapshot. Memory holds at most [`SCAN_BUDGET`]
+/// rows per phrase (wasm memory never shrinks).
 fn best_matches(
     conn: &Connection,
+    request: &SearchRequest,
     sql: &str,
-    args: Vec<Value>,
-    candidate: impl FnMut(&rusqlite::Row<'_>) -> rusqlite::Result<Candidate>,
+    mut args: Vec<Value>,
+    kind: ResultKind,
 ) -> Result<Vec<Candidate>, SearchError> {
-    let pool = CANDIDATE_POOL as usize;
-    let keep_best = |matches: &mut Vec<Candidate>| {
-        if matches.len() > pool {
-            matches.select_nth_unstable_by(pool, |a, b| {
-                a.bm25.total_cmp(&b.bm25).then(a.id.cmp(&b.id))
-            });
-            matches.truncate(pool);
-        }
-    };
     let mut statement = conn.prepare_cached(sql)?;
-    let mut matches = Vec::with_capacity(2 * pool);
-    for row in statement.query_map(params_from_iter(args), candidate)? {
-        matches.push(row?);
-        if matches.len() == 2 * pool {
-            keep_best(&mut matches);
+    let mut scores: HashMap<i64, f64> = HashMap::new();
+    for phrase in request.query.phrases() {
+        args[0] = Value::Text(phrase.clone());
+        let mut rows = statement.query(params_from_iter(&args))?;
+        while let Some(row) = rows.next()? {
+            if let Some(score) = row.get::<_, Option<f64>>(1)? {
+                *scores.entry(row.get(0)?).or_insert(0.0) += score;
+            }
         }
     }
-    keep_best(&mut matches);
+    let mut matches: Vec<Candidate> = scores
+        .into_iter()
+        .map(|(id, bm25)| Candidate {
+            kind,
+            id,
+            bm25,
+            penalty: 0.0,
+            family: None,
+        })
+        .collect();
+    let pool = CANDIDATE_POOL as usize;
+    if matches.len() > pool {
+        matches
+            .select_nth_unstable_by(pool, |a, b| a.bm25.total_cmp(&b.bm25).then(a.id.cmp(&b.id)));
+        matches.truncate(pool);
+    }
     Ok(matches)
 }
 
@@ -530,29 +546,26 @@ fn publication_candidates(
     if !request.wants(ResultKind::Publication) || request.tag.is_some() || request.since.is_some() {
         return Ok(Vec::new());
     }
-    let mut args = vec![Value::Text(request.query.as_str().to_owned())];
-    let mut filters = String::new();
+    let mut args = vec![Value::Null];
+    let mut tests = String::new();
     if let Some(platform) = request.platform {
         args.push(Value::Text(platform.as_str().into()));
-        filters.push_str(&format!(" AND p.platform = ?{}", args.len()));
+        tests.push_str(&format!(" AND p.platform = ?{}", args.len()));
     }
     if let Some(author) = &request.author {
         args.push(Value::Text(author.clone()));
-        filters.push_str(&format!(" AND p.did = ?{}", args.len()));
+        tests.push_str(&format!(" AND p.did = ?{}", args.len()));
     }
-    let sql = format!(
-        "SELECT publications_fts.rowid, {bm25}
-         FROM publications_fts JOIN publications AS p ON p.id = publications_fts.rowid
-         WHERE publications_fts MATCH ?1 AND p.discoverable = 1{filters}",
-        bm25 = rank::bm25_call("publications_fts"),
+    let filter = format!(
+        "EXISTS (SELECT 1 FROM publications AS p
+                 WHERE p.id = publications_fts.rowid AND p.discoverable = 1{tests})"
     );
-    best_matches(conn, &sql, args, |row| {
-        Candidate::scored(ResultKind::Publication, row)
-    })
+    let sql = budgeted_scan("publications_fts", &[filter]);
+    best_matches(conn, request, &sql, args, ResultKind::Publication)
 }
 
-/// Reads the page's rows in full and gives them snippets: one FTS5 statement per kind of result,
-/// however long the page.
+/// Reads the page's rows in full and gives them snippets: one FTS5 statement per kind of result
+/// and run of nearby rowids (see [`nearby_runs`]).
 ///
 /// A `MATCH … AND rowid = ?` statement per result would set the expression up again for every
 /// row, and for a prefix term that means merging the doclists of every term it expands to: on the
@@ -573,15 +586,19 @@ fn load_page(
         .collect();
     let publications: Vec<i64> = page.iter().filter(is_publication).map(|c| c.id).collect();
     let mut loaded = HashMap::with_capacity(page.len());
-    for_each_row(conn, &DOCUMENT_PAGE_SQL, request, &documents, |row| {
-        let result = document_result(row, render_snippet(&row.get::<_, String>(10)?))?;
-        loaded.insert((false, row.get(11)?), result);
-        Ok(())
-    })?;
-    for_each_row(conn, &PUBLICATION_PAGE_SQL, request, &publications, |row| {
-        loaded.insert((true, row.get(8)?), publication_result(row)?);
-        Ok(())
-    })?;
+    for ids in nearby_runs(documents) {
+        for_each_row(conn, &DOCUMENT_PAGE_SQL, request, &ids, |row| {
+            let result = document_result(row, render_snippet(&row.get::<_, String>(10)?))?;
+            loaded.insert((false, row.get(11)?), result);
+            Ok(())
+        })?;
+    }
+    for ids in nearby_runs(publications) {
+        for_each_row(conn, &PUBLICATION_PAGE_SQL, request, &ids, |row| {
+            loaded.insert((true, row.get(8)?), publication_result(row)?);
+            Ok(())
+        })?;
+    }
     page.iter()
         .map(|candidate| {
             loaded
@@ -590,6 +607,24 @@ fn load_page(
                 .ok_or(SearchError::Sqlite(rusqlite::Error::QueryReturnedNoRows))
         })
         .collect()
+}
+
+/// Most rowids one page statement spans: it runs the query over every row between its first and
+/// last result, so results far apart are loaded by separate statements and a page reads at most
+/// this many rows' matches per result (ARCHITECTURE.md invariant 1).
+const PAGE_RUN_SPAN: i64 = 1024;
+
+/// `ids` sorted and cut into runs each spanning at most [`PAGE_RUN_SPAN`] rowids.
+fn nearby_runs(mut ids: Vec<i64>) -> Vec<Vec<i64>> {
+    ids.sort_unstable();
+    let mut runs: Vec<Vec<i64>> = Vec::new();
+    for id in ids {
+        match runs.last_mut() {
+            Some(run) if id - run[0] < PAGE_RUN_SPAN => run.push(id),
+            _ => runs.push(vec![id]),
+        }
+    }
+    runs
 }
 
 /// A publication result from a row of [`load_page`]'s publication statement.
@@ -798,15 +833,14 @@ mod tests {
         let conn = Connection::open_in_memory().unwrap();
         // 5,000 rows in a scrambled order, with only 13 distinct scores: ties everywhere.
         let sql = "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 5000)
-                   SELECT (i * 7919) % 5003, ((i * 31) % 13) * -1.0 FROM n";
-        let pool = best_matches(&conn, sql, Vec::new(), |row| {
-            Candidate::scored(ResultKind::Article, row)
-        })
-        .unwrap();
+                   SELECT (i * 7919) % 5003, ((i * 31) % 13) * -1.0 FROM n WHERE ?1 IS NOT NULL";
+        let request = params(&[("q", "one")]).unwrap();
+        let args = vec![Value::Null];
+        let pool = best_matches(&conn, &request, sql, args, ResultKind::Article).unwrap();
         let mut all: Vec<(f64, i64)> = conn
             .prepare(sql)
             .unwrap()
-            .query_map([], |row| Ok((row.get(1)?, row.get(0)?)))
+            .query_map(["one"], |row| Ok((row.get(1)?, row.get(0)?)))
             .unwrap()
             .collect::<Result<_, _>>()
             .unwrap();

@@ -1,9 +1,13 @@
 //! Building a serving snapshot from the store's read side.
 //!
 //! The whole export runs inside one WAL read transaction, so it sees a single consistent state
-//! while ingest keeps committing; rows are read in keyset-paginated pages, so memory stays bounded
-//! whatever the corpus size. The snapshot holds exactly the policy-passing documents with
+//! while ingest keeps committing. The snapshot holds exactly the policy-passing documents with
 //! `indexed_at <= watermark`, where the watermark is the newest `indexed_at` at build start.
+//!
+//! The build first lists those documents' ids newest first (16 bytes each while sorting: 16 MB
+//! for a million), then reads and writes them in that order a page at a time, so the snapshot
+//! numbers documents newest first (ARCHITECTURE.md invariant 9) and holds one page of rows in
+//! memory.
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -17,8 +21,8 @@ use crate::store::{Store, StoreError};
 
 /// Page size of built snapshots: small pages keep the edge's per-query reads and cache small.
 pub const SNAPSHOT_PAGE_SIZE: u32 = 4096;
-/// Rows read from the store per keyset page.
-const PAGE_ROWS: i64 = 1_000;
+/// Rows read from the store per page.
+const PAGE_ROWS: usize = 1_000;
 
 /// Why a build failed.
 #[derive(Debug, thiserror::Error)]
@@ -124,16 +128,15 @@ pub fn build(
     for publication in read_publications(&read, watermark).map_err(BuildError::Read)? {
         writer.add_publication(&publication).map_err(write)?;
     }
-    let mut after_id = 0i64;
+    // Newest first: snapshot ids follow this order, and search examines matches in id order
+    // (ARCHITECTURE.md invariant 9).
+    let order = newest_first(&read, watermark).map_err(BuildError::Read)?;
     let mut written = 0u64;
-    loop {
-        let page = read_documents(&read, watermark, after_id).map_err(BuildError::Read)?;
-        let Some(last) = page.last() else { break };
-        after_id = last.0;
-        for (_, document) in &page {
-            writer.add_document(document).map_err(write)?;
+    for ids in order.chunks(PAGE_ROWS) {
+        for document in read_documents(&read, watermark, ids).map_err(BuildError::Read)? {
+            writer.add_document(&document).map_err(write)?;
         }
-        written += page.len() as u64;
+        written += ids.len() as u64;
         progress(written);
     }
     writer.finish(watermark).map_err(write)?;
@@ -226,24 +229,49 @@ fn read_publications(
     rows.collect()
 }
 
+/// The store ids of the documents passing policy at `watermark`, newest `created_at` first (the
+/// date the snapshot gives each, see [`created_at`]), ties by store id.
+fn newest_first(conn: &Connection, watermark: i64) -> rusqlite::Result<Vec<i64>> {
+    let sql = format!(
+        "SELECT d.id, d.created_at, d.indexed_at FROM documents d WHERE {policy}",
+        policy = document_policy(),
+    );
+    let mut statement = conn.prepare(&sql)?;
+    let mut dated: Vec<(i64, i64)> = statement
+        .query_map(rusqlite::named_params! {":watermark": watermark}, |row| {
+            let created = created_at(row.get(1)?, row.get(2)?);
+            Ok((created.unix_millis(), row.get(0)?))
+        })?
+        .collect::<rusqlite::Result<_>>()?;
+    dated.sort_unstable_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(&b.1)));
+    Ok(dated.into_iter().map(|(_, id)| id).collect())
+}
+
+/// The date a snapshot gives a document: its own `created_at`, or when it was indexed if that
+/// does not parse.
+fn created_at(text: Option<String>, indexed_at_us: i64) -> Timestamp {
+    parse_time(text).unwrap_or_else(|| micros_to_time(indexed_at_us))
+}
+
+/// The documents with store ids `ids`, in that order (each still checked against policy, in the
+/// same read transaction that listed them).
 fn read_documents(
     conn: &Connection,
     watermark: i64,
-    after_id: i64,
-) -> rusqlite::Result<Vec<(i64, SnapshotDocument)>> {
+    ids: &[i64],
+) -> rusqlite::Result<Vec<SnapshotDocument>> {
     let sql = format!(
         "SELECT d.id, d.uri, d.did, d.rkey, d.collection, d.platform, p.platform, d.site_url, p.base_path,
                 d.title, d.content, d.created_at, d.indexed_at, d.publication_uri, d.path, d.tags, d.cover_image
          FROM documents d
          LEFT JOIN publications p ON p.uri = d.publication_uri AND p.deleted = 0
-         WHERE d.id > :after AND {policy}
-         ORDER BY d.id
-         LIMIT :limit",
+         WHERE d.id IN (SELECT value FROM json_each(:ids)) AND {policy}",
         policy = document_policy(),
     );
+    let ids_json = serde_json::to_string(ids).expect("integers serialise");
     let mut statement = conn.prepare_cached(&sql)?;
     let rows = statement.query_map(
-        rusqlite::named_params! {":after": after_id, ":watermark": watermark, ":limit": PAGE_ROWS},
+        rusqlite::named_params! {":ids": ids_json, ":watermark": watermark},
         |row| {
             let site_url: Option<String> = row.get(7)?;
             let own_platform: Option<String> = row.get(5)?;
@@ -257,7 +285,7 @@ fn read_documents(
             let indexed_at_us: i64 = row.get(12)?;
             let tags: String = row.get(15)?;
             Ok((
-                row.get(0)?,
+                row.get::<_, i64>(0)?,
                 SnapshotDocument {
                     uri: row.get(1)?,
                     did: row.get(2)?,
@@ -268,8 +296,7 @@ fn read_documents(
                         .or_else(|| site_url.as_deref().and_then(base_path_of)),
                     title: row.get(9)?,
                     content: row.get(10)?,
-                    created_at: parse_time(row.get(11)?)
-                        .unwrap_or_else(|| micros_to_time(indexed_at_us)),
+                    created_at: created_at(row.get(11)?, indexed_at_us),
                     indexed_at_us,
                     publication_uri: row.get(13)?,
                     path: row.get(14)?,
@@ -279,7 +306,9 @@ fn read_documents(
             ))
         },
     )?;
-    rows.collect()
+    let mut by_id: std::collections::HashMap<i64, SnapshotDocument> =
+        rows.collect::<rusqlite::Result<_>>()?;
+    Ok(ids.iter().filter_map(|id| by_id.remove(id)).collect())
 }
 
 /// How many store documents pass policy at `watermark`, as the store is now: what a snapshot
