@@ -9,11 +9,11 @@ import { publishSnapshots, objectsUnder, nativeSearch, startWorker } from "./sup
 /** The chunk cache budget the tests give the Worker, in MB. */
 const BUDGET_MB = 8;
 /**
- * Wasm memory a paged Worker needs beyond its chunk cache for this corpus: the row facts search
- * keeps per document (about 5 MB here), SQLite's page cache (1 MB), the Rust heap and stack, and
- * the allocator's slack.
+ * Wasm memory a paged Worker needs beyond its chunk cache, whatever the corpus: the row facts'
+ * block cache (at most about 6 MB), SQLite's page cache (1 MB), a query's scan (at most 10,000
+ * matches a phrase), the Rust heap and stack, and the allocator's slack.
  */
-const OVERHEAD_MB = 24;
+const OVERHEAD_MB = 16;
 
 let snapshots;
 const workers = [];

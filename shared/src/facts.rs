@@ -1,127 +1,163 @@
-//! Facts about every row of a snapshot, read once when it is opened and served from memory.
+//! What search needs to know about each matching document beyond FTS5's hits, read in blocks of
+//! rows and kept in a bounded cache.
 //!
-//! Without them, search pays a B-tree seek per row at three points: FTS5's `bm25()` reads every
-//! match's length from `<index>_docsize`, the filters (platform, since, author, type) join
-//! `documents` for every match, and the re-rank joined `documents` again for each candidate's date,
-//! author and title. A snapshot never changes once opened, so [`RowFacts::read`] reads what those
-//! steps need once (on the bench's 7.5k documents, 15–25 ms natively on this noisy machine, of
-//! which the filter columns take 2–4 ms, and 43–44 ms in workerd, mostly SQLite reading every
-//! page of `documents`), and [`install`] registers the SQL functions that serve it:
+//! Without them, search pays a B-tree seek per match at three points: bm25 needs the row's length
+//! (FTS5's own reads `<index>_docsize` with a statement per match), the filters (platform, since,
+//! author, type) need the row's columns, and the re-rank needs the pool's dates and cross-post
+//! families. The snapshot builder writes these facts into `document_facts`, a compact table of
+//! integers (about 20 bytes a row, against about 700 for a `documents` row), numbered like
+//! `documents`. Search reads it [`BLOCK_ROWS`] rows at a time into a cache of at most
+//! [`MAX_BLOCKS`] blocks, so memory is bounded whatever the corpus (ARCHITECTURE.md invariant 1)
+//! and a scan, which visits rows in id order, reads each block once. A snapshot older than schema
+//! 6 has no such table: [`install`] derives one into the connection's temp schema, reading every
+//! `documents` row once, as opening such a snapshot always did.
 //!
-//! - `pubsearch_document_facts(ids)`: each listed document's `unixepoch(created_at)` and
-//!   cross-post family (a number shared by the documents of one author with the same title, ASCII
-//!   case folded as SQL's `lower` does; none for a blank title). Search asks it once per query,
-//!   for the pool only, through [`document_facts`].
 //! - `pubsearch_document_filter(rowid, platform, since, author, articles)`: whether a document
-//!   passes the filters (NULL arguments do not filter), exactly as the SQL of
-//!   [`crate::search`]'s fallback would answer, or NULL when memory cannot say (a row added after
-//!   the facts were read, or a date not of the canonical length), so that SQL answers instead.
+//!   passes the filters (NULL arguments do not filter; `author` is the author's number in
+//!   `document_authors`, -1 for a DID with no documents), exactly as the SQL of
+//!   [`crate::search`]'s fallback would answer, or NULL when the facts cannot say (a row added
+//!   after they were built, or a date not of the canonical form), so that SQL answers instead.
+//! - [`document_facts`]: the pool's dates and families, for the re-rank.
 //!
-//! [`crate::rank`]'s bm25 functions read the row lengths.
+//! [`crate::rank`]'s bm25 reads the row lengths through [`DocumentFacts::tokens`].
 
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::ops::Deref;
+use std::sync::{Arc, Mutex};
 
-use rusqlite::Connection;
 use rusqlite::functions::FunctionFlags;
 use rusqlite::types::ValueRef;
+use rusqlite::{Connection, OptionalExtension, params_from_iter};
 
-use crate::schema::FTS_WEIGHTS;
-
-/// The SQL function behind [`document_facts`].
-const DOCUMENT_FACTS: &str = "pubsearch_document_facts";
 /// The SQL function that tests a document against the search filters (see the module docs).
 pub(crate) const DOCUMENT_FILTER: &str = "pubsearch_document_filter";
-/// Bytes per document in [`DOCUMENT_FACTS`]'s answer: `created` as i64, `family` as u32.
-const FACTS_BYTES: usize = 12;
-/// Bytes in a canonical timestamp (`2024-05-01T12:00:00.000Z`, see [`crate::timestamp`]).
-const CANONICAL_TIME_LEN: usize = 24;
+/// Rows read per block: 256 rows of `document_facts` are about 5 KB, a tenth of a paged chunk.
+const BLOCK_ROWS: i64 = 256;
+/// Blocks kept: 131,072 rows, about 6 MB of memory at most.
+const MAX_BLOCKS: usize = 512;
 
-/// Reads the facts of both FTS indexes' rows and registers [`DOCUMENT_FACTS`] and
-/// [`DOCUMENT_FILTER`] over the documents'. Returns each index with its facts, for
-/// [`crate::rank`]'s bm25 functions. The facts describe the snapshot as it is now: the
-/// connection must not write to it afterwards (snapshots are read-only), though a row added later
-/// is still filtered and scored right, by SQL, only without a date or family.
-pub(crate) fn install(conn: &Connection) -> rusqlite::Result<Vec<(&'static str, Arc<RowFacts>)>> {
-    let mut indexes = Vec::new();
-    for (index, _) in FTS_WEIGHTS {
-        let facts = Arc::new(RowFacts::read(conn, index)?);
-        if index == "documents_fts" {
-            register_document_functions(conn, facts.clone())?;
-        }
-        indexes.push((index, facts));
-    }
-    Ok(indexes)
+/// Creates `document_facts` and `document_authors` in `schema` (`main` when building a
+/// snapshot, `temp` when reading one built before them) from `main`'s documents and their FTS
+/// lengths. Call after `documents_fts` is built.
+pub fn create_tables(conn: &Connection, schema: &str) -> rusqlite::Result<()> {
+    let flags = FunctionFlags::SQLITE_UTF8 | FunctionFlags::SQLITE_DETERMINISTIC;
+    conn.create_scalar_function("pubsearch_docsize_tokens", 1, flags, |ctx| {
+        Ok(match ctx.get_raw(0) {
+            ValueRef::Blob(blob) => total_tokens(blob),
+            _ => None,
+        })
+    })?;
+    conn.create_scalar_function("pubsearch_time_key", 1, flags, |ctx| {
+        Ok(ctx.get_raw(0).as_bytes_or_null()?.and_then(time_key))
+    })?;
+    conn.create_scalar_function("pubsearch_blank", 1, flags, |ctx| {
+        Ok(ctx
+            .get_raw(0)
+            .as_str_or_null()?
+            .is_none_or(|text| text.trim().is_empty()))
+    })?;
+    conn.execute_batch(&format!(
+        "CREATE TABLE {schema}.document_authors (
+             n   INTEGER PRIMARY KEY,
+             did TEXT NOT NULL UNIQUE
+         );
+         INSERT INTO {schema}.document_authors (did)
+             SELECT DISTINCT did FROM main.documents ORDER BY did;
+         CREATE TABLE {schema}.document_facts (
+             id             INTEGER PRIMARY KEY,
+             tokens         INTEGER,
+             created        INTEGER,
+             time_key       INTEGER,
+             platform       TEXT NOT NULL,
+             author         INTEGER NOT NULL,
+             family         INTEGER,
+             in_publication INTEGER NOT NULL
+         );
+         INSERT INTO {schema}.document_facts
+             SELECT d.id, pubsearch_docsize_tokens(s.sz), unixepoch(d.created_at),
+                    pubsearch_time_key(d.created_at), d.platform, a.n,
+                    CASE WHEN NOT pubsearch_blank(d.title)
+                         THEN dense_rank() OVER (ORDER BY d.did, lower(d.title)) END,
+                    d.publication_uri IS NOT NULL
+             FROM main.documents AS d
+             JOIN {schema}.document_authors AS a ON a.did = d.did
+             LEFT JOIN main.documents_fts_docsize AS s ON s.id = d.id
+             ORDER BY d.id;"
+    ))
 }
 
-fn register_document_functions(conn: &Connection, facts: Arc<RowFacts>) -> rusqlite::Result<()> {
-    let flags = FunctionFlags::SQLITE_UTF8 | FunctionFlags::SQLITE_DETERMINISTIC;
+/// Makes sure the snapshot has its facts (deriving them into `temp` for one built before schema
+/// 6) and registers [`DOCUMENT_FILTER`]. Returns the facts for [`crate::rank`]'s bm25. The
+/// snapshot must not change afterwards (snapshots are read-only), though a row added later is
+/// still filtered and scored right, by SQL, only without a date or family.
+pub(crate) fn install(conn: &Connection) -> rusqlite::Result<Arc<DocumentFacts>> {
+    let built: bool = conn.query_row(
+        "SELECT EXISTS (SELECT 1 FROM main.sqlite_master WHERE name = 'document_facts')",
+        [],
+        |row| row.get(0),
+    )?;
+    if !built {
+        create_tables(conn, "temp")?;
+    }
+    let facts = Arc::new(DocumentFacts::default());
     let shared = facts.clone();
-    conn.create_scalar_function(DOCUMENT_FACTS, 1, flags, move |ctx| {
-        Ok(encode_facts(&shared, ctx.get_raw(0).as_blob()?))
-    })?;
+    let flags = FunctionFlags::SQLITE_UTF8 | FunctionFlags::SQLITE_DETERMINISTIC;
     conn.create_scalar_function(DOCUMENT_FILTER, 5, flags, move |ctx| {
         let filter = Filter {
             platform: ctx.get_raw(1).as_str_or_null()?,
             since: ctx.get_raw(2).as_bytes_or_null()?,
-            author: ctx.get_raw(3).as_str_or_null()?,
+            author: ctx.get_raw(3).as_i64_or_null()?,
             articles: ctx
                 .get_raw(4)
                 .as_i64_or_null()?
                 .map(|articles| articles != 0),
         };
-        Ok(facts.passes(ctx.get_raw(0).as_i64()?, &filter))
-    })
+        let rowid = ctx.get_raw(0).as_i64()?;
+        // SAFETY: the connection is used on this thread, inside this call, only to read facts.
+        let open = || unsafe { ctx.get_connection() };
+        Ok(shared.with_row(rowid, open, |block, row| block.passes(row, &filter)))
+    })?;
+    Ok(facts)
+}
+
+/// The SQL that gives the number `document_facts.author` holds for the DID bound at `param`
+/// (-1 for a DID with no documents), or NULL when it is NULL.
+pub(crate) fn author_number(param: &str) -> String {
+    format!(
+        "CASE WHEN {param} IS NOT NULL THEN \
+         coalesce((SELECT n FROM document_authors WHERE did = {param}), -1) END"
+    )
 }
 
 /// What ranking knows about one document beyond its bm25.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct DocumentFacts {
-    /// `unixepoch(created_at)`; `None` if it did not parse or the row was added after install.
+pub(crate) struct PoolFacts {
+    /// `unixepoch(created_at)`; `None` if it did not parse or the row has no facts.
     pub created: Option<i64>,
-    /// The cross-post family; `None` for a blank title or a row added after install.
-    pub family: Option<u32>,
+    /// The cross-post family; `None` for a blank title or a row without facts.
+    pub family: Option<i64>,
 }
 
-/// The facts of each of `ids`, in order, read from memory in one call. (The facts live with
-/// the connection, which only SQL can reach, so the ids go in and the facts come out as blobs.)
-pub(crate) fn document_facts(
-    conn: &Connection,
-    ids: &[i64],
-) -> rusqlite::Result<Vec<DocumentFacts>> {
-    if ids.is_empty() {
-        return Ok(Vec::new());
-    }
-    let ids: Vec<u8> = ids.iter().flat_map(|id| id.to_le_bytes()).collect();
-    let mut statement = conn.prepare_cached(&format!("SELECT {DOCUMENT_FACTS}(?1)"))?;
-    let blob: Vec<u8> = statement.query_row([ids], |row| row.get(0))?;
-    Ok(blob
-        .chunks_exact(FACTS_BYTES)
-        .map(|chunk| {
-            let (created, family) = chunk.split_at(8);
-            let created = i64::from_le_bytes(created.try_into().expect("8 bytes"));
-            let family = u32::from_le_bytes(family.try_into().expect("4 bytes"));
-            DocumentFacts {
-                created: (created != i64::MIN).then_some(created),
-                family: (family != u32::MAX).then_some(family),
-            }
+/// The facts of each of `ids`, in order: one statement per query, for the pool only.
+pub(crate) fn document_facts(conn: &Connection, ids: &[i64]) -> rusqlite::Result<Vec<PoolFacts>> {
+    let mut statement =
+        conn.prepare_cached("SELECT created, family FROM document_facts WHERE id = ?1")?;
+    ids.iter()
+        .map(|&id| {
+            Ok(statement
+                .query_row([id], |row| {
+                    Ok(PoolFacts {
+                        created: row.get(0)?,
+                        family: row.get(1)?,
+                    })
+                })
+                .optional()?
+                .unwrap_or(PoolFacts {
+                    created: None,
+                    family: None,
+                }))
         })
-        .collect())
-}
-
-/// [`DOCUMENT_FACTS`]: little-endian i64 ids in, [`FACTS_BYTES`] per id out (`i64::MIN` and
-/// `u32::MAX` for none).
-fn encode_facts(facts: &RowFacts, ids: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(ids.len() / 8 * FACTS_BYTES);
-    for id in ids.chunks_exact(8) {
-        let id = i64::from_le_bytes(id.try_into().expect("8 bytes"));
-        let row = facts.document(id);
-        let created = row.and_then(|row| row.created).unwrap_or(i64::MIN);
-        let family = row.and_then(|row| row.family).unwrap_or(u32::MAX);
-        out.extend_from_slice(&created.to_le_bytes());
-        out.extend_from_slice(&family.to_le_bytes());
-    }
-    out
+        .collect()
 }
 
 /// One call's filter arguments; `None` filters nothing.
@@ -129,230 +165,195 @@ struct Filter<'a> {
     platform: Option<&'a str>,
     /// Timestamp text: the document's `created_at` must not sort before it.
     since: Option<&'a [u8]>,
-    author: Option<&'a str>,
+    /// The author's number in `document_authors`.
+    author: Option<i64>,
     /// `Some(true)`: only documents in a publication; `Some(false)`: only those outside one.
     articles: Option<bool>,
 }
 
-/// Facts about the rows of one FTS5 index, indexed by rowid (dense from 1 in a snapshot).
+/// The cache of `document_facts` blocks (see the module docs), shared by the connection's
+/// functions.
 #[derive(Default)]
-pub(crate) struct RowFacts {
-    /// Tokens in the row, all columns together; [`RowFacts::NO_LENGTH`] where unread.
-    tokens: Vec<u32>,
-    /// Documents only: what re-ranking needs of each row of `documents`, `None` where there is
-    /// none or it was not read.
-    documents: Vec<Option<DocumentRow>>,
-    /// Documents only: each row's filter columns, `None` where there is no row, it was not read,
-    /// or a column holds what memory cannot compare exactly as SQL would (SQL then answers).
-    /// Kept apart from `documents`, which every search reads for its whole pool.
-    filters: Vec<Option<FilterColumns>>,
-    /// The distinct DIDs of `documents.did`, numbered.
-    dids: Interner,
-    /// The distinct texts of `documents.platform`, numbered.
-    platforms: Interner,
+pub(crate) struct DocumentFacts {
+    cache: Mutex<BlockCache>,
 }
 
-/// What re-ranking needs of one document row.
-#[derive(Clone, Copy)]
-struct DocumentRow {
-    /// `unixepoch(created_at)`, `None` if it does not parse.
-    created: Option<i64>,
-    /// The cross-post family (see the module docs), `None` for a blank title.
-    family: Option<u32>,
+#[derive(Default)]
+struct BlockCache {
+    /// Block number → the block and when it was last used.
+    blocks: HashMap<i64, (Arc<Block>, u64)>,
+    clock: u64,
 }
 
-/// A document's filter columns, as the snapshot schema has them: text, never NULL.
+/// [`BLOCK_ROWS`] consecutive rows of `document_facts`.
+struct Block {
+    /// Indexed by rowid less the block's first; `None` where there is no row.
+    rows: Vec<Option<FactRow>>,
+    /// The distinct platforms of the block's rows, which name theirs by index.
+    platforms: Vec<Box<str>>,
+}
+
+/// One document's facts, as the snapshot holds them.
 #[derive(Clone, Copy)]
-struct FilterColumns {
-    did: u32,
-    platform: u32,
-    /// `created_at`, kept only as text of the canonical length (any other value leaves the row to
-    /// SQL, so that this stays fixed-size). Canonical text is fixed width: byte order is time order.
-    created_at: [u8; CANONICAL_TIME_LEN],
-    /// `publication_uri IS NOT NULL`.
+struct FactRow {
+    tokens: Option<u32>,
+    /// The [`time_key`] of `created_at`, `None` if it is not canonical text (SQL then filters).
+    time_key: Option<i64>,
+    author: i64,
+    platform: u8,
     in_publication: bool,
 }
 
-impl RowFacts {
-    const NO_LENGTH: u32 = u32::MAX;
+impl DocumentFacts {
+    /// Tokens in document `rowid`, all columns together, if its facts say; `open` gives the
+    /// connection to read a missing block with.
+    pub(crate) fn tokens<C: Deref<Target = Connection>>(
+        &self,
+        rowid: i64,
+        open: impl FnOnce() -> rusqlite::Result<C>,
+    ) -> Option<u32> {
+        self.with_row(rowid, open, |_, row| row.tokens)
+    }
 
-    /// Reads the facts of `index`'s rows; for `documents_fts`, also those of `documents`.
-    fn read(conn: &Connection, index: &str) -> rusqlite::Result<Self> {
-        let mut facts = Self::default();
-        facts.read_lengths(conn, index)?;
-        if index == "documents_fts" {
-            facts.read_documents(conn)?;
+    /// `answer` for `rowid`'s facts, reading its block through `open`'s connection if it is not
+    /// cached; `None` where there is no row or the block could not be read (SQL then answers,
+    /// and a paged read's failure is reported by the VFS).
+    fn with_row<T, C: Deref<Target = Connection>>(
+        &self,
+        rowid: i64,
+        open: impl FnOnce() -> rusqlite::Result<C>,
+        answer: impl FnOnce(&Block, &FactRow) -> Option<T>,
+    ) -> Option<T> {
+        let number = rowid.div_euclid(BLOCK_ROWS);
+        let block = self.block(number, open)?;
+        let row = block
+            .rows
+            .get(rowid.rem_euclid(BLOCK_ROWS) as usize)?
+            .as_ref()?;
+        answer(&block, row)
+    }
+
+    fn block<C: Deref<Target = Connection>>(
+        &self,
+        number: i64,
+        open: impl FnOnce() -> rusqlite::Result<C>,
+    ) -> Option<Arc<Block>> {
+        let mut cache = self
+            .cache
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        cache.clock += 1;
+        let now = cache.clock;
+        if let Some((block, used)) = cache.blocks.get_mut(&number) {
+            *used = now;
+            return Some(block.clone());
         }
-        Ok(facts)
-    }
-
-    /// Tokens in `rowid`'s row, if it was read.
-    pub(crate) fn length(&self, rowid: i64) -> Option<u32> {
-        let tokens = *self.tokens.get(usize::try_from(rowid).ok()?)?;
-        (tokens != Self::NO_LENGTH).then_some(tokens)
-    }
-
-    /// The slot for `rowid` in a table of `rows` rows, or `None` for a rowid so far beyond the
-    /// row count that keeping it would waste memory (SQL then answers for it).
-    fn slot(rowid: i64, rows: usize) -> Option<usize> {
-        usize::try_from(rowid)
-            .ok()
-            .filter(|&slot| slot <= rows.saturating_mul(2) + 1024)
-    }
-
-    /// Reads `<index>_docsize`, whose `sz` blob holds one varint token count per column.
-    fn read_lengths(&mut self, conn: &Connection, index: &str) -> rusqlite::Result<()> {
-        let rows = row_count(conn, &format!("{index}_docsize"))?;
-        // Sized once for dense rowids: growing by doubling would leave up to twice the memory
-        // taken, and wasm memory never shrinks.
-        self.tokens = vec![Self::NO_LENGTH; rows + 1];
-        let mut statement = conn.prepare(&format!("SELECT id, sz FROM {index}_docsize"))?;
-        let mut cursor = statement.query([])?;
-        while let Some(row) = cursor.next()? {
-            let Some(slot) = Self::slot(row.get(0)?, rows) else {
-                continue;
-            };
-            if let Some(length) = total_tokens(row.get_ref(1)?.as_blob()?) {
-                grow_to(&mut self.tokens, slot, Self::NO_LENGTH)[slot] = length;
-            }
+        let conn = open().ok()?;
+        let block = Arc::new(Block::read(&conn, number).ok()?);
+        if cache.blocks.len() >= MAX_BLOCKS
+            && let Some(oldest) = cache
+                .blocks
+                .iter()
+                .min_by_key(|(_, (_, used))| *used)
+                .map(|(number, _)| *number)
+        {
+            cache.blocks.remove(&oldest);
         }
-        Ok(())
+        cache.blocks.insert(number, (block.clone(), now));
+        Some(block)
     }
+}
 
-    /// Reads each document's date, filter columns and cross-post family, with the same SQL
-    /// functions (`unixepoch`, `lower`) the re-rank used when it joined `documents`.
-    fn read_documents(&mut self, conn: &Connection) -> rusqlite::Result<()> {
-        let rows = row_count(conn, "documents")?;
-        self.documents = vec![None; rows + 1];
-        self.filters = vec![None; rows + 1];
-        // Keyed by `did NUL lower(title)` (a DID has no NUL), built in one reused buffer.
-        let mut families = Interner::with_capacity(rows);
-        let mut key = String::new();
-        let mut statement = conn.prepare(
-            "SELECT id, unixepoch(created_at), did, lower(title), platform, created_at,
-                    publication_uri IS NOT NULL
-             FROM documents",
+impl Block {
+    fn read(conn: &Connection, number: i64) -> rusqlite::Result<Self> {
+        let first = number * BLOCK_ROWS;
+        let mut block = Block {
+            rows: vec![None; BLOCK_ROWS as usize],
+            platforms: Vec::new(),
+        };
+        let mut statement = conn.prepare_cached(
+            "SELECT id, tokens, time_key, author, platform, in_publication
+             FROM document_facts WHERE id BETWEEN ?1 AND ?2",
         )?;
-        let mut cursor = statement.query([])?;
-        while let Some(row) = cursor.next()? {
-            let Some(slot) = Self::slot(row.get(0)?, rows) else {
+        let mut rows = statement.query(params_from_iter([first, first + BLOCK_ROWS - 1]))?;
+        while let Some(row) = rows.next()? {
+            let slot = (row.get::<_, i64>(0)? - first) as usize;
+            let platform = row.get_ref(4)?.as_str()?;
+            let index = match block.platforms.iter().position(|p| &**p == platform) {
+                Some(index) => index,
+                None => {
+                    block.platforms.push(platform.into());
+                    block.platforms.len() - 1
+                }
+            };
+            // More than 256 platforms in 256 rows cannot happen; past it, SQL answers.
+            let Ok(platform) = u8::try_from(index) else {
                 continue;
             };
-            let title = row.get_ref(3)?.as_str_or_null()?.unwrap_or_default();
-            let family = match (row.get_ref(2)?, title.trim().is_empty()) {
-                (ValueRef::Text(did), false) => std::str::from_utf8(did).ok().map(|did| {
-                    key.clear();
-                    key.push_str(did);
-                    key.push('\0');
-                    key.push_str(title);
-                    families.intern(&key)
-                }),
-                _ => None,
-            };
-            let document = DocumentRow {
-                created: row.get(1)?,
-                family,
-            };
-            grow_to(&mut self.documents, slot, None)[slot] = Some(document);
-            grow_to(&mut self.filters, slot, None)[slot] =
-                filter_columns(row, &mut self.dids, &mut self.platforms);
+            block.rows[slot] = Some(FactRow {
+                tokens: row.get(1)?,
+                time_key: row.get(2)?,
+                author: row.get(3)?,
+                platform,
+                in_publication: row.get(5)?,
+            });
         }
-        Ok(())
+        Ok(block)
     }
 
-    fn document(&self, rowid: i64) -> Option<&DocumentRow> {
-        self.documents.get(usize::try_from(rowid).ok()?)?.as_ref()
-    }
-
-    /// Whether document `rowid` passes `filter`, as SQL compares the columns; `None` if memory
-    /// cannot say.
-    fn passes(&self, rowid: i64, filter: &Filter<'_>) -> Option<bool> {
-        let columns = (*self.filters.get(usize::try_from(rowid).ok()?)?)?;
-        let equals = |wanted: Option<&str>, interner: &Interner, have: u32| {
-            wanted.is_none_or(|wanted| interner.get(wanted) == Some(have))
+    /// Whether `row` passes `filter`, as SQL compares the columns; `None` if the facts cannot say.
+    fn passes(&self, row: &FactRow, filter: &Filter<'_>) -> Option<bool> {
+        let since = match (filter.since, row.time_key) {
+            (None, _) => true,
+            // Byte order, then length: SQL's BINARY collation, which `>=` on text uses.
+            (Some(since), Some(created)) => time_text(created).as_slice() >= since,
+            (Some(_), None) => return None,
         };
         Some(
-            // Byte order, then length: SQL's BINARY collation, which `>=` on text uses.
-            filter
-                .since
-                .is_none_or(|since| columns.created_at.as_slice() >= since)
-                && equals(filter.platform, &self.platforms, columns.platform)
-                && equals(filter.author, &self.dids, columns.did)
+            since
+                && filter
+                    .platform
+                    .is_none_or(|platform| &*self.platforms[row.platform as usize] == platform)
+                && filter.author.is_none_or(|author| author == row.author)
                 && filter
                     .articles
-                    .is_none_or(|articles| articles == columns.in_publication),
+                    .is_none_or(|articles| articles == row.in_publication),
         )
     }
 }
 
-/// A `documents` row's filter columns (columns 2, 4, 5 and 6 of [`RowFacts::read_documents`]'s
-/// statement), or `None` if one holds what memory cannot compare as SQL would: a DID or platform
-/// that is not text, or a `created_at` that is not text of the canonical length.
-fn filter_columns(
-    row: &rusqlite::Row<'_>,
-    dids: &mut Interner,
-    platforms: &mut Interner,
-) -> Option<FilterColumns> {
-    Some(FilterColumns {
-        did: dids.intern_text(row.get_ref(2).ok()?)?,
-        platform: platforms.intern_text(row.get_ref(4).ok()?)?,
-        created_at: match row.get_ref(5).ok()? {
-            ValueRef::Text(text) => text.try_into().ok()?,
-            _ => return None,
-        },
-        in_publication: row.get(6).ok()?,
-    })
-}
+/// A canonical timestamp, digits as zeros.
+const CANONICAL_SHAPE: &[u8; 24] = b"0000-00-00T00:00:00.000Z";
 
-/// Numbers distinct strings in the order they are first seen.
-#[derive(Default)]
-struct Interner {
-    numbers: HashMap<Box<str>, u32>,
-}
-
-impl Interner {
-    fn with_capacity(capacity: usize) -> Self {
-        Self {
-            numbers: HashMap::with_capacity(capacity),
+/// A canonical timestamp's digits as one number (`2024-05-01T12:00:00.000Z` →
+/// 20240501120000000), `None` for any other text. Canonical text is fixed width, so its byte
+/// order, which SQL's `>=` compares, is the order of these numbers (see [`crate::timestamp`]).
+fn time_key(text: &[u8]) -> Option<i64> {
+    if text.len() != CANONICAL_SHAPE.len() {
+        return None;
+    }
+    let mut key = 0i64;
+    for (&byte, &shape) in text.iter().zip(CANONICAL_SHAPE) {
+        match shape {
+            b'0' if byte.is_ascii_digit() => key = key * 10 + i64::from(byte - b'0'),
+            b'0' => return None,
+            separator if byte != separator => return None,
+            _ => {}
         }
     }
-
-    /// `text`'s number, giving it the next one if it is new (allocating only then).
-    fn intern(&mut self, text: &str) -> u32 {
-        if let Some(&number) = self.numbers.get(text) {
-            return number;
-        }
-        let number = self.numbers.len() as u32;
-        self.numbers.insert(text.into(), number);
-        number
-    }
-
-    /// A column value's number, `None` for a value that is not text.
-    fn intern_text(&mut self, value: ValueRef<'_>) -> Option<u32> {
-        match value {
-            ValueRef::Text(text) => Some(self.intern(std::str::from_utf8(text).ok()?)),
-            _ => None,
-        }
-    }
-
-    fn get(&self, text: &str) -> Option<u32> {
-        self.numbers.get(text).copied()
-    }
+    Some(key)
 }
 
-fn row_count(conn: &Connection, table: &str) -> rusqlite::Result<usize> {
-    let rows: i64 = conn.query_row(&format!("SELECT count(*) FROM {table}"), [], |row| {
-        row.get(0)
-    })?;
-    Ok(usize::try_from(rows).unwrap_or(0))
-}
-
-/// `column`, grown with `fill` so that `slot` is in it.
-fn grow_to<T: Clone>(column: &mut Vec<T>, slot: usize, fill: T) -> &mut Vec<T> {
-    if column.len() <= slot {
-        column.resize(slot + 1, fill);
+/// The canonical text whose [`time_key`] is `key`.
+fn time_text(mut key: i64) -> [u8; 24] {
+    let mut text = *CANONICAL_SHAPE;
+    for byte in text.iter_mut().rev() {
+        if *byte == b'0' {
+            *byte = b'0' + (key % 10) as u8;
+            key /= 10;
+        }
     }
-    column
+    text
 }
 
 /// The sum of a docsize blob's varints (SQLite's format: 7 bits a byte, high bit set on all but
@@ -379,7 +380,7 @@ fn total_tokens(mut blob: &[u8]) -> Option<u32> {
         total = total.checked_add(u32::try_from(value).ok()?)?;
         blob = &blob[used..];
     }
-    (total != RowFacts::NO_LENGTH).then_some(total)
+    Some(total)
 }
 
 #[cfg(test)]
@@ -393,5 +394,59 @@ mod tests {
         // 300 = 0b10_0101100 → 0x82 0x2c.
         assert_eq!(total_tokens(&[0x82, 0x2c, 1]), Some(301));
         assert_eq!(total_tokens(&[0x82]), None, "truncated varint");
+    }
+
+    #[test]
+    fn the_block_cache_stays_within_its_budget_and_answers_after_eviction() {
+        let conn = Connection::open_in_memory().unwrap();
+        let rows = (MAX_BLOCKS as i64 + 8) * BLOCK_ROWS;
+        conn.execute_batch(&format!(
+            "CREATE TABLE document_facts (id INTEGER PRIMARY KEY, tokens INTEGER, created INTEGER,
+                 time_key INTEGER, platform TEXT NOT NULL, author INTEGER NOT NULL,
+                 family INTEGER, in_publication INTEGER NOT NULL);
+             WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < {rows})
+             INSERT INTO document_facts SELECT i, i % 1000, NULL, NULL, 'leaflet', 0, NULL, 0 FROM n;"
+        ))
+        .unwrap();
+        let facts = DocumentFacts::default();
+        let open = || Ok::<_, rusqlite::Error>(&conn);
+        for pass in 0..2 {
+            for rowid in (1..=rows).step_by(97) {
+                assert_eq!(
+                    facts.tokens(rowid, open),
+                    Some((rowid % 1000) as u32),
+                    "{pass}"
+                );
+            }
+            let held = facts.cache.lock().unwrap().blocks.len();
+            assert_eq!(held, MAX_BLOCKS, "pass {pass}");
+        }
+        assert_eq!(facts.tokens(rows + 1, open), None, "no such row");
+    }
+
+    #[test]
+    fn time_keys_order_as_canonical_text_does() {
+        let texts = [
+            "1999-12-31T23:59:59.999Z",
+            "2024-05-01T12:00:00.000Z",
+            "2024-05-01T12:00:00.001Z",
+            "2024-05-01T12:00:01.000Z",
+        ];
+        let keys: Vec<i64> = texts
+            .iter()
+            .map(|t| time_key(t.as_bytes()).unwrap())
+            .collect();
+        assert!(keys.windows(2).all(|pair| pair[0] < pair[1]), "{keys:?}");
+        assert_eq!(keys[1], 20240501120000000);
+        for (text, key) in texts.iter().zip(&keys) {
+            assert_eq!(&time_text(*key), text.as_bytes());
+        }
+        for other in [
+            "2024-05-01T12:00:00Z",
+            "2024-05-01 12:00:00.000Z",
+            "2024-05-0aT12:00:00.000Z",
+        ] {
+            assert_eq!(time_key(other.as_bytes()), None, "{other}");
+        }
     }
 }

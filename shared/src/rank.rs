@@ -17,7 +17,9 @@ use rusqlite::ffi::{
     self, Fts5Context, Fts5ExtensionApi, fts5_api, sqlite3_context, sqlite3_value,
 };
 
-use crate::facts::RowFacts;
+use rusqlite::Connection;
+
+use crate::facts::DocumentFacts;
 use crate::fts5::{self, call, check};
 use crate::schema::FTS_WEIGHTS;
 use crate::search::SCAN_BUDGET;
@@ -37,17 +39,19 @@ pub(crate) fn bm25_call(index: &str) -> String {
     format!("{index}_bm25({index}, {weight:.1}, 1.0)")
 }
 
-/// Registers `<index>_bm25` with the connection's FTS5 (`api`, see [`fts5::api`]) for each index,
-/// scoring from its row facts (see [`crate::facts::install`]).
-pub(crate) fn install(
-    api: *mut fts5_api,
-    indexes: &[(&str, Arc<RowFacts>)],
-) -> rusqlite::Result<()> {
-    for (index, facts) in indexes {
-        fts5::register(api, &format!("{index}_bm25"), bm25, facts.clone())?;
+/// Registers `<index>_bm25` with the connection's FTS5 (`api`, see [`fts5::api`]) for each
+/// index, scoring documents with lengths from `documents` (see [`crate::facts`]) and
+/// publications with FTS5's own.
+pub(crate) fn install(api: *mut fts5_api, documents: Arc<DocumentFacts>) -> rusqlite::Result<()> {
+    for (index, _) in FTS_WEIGHTS {
+        let facts: Lengths = (index == "documents_fts").then(|| documents.clone());
+        fts5::register(api, &format!("{index}_bm25"), bm25, facts)?;
     }
     Ok(())
 }
+
+/// Where a bm25 function reads row lengths: `None` for FTS5's `<index>_docsize`.
+type Lengths = Option<Arc<DocumentFacts>>;
 
 /// What one query's scoring shares across rows: kept by FTS5 as the cursor's auxiliary data.
 struct QueryStats {
@@ -110,7 +114,7 @@ unsafe extern "C" fn bm25(
     // SAFETY: FTS5 calls this with a live API, cursor context, result context and `weight_count`
     // argument values, as its auxiliary-function contract says.
     unsafe {
-        match score(&*api, fts, weight_count, weights) {
+        match score(&*api, fts, ctx, weight_count, weights) {
             Ok(score) => ffi::sqlite3_result_double(ctx, score),
             Err(rc) => ffi::sqlite3_result_error_code(ctx, rc),
         }
@@ -122,6 +126,7 @@ unsafe extern "C" fn bm25(
 unsafe fn score(
     api: &Fts5ExtensionApi,
     fts: *mut Fts5Context,
+    ctx: *mut sqlite3_context,
     weight_count: c_int,
     weights: *mut *mut sqlite3_value,
 ) -> Result<f64, c_int> {
@@ -167,7 +172,10 @@ unsafe fn score(
             }
         }
 
-        let length = match facts(api, fts)?.length(call(api.xRowid)?(fts)) {
+        let rowid = call(api.xRowid)?(fts);
+        // SAFETY: the handle is the connection running this function, used only to read facts.
+        let open = || Connection::from_handle(ffi::sqlite3_context_db_handle(ctx)).map(Box::new);
+        let length = match lengths(api, fts)?.and_then(|facts| facts.tokens(rowid, open)) {
             Some(tokens) => tokens as f64,
             None => {
                 let mut tokens = 0;
@@ -186,13 +194,16 @@ unsafe fn score(
     }
 }
 
-/// The facts `install` registered with the running function.
+/// The lengths `install` registered with the running function.
 ///
 /// # Safety
 /// `api` and `fts` are the pair FTS5 passed to one of this module's functions.
-unsafe fn facts<'a>(api: &Fts5ExtensionApi, fts: *mut Fts5Context) -> Result<&'a RowFacts, c_int> {
-    // SAFETY: every function here is registered with an `Arc<RowFacts>`.
-    unsafe { fts5::user_data::<Arc<RowFacts>>(api, fts).map(|facts| &**facts) }
+unsafe fn lengths<'a>(
+    api: &Fts5ExtensionApi,
+    fts: *mut Fts5Context,
+) -> Result<Option<&'a DocumentFacts>, c_int> {
+    // SAFETY: every function here is registered with a `Lengths`.
+    unsafe { fts5::user_data::<Lengths>(api, fts).map(|facts| facts.as_deref()) }
 }
 
 /// A phrase's matching rows as counted by [`count_row`], which stops at the scan budget.

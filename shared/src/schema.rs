@@ -30,7 +30,12 @@ use rusqlite::{Connection, OptionalExtension};
 /// a search examines within [`crate::search::SCAN_BUDGET`] are the newest (ARCHITECTURE.md
 /// invariant 9). The tables are those of version 4; an older snapshot is answered the same way,
 /// its budget spent on its lowest ids instead.
-pub const SCHEMA_VERSION: u32 = 5;
+///
+/// 6: `document_facts` and `document_authors` ([`crate::facts::create_tables`]) hold what search
+/// needs of each match in about 20 bytes a row, read in blocks as matches need them; before,
+/// opening a snapshot read every `documents` row into memory. An older snapshot gets them in the
+/// connection's temp schema when it is opened.
+pub const SCHEMA_VERSION: u32 = 6;
 /// The oldest table layout this build still reads. Versions 1 and 2 store plain text, which
 /// `pubsearch_text` passes through, version 1 has its columns in another order and no prefix
 /// index, and versions 1 to 3 keep text in `documents.content` ([`text_source`] says where): the

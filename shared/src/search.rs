@@ -6,9 +6,9 @@
 //! 1. **Candidates.** bm25 is a sum over the query's phrases, so each phrase is scanned by
 //!    itself: its first [`SCAN_BUDGET`] FTS5 matches in rowid order (the newest, since documents
 //!    are numbered newest first: ARCHITECTURE.md invariant 9) are tested against the filters in
-//!    the same statement, from memory (FTS5 drives; see `document_scan`), and those that pass
-//!    are scored by the phrase's weighted bm25 (`rank`'s function, with row facts held in
-//!    memory). A document's score is the sum of its phrases' scores, and the best
+//!    the same statement, from the cached facts (FTS5 drives; see `document_scan`), and those
+//!    that pass are scored by the phrase's weighted bm25 (`rank`'s function, with row lengths
+//!    from the same facts). A document's score is the sum of its phrases' scores, and the best
 //!    [`CANDIDATE_POOL`] are kept (ties to the lower rowid). Publications are ranked the same way
 //!    in their own index. Matches past a phrase's budget are never read, so a common word costs
 //!    the same in a million documents as in ten thousand, while a rare word beside it is still
@@ -35,8 +35,7 @@ use crate::{content, facts, fts5, rank, schema, snippet};
 
 /// How much of a snapshot SQLite may read in place rather than copy into its page cache (SQLite's
 /// own ceiling). For a deserialized snapshot (the edge's) that is memory already, which SQLite
-/// then reads without copying: reading the facts in `prepare` touches every `documents` page. A
-/// file opened natively is memory-mapped instead.
+/// then reads without copying. A file opened natively is memory-mapped instead.
 pub const MMAP_BYTES: i64 = 2_147_418_112;
 
 /// Results per page when the client does not say.
@@ -335,19 +334,20 @@ struct Candidate {
     penalty: f64,
     /// The document's cross-post family (see `facts`); `None` for publications and untitled
     /// documents, which are never duplicates.
-    family: Option<u32>,
+    family: Option<i64>,
 }
 
 /// Readies a connection to a snapshot for [`search`]: lets SQLite read pages in place (see
-/// [`MMAP_BYTES`]), reads the row facts search uses and registers the SQL functions it calls (see
-/// [`crate::content`], `facts`, `rank` and `snippet`). Like rusqlite's `load_module`, call it once after opening; the
+/// [`MMAP_BYTES`]), makes sure the snapshot has the row facts search uses (deriving them for one
+/// built before schema 6) and registers the SQL functions it calls (see [`crate::content`],
+/// `facts`, `rank` and `snippet`). Like rusqlite's `load_module`, call it once after opening; the
 /// snapshot must not change afterwards.
 pub fn prepare(conn: &Connection) -> rusqlite::Result<()> {
     conn.execute_batch(&format!("PRAGMA mmap_size = {MMAP_BYTES}"))?;
     content::install(conn)?;
-    let indexes = facts::install(conn)?;
+    let documents = facts::install(conn)?;
     let fts5 = fts5::api(conn)?;
-    rank::install(fts5, &indexes)?;
+    rank::install(fts5, documents)?;
     snippet::install(fts5)
 }
 
@@ -418,8 +418,9 @@ fn document_candidates(
 /// every rowid offered (see [`TAG_FILTER`]). They test matches inside the budget rather than
 /// narrowing the scan, so a filter that passes few rows cannot make the scan longer.
 ///
-/// The platform, since, author and type filters are asked of `facts`' filter function, from
-/// memory; only for a row it cannot answer for does the same test run in SQL, on the row itself.
+/// The platform, since, author and type filters are asked of `facts`' filter function, from its
+/// cached blocks; only for a row it cannot answer for does the same test run in SQL, on the row
+/// itself.
 /// (Joining `documents` for every match cost a B-tree seek each: on the bench's 7.5k snapshot a
 /// filtered search took twice as long as an unfiltered one.)
 fn document_scan(
@@ -453,9 +454,10 @@ fn document_scan(
             in_publication.map_or(Value::Null, |articles| Value::Integer(articles.into())),
         ]);
         filters.push(format!(
-            "coalesce({filter}(documents_fts.rowid, ?2, ?3, ?4, ?5), \
+            "coalesce({filter}(documents_fts.rowid, ?2, ?3, {author}, ?5), \
              EXISTS (SELECT 1 FROM documents AS doc WHERE doc.id = documents_fts.rowid AND {tests}))",
             filter = facts::DOCUMENT_FILTER,
+            author = facts::author_number("?4"),
             tests = row_tests.join(" AND "),
         ));
     }

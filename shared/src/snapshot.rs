@@ -3,7 +3,8 @@
 //! The snapshot builder (native worker) and every test fixture fill a snapshot through
 //! [`SnapshotWriter`], so the rows a search reads are always shaped the way [`crate::search`]
 //! expects. Rows go in inside one transaction; [`SnapshotWriter::finish`] builds the FTS indexes
-//! in one pass, materialises tag counts and stamps the versions.
+//! in one pass, writes each document's search facts (see [`crate::facts`]), materialises tag
+//! counts and stamps the versions.
 
 use rusqlite::{Connection, Transaction, params};
 use serde::{Deserialize, Serialize};
@@ -144,6 +145,7 @@ impl<'conn> SnapshotWriter<'conn> {
              INSERT INTO tag_counts (tag, documents)
                  SELECT tag, count(*) FROM document_tags GROUP BY tag;",
         )?;
+        crate::facts::create_tables(&tx, "main")?;
         schema::write_version(&tx, source_watermark_us)?;
         let counts = count(&tx)?;
         tx.commit()?;

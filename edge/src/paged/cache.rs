@@ -2,7 +2,7 @@
 //! within a fixed byte budget.
 //!
 //! Wasm memory never shrinks, so the budget is the paged edge's memory plan: the isolate's
-//! memory is this budget plus the facts of the live build(s) plus a fixed overhead, whatever the
+//! memory is this budget plus a fixed overhead (the row facts' block cache among it), whatever the
 //! snapshot's size. Chunks of every build share the budget, so a build that stops being live
 //! leaves the cache as new reads push its chunks out.
 
