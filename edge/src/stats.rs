@@ -122,18 +122,7 @@ pub fn record_io(endpoint: &'static str, io: IoCounts) {
     ENDPOINTS.with(|endpoints| {
         let mut endpoints = endpoints.borrow_mut();
         let entry = endpoints.entry(endpoint).or_default();
-        let total = &mut entry.io;
-        *total = IoCounts {
-            r2_chunks: total.r2_chunks + io.r2_chunks,
-            r2_bytes: total.r2_bytes + io.r2_bytes,
-            cache_api_chunks: total.cache_api_chunks + io.cache_api_chunks,
-            cache_api_bytes: total.cache_api_bytes + io.cache_api_bytes,
-            memory_hits: total.memory_hits + io.memory_hits,
-            memory_misses: total.memory_misses + io.memory_misses,
-            round_trips: total.round_trips + io.round_trips,
-            corrupt_chunks: total.corrupt_chunks + io.corrupt_chunks,
-            failed_fetches: total.failed_fetches + io.failed_fetches,
-        };
+        entry.io = entry.io.plus(&io);
         entry.round_trips.push(io.round_trips as f64);
     });
 }

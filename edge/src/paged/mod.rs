@@ -115,16 +115,26 @@ pub struct IoCounts {
 impl IoCounts {
     /// What happened between `earlier` and `self`.
     pub fn since(&self, earlier: &IoCounts) -> IoCounts {
+        self.zip(earlier, |now, then| now - then)
+    }
+
+    /// `self` and `more` together.
+    pub fn plus(&self, more: &IoCounts) -> IoCounts {
+        self.zip(more, |a, b| a + b)
+    }
+
+    /// Each count of `self` combined with the same count of `other`.
+    fn zip(&self, other: &IoCounts, combine: impl Fn(u64, u64) -> u64) -> IoCounts {
         IoCounts {
-            r2_chunks: self.r2_chunks - earlier.r2_chunks,
-            r2_bytes: self.r2_bytes - earlier.r2_bytes,
-            cache_api_chunks: self.cache_api_chunks - earlier.cache_api_chunks,
-            cache_api_bytes: self.cache_api_bytes - earlier.cache_api_bytes,
-            memory_hits: self.memory_hits - earlier.memory_hits,
-            memory_misses: self.memory_misses - earlier.memory_misses,
-            round_trips: self.round_trips - earlier.round_trips,
-            corrupt_chunks: self.corrupt_chunks - earlier.corrupt_chunks,
-            failed_fetches: self.failed_fetches - earlier.failed_fetches,
+            r2_chunks: combine(self.r2_chunks, other.r2_chunks),
+            r2_bytes: combine(self.r2_bytes, other.r2_bytes),
+            cache_api_chunks: combine(self.cache_api_chunks, other.cache_api_chunks),
+            cache_api_bytes: combine(self.cache_api_bytes, other.cache_api_bytes),
+            memory_hits: combine(self.memory_hits, other.memory_hits),
+            memory_misses: combine(self.memory_misses, other.memory_misses),
+            round_trips: combine(self.round_trips, other.round_trips),
+            corrupt_chunks: combine(self.corrupt_chunks, other.corrupt_chunks),
+            failed_fetches: combine(self.failed_fetches, other.failed_fetches),
         }
     }
 }
