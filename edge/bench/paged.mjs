@@ -7,7 +7,7 @@
 // default 32 MB chunk cache and no Cache API, so every chunk a query needs comes from R2. Each
 // query runs first in a fresh isolate that has only opened the build (its cold cost: chunks and
 // bytes from R2, dependent round trips, time), then 20 more times in the same isolate (warm p50).
-// The last columns are the isolate's wasm memory and what opening the build read. Multiply round
+// The last column is the isolate's wasm memory after the query's runs. Multiply round
 // trips by R2's latency from a colo (about 20 ms) to estimate a cold query's wait on R2.
 import { execFileSync } from "node:child_process";
 import { mkdtempSync, readFileSync, readdirSync, rmSync } from "node:fs";
@@ -72,8 +72,8 @@ async function get(url) {
 
 const searchReads = async (base) => JSON.parse((await get(`${base}/stats`)).body).requests.search?.paged;
 
-console.log("| documents | snapshot MB | query | cold R2 chunks | cold R2 MB | cold round trips | cold ms | warm p50 ms | wasm memory MB | open: R2 chunks, round trips |");
-console.log("|---|---|---|---|---|---|---|---|---|---|");
+console.log("| documents | snapshot MB | query | cold R2 chunks | cold R2 MB | cold round trips | cold ms | warm p50 ms | wasm memory MB |");
+console.log("|---|---|---|---|---|---|---|---|---|");
 for (const size of sizes) {
   const dir = mkdtempSync(join(tmpdir(), "pubsearch-paged-bench-"));
   const corpus = join(dir, "corpus.ndjson");
@@ -83,21 +83,20 @@ for (const size of sizes) {
   const r2Dir = join(dir, "r2");
   {
     const { mf, bucket } = await startWorker(r2Dir);
-    for (const [key, path] of files(join(dir, "pub"))) await bucket.put(key, readFileSync(path));
+    for (const [key, path] of files(join(dir, "pub"))) await bucket.put(key, Uint8Array.from(readFileSync(path)));
     await mf.dispose();
   }
   // The author and tag filters use the corpus's own: the most used tag, the top result's author.
   let author, tag;
   {
     const { mf, base } = await startWorker(r2Dir);
-    tag = JSON.parse((await get(`${base}/tags?limit=1`)).body)[0].tag;
+    tag = JSON.parse((await get(`${base}/tags?limit=1`)).body).tags[0].tag;
     author = JSON.parse((await get(`${base}/search?q=ka`)).body)[0].did;
     await mf.dispose();
   }
   for (const [label, query] of queries(author, tag)) {
     const { mf, base } = await startWorker(r2Dir);
     await get(`${base}/health`);
-    const open = JSON.parse((await get(`${base}/stats`)).body).paged.overall;
     const before = (await searchReads(base)) || { r2_chunks: 0, r2_bytes: 0, round_trips: 0 };
     const cold = await get(`${base}/search?${query}`);
     const after = await searchReads(base);
@@ -108,7 +107,7 @@ for (const size of sizes) {
     console.log(`| ${manifest.counts.documents} | ${(manifest.byte_size / 1e6).toFixed(1)} | ${label} | ` +
       `${after.r2_chunks - before.r2_chunks} | ${((after.r2_bytes - before.r2_bytes) / 1e6).toFixed(2)} | ` +
       `${after.round_trips - before.round_trips} | ${cold.ms.toFixed(0)} | ${median(warm).toFixed(2)} | ` +
-      `${(stats.wasm_memory_bytes / 1e6).toFixed(1)} | ${open ? `${open.r2_chunks}, ${open.round_trips}` : "0, 0"} |`);
+      `${(stats.wasm_memory_bytes / 1e6).toFixed(1)} |`);
   }
   rmSync(dir, { recursive: true, force: true });
 }
