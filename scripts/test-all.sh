@@ -33,6 +33,9 @@ step "shared tests as wasm under node (after the native run: parity compares wit
 CARGO_TARGET_WASM32_UNKNOWN_UNKNOWN_RUNNER=wasm-bindgen-test-runner \
     cargo test -p pubsearch-shared --target wasm32-unknown-unknown
 
+step "edge: unit tests (native)"
+cargo test -p pubsearch-edge --lib
+
 step "edge: worker-build"
 worker-build --release --no-opt edge
 

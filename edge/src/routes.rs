@@ -87,7 +87,9 @@ async fn search(url: &Url, env: &Env) -> Result<Response, EdgeError> {
     let format = request.format();
     let at = now();
     let page = live
-        .query("search", move |conn| search::search(conn, &request, at))
+        .query("search", move |conn, prefetch| {
+            search::search_with(conn, &request, at, prefetch)
+        })
         .await??;
     let query_ms = worker::Date::now().as_millis() - started;
     let mut response = cached(Response::from_json(&page.to_json(format))?)?;
@@ -107,7 +109,7 @@ async fn document(url: &Url, env: &Env) -> Result<Response, EdgeError> {
     .map_err(|refused| EdgeError::BadRequest(refused.to_string()))?;
     let live = snapshot::current(env).await?;
     let found = live
-        .query("document", move |conn| {
+        .query("document", move |conn, _| {
             lookup::documents_by_uri(conn, &uris)
         })
         .await??
@@ -130,7 +132,7 @@ async fn tags(url: &Url, env: &Env) -> Result<Response, EdgeError> {
     };
     let live = snapshot::current(env).await?;
     let tags = live
-        .query("tags", move |conn| lookup::top_tags(conn, limit))
+        .query("tags", move |conn, _| lookup::top_tags(conn, limit))
         .await??;
     cached(Response::from_json(&json!({ "tags": tags }))?)
 }

@@ -52,6 +52,8 @@ const BAD_BUILDS_KEPT: usize = 16;
 /// A verified build, open for queries. Use it through [`Live::query`].
 pub struct Live {
     conn: Connection,
+    /// A paged build's read-ahead of result rows; `None` for a resident build.
+    prefetch: Option<paged::btree::RowPrefetch>,
     pub manifest: Manifest,
     /// Read by range through [`crate::paged`] rather than held whole.
     pub paged: bool,
@@ -358,6 +360,7 @@ async fn refresh(env: &Env, config: &Config) -> Result<Option<Live>, LoadError> 
     let loaded_at_ms = now_ms();
     Ok(Some(Live {
         conn,
+        prefetch: None,
         manifest: pointer,
         paged: false,
         loaded_at_ms,
@@ -387,6 +390,7 @@ async fn open_paged(
 ) -> Result<Live, LoadError> {
     paged::configure(config.page_cache_bytes);
     let artifact = Rc::new(RemoteArtifact::new(bucket, &manifest)?);
+    let prefetch = Some(paged::btree::RowPrefetch::new(artifact.clone()));
     let checked = manifest.clone();
     paged::take_failure();
     let opened = jspi::run(move || -> Result<Connection, LoadError> {
@@ -406,6 +410,7 @@ async fn open_paged(
     let loaded_at_ms = now_ms();
     Ok(Live {
         conn,
+        prefetch,
         manifest,
         paged: true,
         loaded_at_ms,
@@ -460,21 +465,29 @@ fn forget(build_id: &str) {
 }
 
 impl Live {
-    /// Runs `work` on the build's connection: directly for a resident build, as a JSPI job for a
-    /// paged one, whose chunk reads and fetches are recorded for `endpoint` in `/stats`. A paged
+    /// Runs `work` on the build's connection, with the build's read-ahead: directly for a
+    /// resident build, as a JSPI job for a paged one, whose chunk reads and fetches are recorded
+    /// for `endpoint` in `/stats`. A paged
     /// read that fails answers 503, and a corrupt chunk marks the build bad.
     pub async fn query<R: 'static>(
         self: &Rc<Self>,
         endpoint: &'static str,
-        work: impl FnOnce(&Connection) -> R + 'static,
+        work: impl FnOnce(&Connection, &dyn search::Prefetch) -> R + 'static,
     ) -> Result<R, EdgeError> {
-        if !self.paged {
-            return Ok(work(&self.conn));
-        }
+        let Some(_) = &self.prefetch else {
+            return Ok(work(&self.conn, &search::NoPrefetch));
+        };
         let live = self.clone();
         paged::take_failure();
         let before = paged::counts();
-        let result = jspi::run(move || work(&live.conn)).await;
+        let result = jspi::run(move || {
+            let prefetch: &dyn search::Prefetch = match &live.prefetch {
+                Some(prefetch) => prefetch,
+                None => &search::NoPrefetch,
+            };
+            work(&live.conn, prefetch)
+        })
+        .await;
         stats::record_io(endpoint, paged::counts().since(&before));
         let build_id = &self.manifest.build_id;
         match (result, paged::take_failure()) {

@@ -351,12 +351,37 @@ pub fn prepare(conn: &Connection) -> rusqlite::Result<()> {
     snippet::install(fts5)
 }
 
+/// Reads rows ahead of SQLite where every read may wait on the network (the paged edge): told
+/// which rows a statement is about to read, it can fetch their pages in one round trip instead
+/// of one per row.
+pub trait Prefetch {
+    /// The documents `ids` (their `documents` and `document_bodies` rows) are about to be read.
+    fn documents(&self, conn: &Connection, ids: &[i64]);
+}
+
+/// For a snapshot whose reads never wait: prefetches nothing.
+pub struct NoPrefetch;
+
+impl Prefetch for NoPrefetch {
+    fn documents(&self, _: &Connection, _: &[i64]) {}
+}
+
 /// Answers a request from a snapshot whose connection has been through [`prepare`]. `now`
 /// anchors the recency boost; pass the current time in production and a fixed one in tests.
 pub fn search(
     conn: &Connection,
     request: &SearchRequest,
     now: Timestamp,
+) -> Result<SearchPage, SearchError> {
+    search_with(conn, request, now, &NoPrefetch)
+}
+
+/// [`search`], telling `prefetch` which documents the page will read before it reads them.
+pub fn search_with(
+    conn: &Connection,
+    request: &SearchRequest,
+    now: Timestamp,
+    prefetch: &dyn Prefetch,
 ) -> Result<SearchPage, SearchError> {
     let mut candidates = document_candidates(conn, request, now)?;
     candidates.extend(publication_candidates(conn, request)?);
@@ -378,6 +403,12 @@ pub fn search(
     let page = candidates
         .get(start..end.min(candidates.len()))
         .unwrap_or_default();
+    let documents: Vec<i64> = page
+        .iter()
+        .filter(|candidate| candidate.kind != ResultKind::Publication)
+        .map(|candidate| candidate.id)
+        .collect();
+    prefetch.documents(conn, &documents);
     let results = load_page(conn, request, page)?;
     Ok(SearchPage {
         results,

@@ -11,6 +11,7 @@
 //! chunk marks its build bad (see [`crate::snapshot`]). ARCHITECTURE.md, "Paged snapshots", has
 //! the whole design.
 
+pub mod btree;
 pub mod cache;
 pub mod fetch;
 pub mod vfs;
@@ -36,6 +37,7 @@ pub struct RemoteArtifact {
     pub build_id: String,
     pub key: String,
     pub byte_size: u64,
+    pub page_size: u32,
     pub chunk_bytes: u32,
     pub digests: Vec<[u8; 32]>,
     pub bucket: Bucket,
@@ -65,6 +67,7 @@ impl RemoteArtifact {
             build_id: manifest.build_id.clone(),
             key: manifest.artifact.clone(),
             byte_size: manifest.byte_size,
+            page_size: manifest.page_size,
             chunk_bytes: table.chunk_bytes,
             digests: table.digests(manifest.byte_size)?,
             bucket,
