@@ -1,10 +1,11 @@
 //! Ingest benchmark: prints a table, asserts nothing (performance targets live here, not in tests).
 //!
 //! 1. End to end: replay a synthetic Jetstream corpus (`native-worker gen-corpus`) through
-//!    decode → extract → queue → batched WAL commits with FTS maintenance.
-//! 2. Ceiling: the same rows, pre-extracted, inserted by a bare rusqlite loop into the same schema;
-//!    and once more without the full-text index, to show what maintaining it costs per document.
-//! 3. Search latency on a read connection, idle and while a second corpus is being ingested.
+//!    decode → extract → queue → batched WAL commits.
+//! 2. Ceiling: the same rows, pre-extracted, inserted by a bare rusqlite loop into the same schema.
+//! 3. Read latency on a read connection (an author's documents, by index), idle and while a
+//!    second corpus is being ingested: readers never wait on the writer (ARCHITECTURE.md
+//!    invariant 3).
 //!
 //! `cargo bench -p pubsearch-native-worker --bench ingest` (INGEST_BENCH_RECORDS, default 100000).
 
@@ -36,18 +37,9 @@ fn replay(data_dir: &Path, file: &Path) -> (Duration, u64) {
     (started.elapsed(), summary.applied)
 }
 
-/// Whether the raw loop maintains the full-text index.
-#[derive(Clone, Copy, PartialEq)]
-enum FullText {
-    Maintained,
-    /// Rows only: how much of the ceiling the index costs, for the 20k docs/s question.
-    Skipped,
-}
-
 /// The ceiling: pre-extracted documents, bare prepared INSERTs, one transaction per 2,000 rows,
-/// each indexing its new rows with one `INSERT … SELECT` into the full-text index, and WAL
-/// checkpoints on a thread of their own, as the store's writer has them.
-fn raw_ceiling(data_dir: &Path, file: &Path, full_text: FullText) -> (Duration, u64) {
+/// and WAL checkpoints on a thread of their own, as the store's writer has them.
+fn raw_ceiling(data_dir: &Path, file: &Path) -> (Duration, u64) {
     let documents: Vec<record::Document> = std::fs::read_to_string(file)
         .unwrap()
         .lines()
@@ -72,7 +64,6 @@ fn raw_ceiling(data_dir: &Path, file: &Path, full_text: FullText) -> (Duration, 
     let checkpointer = Checkpointer::spawn(store.path()).unwrap();
     let started = Instant::now();
     let mut inserted = 0u64;
-    let mut indexed_through = 0i64;
     for chunk in documents.chunks(2_000) {
         let tx = conn.transaction().unwrap();
         {
@@ -98,17 +89,6 @@ fn raw_ceiling(data_dir: &Path, file: &Path, full_text: FullText) -> (Duration, 
                 inserted += 1;
             }
         }
-        if full_text == FullText::Maintained {
-            tx.execute(
-                "INSERT INTO documents_fts (rowid, title, content)
-                 SELECT id, title, content FROM documents WHERE id > ?1",
-                [indexed_through],
-            )
-            .unwrap();
-        }
-        indexed_through = tx
-            .query_row("SELECT max(id) FROM documents", [], |row| row.get(0))
-            .unwrap();
         tx.commit().unwrap();
         checkpointer.nudge();
     }
@@ -153,24 +133,29 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
     sorted[((sorted.len() as f64 * p) as usize).min(sorted.len() - 1)]
 }
 
-/// Runs a query loop on its own read connection until `stop`, returning per-query latencies.
+/// Runs a read loop on its own read connection until `stop`, returning per-read latencies: an
+/// author's 20 newest documents, by the `did` index.
 fn query_loop(store: &Store, stop: &std::sync::atomic::AtomicBool, max: usize) -> Vec<Duration> {
     let conn = store.reader().unwrap();
-    let words = [
-        "garden", "river", "protocol", "music", "design", "winter", "coffee", "essay",
-    ];
+    let dids: Vec<String> = conn
+        .prepare("SELECT DISTINCT did FROM documents LIMIT 64")
+        .unwrap()
+        .query_map([], |row| row.get(0))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
     let mut latencies = Vec::new();
     let mut statement = conn
         .prepare(
-            "SELECT rowid, bm25(documents_fts, 10.0, 1.0) AS score FROM documents_fts
-             WHERE documents_fts MATCH ?1 ORDER BY score LIMIT 20",
+            "SELECT id, title FROM documents WHERE did = ?1 AND deleted = 0
+             ORDER BY indexed_at DESC LIMIT 20",
         )
         .unwrap();
     while !stop.load(std::sync::atomic::Ordering::Relaxed) && latencies.len() < max {
-        let word = words[latencies.len() % words.len()];
+        let did = &dids[latencies.len() % dids.len().max(1)];
         let started = Instant::now();
         let rows = statement
-            .query_map([word], |row| row.get::<_, i64>(0))
+            .query_map([did], |row| row.get::<_, i64>(0))
             .unwrap()
             .count();
         std::hint::black_box(rows);
@@ -197,9 +182,7 @@ fn main() {
     let end_to_end_dir = dir.path().join("e2e");
     let (e2e_time, applied) = replay(&end_to_end_dir, &corpus);
     let ceiling_dir = dir.path().join("raw");
-    let (raw_time, inserted) = raw_ceiling(&ceiling_dir, &corpus, FullText::Maintained);
-    let (rows_time, rows_inserted) =
-        raw_ceiling(&dir.path().join("rows-only"), &corpus, FullText::Skipped);
+    let (raw_time, inserted) = raw_ceiling(&ceiling_dir, &corpus);
 
     let store = Store::open(store_path(&end_to_end_dir)).unwrap();
     let stop = std::sync::atomic::AtomicBool::new(false);
@@ -241,7 +224,6 @@ fn main() {
 
     let e2e_rate = applied as f64 / e2e_time.as_secs_f64();
     let raw_rate = inserted as f64 / raw_time.as_secs_f64();
-    let rows_rate = rows_inserted as f64 / rows_time.as_secs_f64();
     println!();
     println!(
         "ingest benchmark: {records} records ({:.1} MB NDJSON, generated in {:.1}s), 2 cores",
@@ -250,7 +232,7 @@ fn main() {
     );
     println!("| measurement                               | value          |");
     println!("|-------------------------------------------|----------------|");
-    println!("| end to end (replay → store, FTS), docs/s  | {e2e_rate:>14.0} |");
+    println!("| end to end (replay → store), docs/s       | {e2e_rate:>14.0} |");
     println!(
         "|   rows applied / wall time                | {applied:>6} / {:>5.2}s |",
         e2e_time.as_secs_f64()
@@ -265,29 +247,24 @@ fn main() {
         "| end to end as % of ceiling                | {:>13.0}% |",
         100.0 * e2e_rate / raw_rate
     );
-    println!("| the raw loop without FTS, docs/s          | {rows_rate:>14.0} |");
     println!(
-        "|   FTS maintenance, µs/doc of ceiling      | {:>12.1}µs |",
-        1e6 / raw_rate - 1e6 / rows_rate
-    );
-    println!(
-        "| search p50 idle                           | {:>12.0}µs |",
+        "| author read p50 idle                      | {:>12.0}µs |",
         percentile(&idle, 0.50).as_micros()
     );
     println!(
-        "| search p99 idle                           | {:>12.0}µs |",
+        "| author read p99 idle                      | {:>12.0}µs |",
         percentile(&idle, 0.99).as_micros()
     );
     println!(
-        "| search p50 during ingest                  | {:>12.0}µs |",
+        "| author read p50 during ingest             | {:>12.0}µs |",
         percentile(&busy, 0.50).as_micros()
     );
     println!(
-        "| search p99 during ingest                  | {:>12.0}µs |",
+        "| author read p99 during ingest             | {:>12.0}µs |",
         percentile(&busy, 0.99).as_micros()
     );
     println!(
-        "|   queries during {:>5.2}s of ingest         | {:>14} |",
+        "|   reads during {:>5.2}s of ingest           | {:>14} |",
         ingest_time.as_secs_f64(),
         busy.len()
     );

@@ -319,10 +319,11 @@ async fn rows_another_writer_puts_in_turso_reach_the_local_store_page_by_page() 
         )
         .unwrap();
     assert_eq!(edited, "Foreign post, edited");
-    // Synced rows are searchable locally (and so reach the next snapshot) …
+    // Synced rows are live and searchable locally (and so reach the next snapshot) …
     let matches: i64 = local
         .query_row(
-            "SELECT count(*) FROM documents_fts WHERE documents_fts MATCH 'marmalade'",
+            "SELECT count(*) FROM documents
+             WHERE deleted = 0 AND searchable = 1 AND content LIKE '%marmalade%'",
             [],
             |row| row.get(0),
         )

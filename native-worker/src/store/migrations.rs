@@ -148,6 +148,11 @@ const MIGRATIONS: &[&str] = &[
         changed_at INTEGER NOT NULL
     ) WITHOUT ROWID;
     "#,
+    // 7: the store keeps no full-text index. Snapshots build their own, nothing read this one,
+    // and maintaining it was about 88% of ingest's cost (ARCHITECTURE.md, "Stages").
+    r#"
+    DROP TABLE IF EXISTS documents_fts;
+    "#,
 ];
 
 /// The schema version this build writes.

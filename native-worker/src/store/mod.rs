@@ -3,15 +3,15 @@
 //! One [`StoreWriter`] owns the only write connection and applies a whole [`Batch`] of changes,
 //! plus the source cursor that batch reaches, in one transaction (ARCHITECTURE.md invariants 3, 5, 7):
 //! the cursor can never be ahead of the data it covers. Everything that reads opens its own
-//! read-only connection with [`Store::reader`] and never waits on the writer. The writer keeps
-//! the full-text index per batch ([`fts`]) and leaves WAL checkpoints to a thread of their own
-//! ([`checkpoint`]), so a commit costs only its own pages.
+//! read-only connection with [`Store::reader`] and never waits on the writer. The writer leaves
+//! WAL checkpoints to a thread of their own ([`checkpoint`]), so a commit costs only its own
+//! pages. The store keeps no full-text index: snapshots build their own (migration 7 dropped the
+//! one it kept, which nothing read and which was most of ingest's cost).
 //!
 //! Records are idempotent by revision: a change older than what is stored is ignored, deletes
 //! leave a tombstone that remembers the revision, so replays and redeliveries are harmless.
 
 mod checkpoint;
-mod fts;
 mod migrations;
 pub mod replica;
 mod writer;

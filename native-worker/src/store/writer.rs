@@ -5,7 +5,6 @@ use rusqlite::{Connection, params};
 use std::sync::LazyLock;
 
 use super::checkpoint::Checkpointer;
-use super::fts::TouchedDocuments;
 use super::replica::{AccountOrigin, RowImage, Stamp, Table, account_supersedes};
 use crate::clock::now_us;
 
@@ -113,8 +112,6 @@ impl StoreWriter {
             ..BatchOutcome::default()
         };
         let mut upstream = Vec::new();
-        let touched = TouchedDocuments::of(&batch.changes);
-        touched.unindex(&tx)?;
         for change in &batch.changes {
             let changed = apply_change(&tx, change, indexed_at)?;
             if matches!(
@@ -132,7 +129,6 @@ impl StoreWriter {
                 outcome.stale += 1;
             }
         }
-        touched.reindex(&tx)?;
         if !upstream.is_empty() {
             queue_upstream(&tx, upstream, indexed_at)?;
         }
@@ -191,7 +187,7 @@ fn advance_cursor(tx: &Connection, source: &str, position: i64) -> rusqlite::Res
 
 /// The replicated row (table and key) a change writes, if any: what write-through queues for
 /// Turso and what the full-text index re-reads.
-pub(super) fn written_row(change: &Change) -> Option<(Table, String)> {
+fn written_row(change: &Change) -> Option<(Table, String)> {
     match change {
         Change::Replica(image) => image.key().map(|key| (image.table, key.to_owned())),
         Change::Document { document, .. } => Some((Table::Documents, document.uri.clone())),
