@@ -3,9 +3,9 @@
 //! 1. End to end: replay a synthetic Jetstream corpus (`native-worker gen-corpus`) through
 //!    decode → extract → queue → batched WAL commits.
 //! 2. Ceiling: the same rows, pre-extracted, inserted by a bare rusqlite loop into the same schema.
-//! 3. Read latency on a read connection (an author's documents, by index), idle and while a
-//!    second corpus is being ingested: readers never wait on the writer (ARCHITECTURE.md
-//!    invariant 3).
+//! 3. Search latency on a snapshot built from the first corpus (what serving reads: the store
+//!    keeps no full-text index), idle and while a second corpus is being ingested on the same
+//!    cores.
 //!
 //! `cargo bench -p pubsearch-native-worker --bench ingest` (INGEST_BENCH_RECORDS, default 100000).
 
@@ -13,10 +13,12 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use pubsearch_native_worker::firehose::{Payload, decode_jetstream};
+use pubsearch_native_worker::publish::build;
 use pubsearch_native_worker::run::{self, RunOptions, Source, store_path};
 use pubsearch_native_worker::store::{BACKSTOP_PAGES, Checkpointer, Store};
 use pubsearch_native_worker::telemetry;
 use pubsearch_shared::record::{self, Extracted};
+use pubsearch_shared::search;
 use tokio_util::sync::CancellationToken;
 
 fn generate(records: usize, seed: u64, out: &Path) {
@@ -133,32 +135,28 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
     sorted[((sorted.len() as f64 * p) as usize).min(sorted.len() - 1)]
 }
 
-/// Runs a read loop on its own read connection until `stop`, returning per-read latencies: an
-/// author's 20 newest documents, by the `did` index.
-fn query_loop(store: &Store, stop: &std::sync::atomic::AtomicBool, max: usize) -> Vec<Duration> {
-    let conn = store.reader().unwrap();
-    let dids: Vec<String> = conn
-        .prepare("SELECT DISTINCT did FROM documents LIMIT 64")
-        .unwrap()
-        .query_map([], |row| row.get(0))
-        .unwrap()
-        .collect::<Result<_, _>>()
-        .unwrap();
+/// Runs searches on the snapshot at `snapshot` until `stop`, returning per-search latencies.
+fn query_loop(snapshot: &Path, stop: &std::sync::atomic::AtomicBool, max: usize) -> Vec<Duration> {
+    let conn = rusqlite::Connection::open(snapshot).unwrap();
+    search::prepare(&conn).unwrap();
+    // Words of the generator's vocabulary (`native-worker gen-corpus`), as the edge bench asks.
+    let words = [
+        "ka",
+        "mi lo",
+        "ra ten su",
+        "\"ka lo\"",
+        "vo",
+        "ne shi",
+        "da pe lu",
+        "gor an",
+    ];
+    let now = pubsearch_shared::Timestamp::parse("2026-01-01T00:00:00Z").unwrap();
     let mut latencies = Vec::new();
-    let mut statement = conn
-        .prepare(
-            "SELECT id, title FROM documents WHERE did = ?1 AND deleted = 0
-             ORDER BY indexed_at DESC LIMIT 20",
-        )
-        .unwrap();
     while !stop.load(std::sync::atomic::Ordering::Relaxed) && latencies.len() < max {
-        let did = &dids[latencies.len() % dids.len().max(1)];
+        let request = search::SearchRequest::new(words[latencies.len() % words.len()]).unwrap();
         let started = Instant::now();
-        let rows = statement
-            .query_map([did], |row| row.get::<_, i64>(0))
-            .unwrap()
-            .count();
-        std::hint::black_box(rows);
+        let page = search::search(&conn, &request, now).unwrap();
+        std::hint::black_box(page);
         latencies.push(started.elapsed());
     }
     latencies.sort();
@@ -185,10 +183,12 @@ fn main() {
     let (raw_time, inserted) = raw_ceiling(&ceiling_dir, &corpus);
 
     let store = Store::open(store_path(&end_to_end_dir)).unwrap();
+    let snapshot = dir.path().join("snapshot.db");
+    build::build(&store, &snapshot, "bench", "bench", |_| {}).unwrap();
     let stop = std::sync::atomic::AtomicBool::new(false);
-    let idle = query_loop(&store, &stop, 2_000);
+    let idle = query_loop(&snapshot, &stop, 2_000);
     let (busy, ingest_time) = std::thread::scope(|scope| {
-        let queries = scope.spawn(|| query_loop(&store, &stop, usize::MAX));
+        let queries = scope.spawn(|| query_loop(&snapshot, &stop, usize::MAX));
         let (time, _) = replay(&end_to_end_dir, &second);
         stop.store(true, std::sync::atomic::Ordering::Relaxed);
         (queries.join().unwrap(), time)
@@ -248,23 +248,23 @@ fn main() {
         100.0 * e2e_rate / raw_rate
     );
     println!(
-        "| author read p50 idle                      | {:>12.0}µs |",
+        "| search p50 idle (snapshot)                | {:>12.0}µs |",
         percentile(&idle, 0.50).as_micros()
     );
     println!(
-        "| author read p99 idle                      | {:>12.0}µs |",
+        "| search p99 idle (snapshot)                | {:>12.0}µs |",
         percentile(&idle, 0.99).as_micros()
     );
     println!(
-        "| author read p50 during ingest             | {:>12.0}µs |",
+        "| search p50 during ingest                  | {:>12.0}µs |",
         percentile(&busy, 0.50).as_micros()
     );
     println!(
-        "| author read p99 during ingest             | {:>12.0}µs |",
+        "| search p99 during ingest                  | {:>12.0}µs |",
         percentile(&busy, 0.99).as_micros()
     );
     println!(
-        "|   reads during {:>5.2}s of ingest           | {:>14} |",
+        "|   searches during {:>5.2}s of ingest        | {:>14} |",
         ingest_time.as_secs_f64(),
         busy.len()
     );
