@@ -442,9 +442,10 @@ fn mark_bad(build_id: &str) {
                     .as_ref()
                     .map_or("nothing", |live| live.manifest.build_id.as_str())
             );
+            // Found while serving. Found while opening, the failed load counts it instead.
+            state.failures += 1;
+            state.last_failure = Some(format!("build {build_id} has a corrupt chunk"));
         }
-        state.failures += 1;
-        state.last_failure = Some(format!("build {build_id} has a corrupt chunk"));
     });
 }
 

@@ -180,3 +180,20 @@ test("a chunk that fails its digest is refused: 503 naming the build, then the p
   assert.equal((await worker.get("/search?q=lo")).status, 200);
   assert.equal((await worker.json("/snapshot")).manifest.build_id, first.build_id);
 });
+
+test("a build whose first chunk fails its digest is refused at open and counted once", async () => {
+  const worker = await pagedWorker({ PAGE_CACHE_MB: "1" }, { cache: false });
+  const [first] = snapshots.manifests;
+  const artifact = Buffer.from(objectsUnder(snapshots.published).find(([key]) => key === first.artifact)[1]);
+  // Inside the first page, which opening reads before anything else.
+  artifact[100] ^= 0xff;
+  await worker.bucket.put(first.artifact, Uint8Array.from(artifact));
+  await worker.pointTo(first);
+
+  const refused = await worker.get("/search?q=ka");
+  assert.equal(refused.status, 503);
+  const stats = await worker.json("/stats");
+  assert.deepEqual(stats.snapshot.bad_builds, [first.build_id]);
+  assert.equal(stats.snapshot.failures, 1, "one corrupt build, one failure");
+  assert.match(stats.snapshot.last_failure, new RegExp(`chunk 0 of build ${first.build_id}`));
+});
