@@ -17,7 +17,8 @@
 //!   `document_authors`, -1 for a DID with no documents), exactly as the SQL of
 //!   [`crate::search`]'s fallback would answer, or NULL when the facts cannot say (a row added
 //!   after they were built, or a date not of the canonical form), so that SQL answers instead.
-//! - [`document_facts`]: the pool's dates and families, for the re-rank.
+//! - `pubsearch_document_facts(ids)`, through [`document_facts`]: the pool's dates and families,
+//!   for the re-rank, from the same blocks the scan read.
 //!
 //! [`crate::rank`]'s bm25 reads the row lengths through [`DocumentFacts::tokens`].
 
@@ -27,10 +28,14 @@ use std::sync::{Arc, Mutex};
 
 use rusqlite::functions::FunctionFlags;
 use rusqlite::types::ValueRef;
-use rusqlite::{Connection, OptionalExtension, params_from_iter};
+use rusqlite::{Connection, params_from_iter};
 
 /// The SQL function that tests a document against the search filters (see the module docs).
 pub(crate) const DOCUMENT_FILTER: &str = "pubsearch_document_filter";
+/// The SQL function behind [`document_facts`].
+const DOCUMENT_FACTS: &str = "pubsearch_document_facts";
+/// Bytes per document in [`DOCUMENT_FACTS`]'s answer: `created` and `family`, each an i64.
+const POOL_FACTS_BYTES: usize = 16;
 /// Rows read per block: 256 rows of `document_facts` are about 5 KB, a tenth of a paged chunk.
 const BLOCK_ROWS: i64 = 256;
 /// Blocks kept: 131,072 rows, about 6 MB of memory at most.
@@ -87,7 +92,7 @@ pub fn create_tables(conn: &Connection, schema: &str) -> rusqlite::Result<()> {
 }
 
 /// Makes sure the snapshot has its facts (deriving them into `temp` for one built before schema
-/// 6) and registers [`DOCUMENT_FILTER`]. Returns the facts for [`crate::rank`]'s bm25. The
+/// 6) and registers [`DOCUMENT_FILTER`] and [`DOCUMENT_FACTS`]. Returns the facts for [`crate::rank`]'s bm25. The
 /// snapshot must not change afterwards (snapshots are read-only), though a row added later is
 /// still filtered and scored right, by SQL, only without a date or family.
 pub(crate) fn install(conn: &Connection) -> rusqlite::Result<Arc<DocumentFacts>> {
@@ -100,8 +105,23 @@ pub(crate) fn install(conn: &Connection) -> rusqlite::Result<Arc<DocumentFacts>>
         create_tables(conn, "temp")?;
     }
     let facts = Arc::new(DocumentFacts::default());
-    let shared = facts.clone();
     let flags = FunctionFlags::SQLITE_UTF8 | FunctionFlags::SQLITE_DETERMINISTIC;
+    let shared = facts.clone();
+    conn.create_scalar_function(DOCUMENT_FACTS, 1, flags, move |ctx| {
+        let ids = ctx.get_raw(0).as_blob()?;
+        let mut out = Vec::with_capacity(ids.len() / 8 * POOL_FACTS_BYTES);
+        for id in ids.chunks_exact(8) {
+            let id = i64::from_le_bytes(id.try_into().expect("8 bytes"));
+            // SAFETY: the connection is used on this thread, inside this call, only to read facts.
+            let open = || unsafe { ctx.get_connection() };
+            let row = shared.with_row(id, open, |_, row| Some((row.created, row.family)));
+            let (created, family) = row.unwrap_or((None, None));
+            out.extend_from_slice(&created.unwrap_or(i64::MIN).to_le_bytes());
+            out.extend_from_slice(&family.unwrap_or(i64::MIN).to_le_bytes());
+        }
+        Ok(out)
+    })?;
+    let shared = facts.clone();
     conn.create_scalar_function(DOCUMENT_FILTER, 5, flags, move |ctx| {
         let filter = Filter {
             platform: ctx.get_raw(1).as_str_or_null()?,
@@ -138,26 +158,26 @@ pub(crate) struct PoolFacts {
     pub family: Option<i64>,
 }
 
-/// The facts of each of `ids`, in order: one statement per query, for the pool only.
+/// The facts of each of `ids`, in order, in one call: for the pool only. (The cache lives with the
+/// connection, which only SQL can reach, so the ids go in and the facts come out as blobs.)
 pub(crate) fn document_facts(conn: &Connection, ids: &[i64]) -> rusqlite::Result<Vec<PoolFacts>> {
-    let mut statement =
-        conn.prepare_cached("SELECT created, family FROM document_facts WHERE id = ?1")?;
-    ids.iter()
-        .map(|&id| {
-            Ok(statement
-                .query_row([id], |row| {
-                    Ok(PoolFacts {
-                        created: row.get(0)?,
-                        family: row.get(1)?,
-                    })
-                })
-                .optional()?
-                .unwrap_or(PoolFacts {
-                    created: None,
-                    family: None,
-                }))
+    if ids.is_empty() {
+        return Ok(Vec::new());
+    }
+    let ids: Vec<u8> = ids.iter().flat_map(|id| id.to_le_bytes()).collect();
+    let mut statement = conn.prepare_cached(&format!("SELECT {DOCUMENT_FACTS}(?1)"))?;
+    let blob: Vec<u8> = statement.query_row([ids], |row| row.get(0))?;
+    let field = |bytes: &[u8]| {
+        let value = i64::from_le_bytes(bytes.try_into().expect("8 bytes"));
+        (value != i64::MIN).then_some(value)
+    };
+    Ok(blob
+        .chunks_exact(POOL_FACTS_BYTES)
+        .map(|facts| PoolFacts {
+            created: field(&facts[..8]),
+            family: field(&facts[8..]),
         })
-        .collect()
+        .collect())
 }
 
 /// One call's filter arguments; `None` filters nothing.
@@ -197,6 +217,9 @@ struct Block {
 #[derive(Clone, Copy)]
 struct FactRow {
     tokens: Option<u32>,
+    /// `unixepoch(created_at)`.
+    created: Option<i64>,
+    family: Option<i64>,
     /// The [`time_key`] of `created_at`, `None` if it is not canonical text (SQL then filters).
     time_key: Option<i64>,
     author: i64,
@@ -272,7 +295,7 @@ impl Block {
             platforms: Vec::new(),
         };
         let mut statement = conn.prepare_cached(
-            "SELECT id, tokens, time_key, author, platform, in_publication
+            "SELECT id, tokens, time_key, author, platform, in_publication, created, family
              FROM document_facts WHERE id BETWEEN ?1 AND ?2",
         )?;
         let mut rows = statement.query(params_from_iter([first, first + BLOCK_ROWS - 1]))?;
@@ -296,6 +319,8 @@ impl Block {
                 author: row.get(3)?,
                 platform,
                 in_publication: row.get(5)?,
+                created: row.get(6)?,
+                family: row.get(7)?,
             });
         }
         Ok(block)
