@@ -52,8 +52,8 @@ const BAD_BUILDS_KEPT: usize = 16;
 /// A verified build, open for queries. Use it through [`Live::query`].
 pub struct Live {
     conn: Connection,
-    /// A paged build's read-ahead of result rows; `None` for a resident build.
-    prefetch: Option<paged::btree::RowPrefetch>,
+    /// The read-ahead of result rows: a paged build's, or none for a resident one.
+    prefetch: Box<dyn search::Prefetch>,
     pub manifest: Manifest,
     /// Read by range through [`crate::paged`] rather than held whole.
     pub paged: bool,
@@ -360,7 +360,7 @@ async fn refresh(env: &Env, config: &Config) -> Result<Option<Live>, LoadError> 
     let loaded_at_ms = now_ms();
     Ok(Some(Live {
         conn,
-        prefetch: None,
+        prefetch: Box::new(search::NoPrefetch),
         manifest: pointer,
         paged: false,
         loaded_at_ms,
@@ -390,7 +390,7 @@ async fn open_paged(
 ) -> Result<Live, LoadError> {
     paged::configure(config.page_cache_bytes);
     let artifact = Rc::new(RemoteArtifact::new(bucket, &manifest)?);
-    let prefetch = Some(paged::btree::RowPrefetch::new(artifact.clone()));
+    let prefetch = Box::new(paged::btree::RowPrefetch::new(artifact.clone()));
     let checked = manifest.clone();
     paged::take_failure();
     let opened = jspi::run(move || -> Result<Connection, LoadError> {
@@ -475,20 +475,13 @@ impl Live {
         endpoint: &'static str,
         work: impl FnOnce(&Connection, &dyn search::Prefetch) -> R + 'static,
     ) -> Result<R, EdgeError> {
-        let Some(_) = &self.prefetch else {
-            return Ok(work(&self.conn, &search::NoPrefetch));
-        };
+        if !self.paged {
+            return Ok(work(&self.conn, &*self.prefetch));
+        }
         let live = self.clone();
         paged::take_failure();
         let before = paged::counts();
-        let result = jspi::run(move || {
-            let prefetch: &dyn search::Prefetch = match &live.prefetch {
-                Some(prefetch) => prefetch,
-                None => &search::NoPrefetch,
-            };
-            work(&live.conn, prefetch)
-        })
-        .await;
+        let result = jspi::run(move || work(&live.conn, &*live.prefetch)).await;
         stats::record_io(endpoint, paged::counts().since(&before));
         let build_id = &self.manifest.build_id;
         match (result, paged::take_failure()) {

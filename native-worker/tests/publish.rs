@@ -459,15 +459,22 @@ fn the_first_eligible_copy_of_a_cross_post_is_the_one_published() {
     let expected =
         build::expected_document_count(&store, built.manifest.source_watermark_us).unwrap();
     assert_eq!(expected, 1);
-    let snapshot = rusqlite::Connection::open(&built.path).unwrap();
-    let dids: Vec<String> = snapshot
-        .prepare("SELECT did FROM documents")
+    assert_eq!(
+        texts(&built.path, "SELECT did FROM documents"),
+        ["did:plc:alice"]
+    );
+}
+
+/// The one text column `sql` selects from the snapshot at `path`, row by row.
+fn texts(path: &std::path::Path, sql: &str) -> Vec<String> {
+    rusqlite::Connection::open(path)
+        .unwrap()
+        .prepare(sql)
         .unwrap()
         .query_map([], |row| row.get(0))
         .unwrap()
         .collect::<Result<_, _>>()
-        .unwrap();
-    assert_eq!(dids, ["did:plc:alice"]);
+        .unwrap()
 }
 
 /// An entry by `did` titled and keyed `rkey`, dated `created_at`.
@@ -505,17 +512,9 @@ fn the_snapshot_numbers_documents_newest_first() {
         .unwrap();
     drop(writer);
     let built = build::build(&store, &dir.path().join("s.db"), "b1", "prod", |_| {}).unwrap();
-    let snapshot = rusqlite::Connection::open(&built.path).unwrap();
-    let by_id: Vec<String> = snapshot
-        .prepare("SELECT rkey FROM documents ORDER BY id")
-        .unwrap()
-        .query_map([], |row| row.get(0))
-        .unwrap()
-        .collect::<Result<_, _>>()
-        .unwrap();
     // Equal dates keep the store's order.
     assert_eq!(
-        by_id,
+        texts(&built.path, "SELECT rkey FROM documents ORDER BY id"),
         ["undated", "newest", "middle", "tie-b", "tie-a", "oldest"]
     );
 }
