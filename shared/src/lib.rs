@@ -13,6 +13,7 @@
 //!   `snippet` are built on FTS5's C extension API: bm25 from the facts' row lengths, and FTS5's
 //!   snippet with less tokenizing.
 //! - [`lookup`]: documents by URI and tag counts, for the edge's non-search endpoints.
+//! - [`delta`]: what changed since a base build, searched together with it.
 //! - [`manifest`]: the contract between a published snapshot and the readers that adopt it.
 //! - [`platform`]: which publishing platform a record belongs to, and its public URL.
 //! - [`timestamp`]: the one timestamp format stored in snapshots and returned to clients.
@@ -22,6 +23,7 @@
 //! and then [`search::search`].
 
 pub mod content;
+pub mod delta;
 mod facts;
 mod fts5;
 pub mod lookup;

@@ -61,6 +61,13 @@ pub struct Manifest {
     /// stays one small object however large the build.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub chunks: Option<ChunkTable>,
+    /// In a delta's manifest: the build it overlays (see [`crate::delta`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub base_build_id: Option<String>,
+    /// In a pointer: the newest delta over this build, itself without a chunk table (a delta is
+    /// read whole). Readers that predate deltas ignore it and serve the base alone.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub delta: Option<Box<Manifest>>,
 }
 
 /// Bytes per chunk in the chunk tables this builder writes: the unit a paged reader fetches,
@@ -213,6 +220,13 @@ impl Manifest {
             chunks: None,
             ..self.clone()
         }
+    }
+
+    /// The watermark a reader of this pointer serves up to: its delta's, if it names one.
+    pub fn served_watermark_us(&self) -> i64 {
+        self.delta
+            .as_ref()
+            .map_or(self.source_watermark_us, |delta| delta.source_watermark_us)
     }
 
     /// Checks `computed`, the chunk table of the artifact's bytes, against `table`, the manifest's.

@@ -17,7 +17,7 @@ use rusqlite::ffi::{
     self, Fts5Context, Fts5ExtensionApi, fts5_api, sqlite3_context, sqlite3_value,
 };
 
-use rusqlite::Connection;
+use rusqlite::{Connection, OptionalExtension};
 
 use crate::facts::DocumentFacts;
 use crate::fts5::{self, call, check};
@@ -32,26 +32,149 @@ const B: f64 = 0.75;
 /// The SQL that scores the current row of `index` with its installed bm25 and the schema's
 /// column weights.
 pub(crate) fn bm25_call(index: &str) -> String {
+    format!("{index}_bm25({index}, {})", weights(index))
+}
+
+/// [`bm25_call`] with the statistics given rather than counted in `index`: the phrase's IDF in
+/// parameter `?{at}` and the average row length in `?{at + 1}` (see [`CorpusStats`]).
+pub(crate) fn bm25_given_call(index: &str, at: usize) -> String {
+    format!(
+        "{index}_bm25_given({index}, ?{at}, ?{next}, {weights})",
+        next = at + 1,
+        weights = weights(index)
+    )
+}
+
+/// The schema's column weights of `index`, as SQL arguments.
+fn weights(index: &str) -> String {
     let weight = FTS_WEIGHTS
         .iter()
         .find(|(name, _)| *name == index)
         .map_or(1.0, |(_, weight)| *weight);
-    format!("{index}_bm25({index}, {weight:.1}, 1.0)")
+    format!("{weight:.1}, 1.0")
 }
 
-/// Registers `<index>_bm25` with the connection's FTS5 (`api`, see [`fts5::api`]) for each
-/// index, scoring documents with lengths from `documents` (see [`crate::facts`]) and
-/// publications with FTS5's own.
+/// Registers `<index>_bm25` and `<index>_bm25_given` with the connection's FTS5 (`api`, see
+/// [`fts5::api`]) for each index, scoring documents with lengths from `documents` (see
+/// [`crate::facts`]) and publications with FTS5's own.
 pub(crate) fn install(api: *mut fts5_api, documents: Arc<DocumentFacts>) -> rusqlite::Result<()> {
     for (index, _) in FTS_WEIGHTS {
-        let facts: Lengths = (index == "documents_fts").then(|| documents.clone());
-        fts5::register(api, &format!("{index}_bm25"), bm25, facts)?;
+        let lengths = (index == "documents_fts").then(|| documents.clone());
+        for (suffix, given) in [("bm25", false), ("bm25_given", true)] {
+            let scorer = Scorer {
+                lengths: lengths.clone(),
+                given,
+            };
+            fts5::register(api, &format!("{index}_{suffix}"), bm25, scorer)?;
+        }
     }
     Ok(())
 }
 
-/// Where a bm25 function reads row lengths: `None` for FTS5's `<index>_docsize`.
-type Lengths = Option<Arc<DocumentFacts>>;
+/// What a bm25 function is registered with.
+struct Scorer {
+    /// Where it reads row lengths: `None` for FTS5's `<index>_docsize`.
+    lengths: Option<Arc<DocumentFacts>>,
+    /// Whether its first two arguments are the IDF and average length to score with, rather than
+    /// counted in the index (`<index>_bm25_given`).
+    given: bool,
+}
+
+/// An index's row count and total tokens: what bm25's IDF and average length are computed from.
+/// Searching a base and a delta together, search adds the two indexes' statistics, so both
+/// are scored as one index (ARCHITECTURE.md, "Deltas").
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub(crate) struct CorpusStats {
+    pub rows: i64,
+    pub tokens: i64,
+}
+
+impl CorpusStats {
+    /// `index`'s statistics, from FTS5's averages record (the row FTS5's own `xRowCount` and
+    /// `xColumnTotalSize` read): a varint row count, then each column's total tokens.
+    pub fn of(conn: &Connection, index: &str) -> rusqlite::Result<Self> {
+        let block: Option<Vec<u8>> = conn
+            .query_row(
+                &format!("SELECT block FROM {index}_data WHERE id = 1"),
+                [],
+                |row| row.get(0),
+            )
+            .optional()?;
+        let mut stats = CorpusStats::default();
+        let Some(block) = block else {
+            return Ok(stats);
+        };
+        let mut rest = block.as_slice();
+        let mut first = true;
+        while let Some((value, used)) = varint(rest) {
+            if first {
+                stats.rows = value as i64;
+                first = false;
+            } else {
+                stats.tokens += value as i64;
+            }
+            rest = &rest[used..];
+        }
+        Ok(stats)
+    }
+
+    /// Both indexes' statistics together.
+    pub fn plus(self, other: CorpusStats) -> CorpusStats {
+        CorpusStats {
+            rows: self.rows + other.rows,
+            tokens: self.tokens + other.tokens,
+        }
+    }
+
+    /// The average row length, as FTS5 computes it.
+    pub fn average_length(self) -> f64 {
+        self.tokens as f64 / self.rows as f64
+    }
+}
+
+/// An SQLite varint (big-endian groups of 7 bits, the ninth byte whole), and the bytes it took.
+fn varint(bytes: &[u8]) -> Option<(u64, usize)> {
+    let mut value = 0u64;
+    for (i, &byte) in bytes.iter().enumerate().take(9) {
+        if i == 8 {
+            return Some(((value << 8) | u64::from(byte), 9));
+        }
+        value = (value << 7) | u64::from(byte & 0x7f);
+        if byte & 0x80 == 0 {
+            return Some((value, i + 1));
+        }
+    }
+    None
+}
+
+/// How many of `index`'s rows match `phrase`, counted to the scan budget and estimated past it,
+/// exactly as bm25's IDF counts it.
+pub(crate) fn rows_matching(
+    conn: &Connection,
+    index: &str,
+    phrase: &str,
+    stats: CorpusStats,
+) -> rusqlite::Result<f64> {
+    let mut statement = conn.prepare_cached(&format!(
+        "SELECT count(*), coalesce(max(rowid), 0) FROM
+             (SELECT rowid FROM {index} WHERE {index} MATCH ?1 LIMIT {SCAN_BUDGET})"
+    ))?;
+    let count = statement.query_row([phrase], |row| {
+        Ok(PhraseCount {
+            rows: row.get(0)?,
+            last_rowid: row.get(1)?,
+        })
+    })?;
+    Ok(count.rows_matching(stats.rows))
+}
+
+/// bm25's inverse document frequency of a phrase found in `matching` of `rows` rows, as FTS5
+/// computes it (never below 1e-6).
+pub(crate) fn idf(rows: f64, matching: f64) -> f64 {
+    let value = ((rows - matching) + 0.5) / (matching + 0.5);
+    let value = value.ln();
+    if value <= 0.0 { 1e-6 } else { value }
+}
 
 /// What one query's scoring shares across rows: kept by FTS5 as the cursor's auxiliary data.
 struct QueryStats {
@@ -66,6 +189,26 @@ struct QueryStats {
 }
 
 impl QueryStats {
+    /// The statistics `<index>_bm25_given` was called with: `idf` for every phrase.
+    ///
+    /// # Safety
+    /// `api` and `fts` must be the pair FTS5 passed to the running auxiliary function.
+    unsafe fn given(
+        api: &Fts5ExtensionApi,
+        fts: *mut Fts5Context,
+        idf: f64,
+        average_length: f64,
+    ) -> Result<Self, c_int> {
+        // SAFETY: the caller's contract.
+        let phrases = unsafe { call(api.xPhraseCount)?(fts) }.max(0) as usize;
+        Ok(Self {
+            hits: vec![0.0; phrases],
+            weights: Vec::new(),
+            idf: vec![idf; phrases],
+            average_length,
+        })
+    }
+
     /// FTS5's `fts5Bm25GetData`: row count, average length and each phrase's IDF.
     ///
     /// # Safety
@@ -87,10 +230,7 @@ impl QueryStats {
                     counter,
                     Some(count_row),
                 ))?;
-                let matching = count.rows_matching(rows);
-                let value = ((rows as f64 - matching) + 0.5) / (matching + 0.5);
-                let value = value.ln();
-                idf.push(if value <= 0.0 { 1e-6 } else { value });
+                idf.push(self::idf(rows as f64, count.rows_matching(rows)));
             }
             Ok(Self {
                 hits: vec![0.0; idf.len()],
@@ -103,7 +243,8 @@ impl QueryStats {
 }
 
 /// `<index>_bm25(weight, …)`: FTS5's bm25 (negated, so lower ranks first) with the row length
-/// taken from [`RowFacts`].
+/// taken from the facts; `<index>_bm25_given(idf, average_length, weight, …)` the same with the
+/// corpus statistics given.
 unsafe extern "C" fn bm25(
     api: *const Fts5ExtensionApi,
     fts: *mut Fts5Context,
@@ -133,9 +274,26 @@ unsafe fn score(
     // SAFETY: the caller's contract. The auxiliary data is only ever a QueryStats set below, and
     // FTS5 keeps it for this cursor until `drop_boxed` frees it.
     unsafe {
+        let scorer = fts5::user_data::<Scorer>(api, fts)?;
+        let (given, weight_count, weights) = match scorer.given {
+            true if weight_count >= 2 => (
+                Some((
+                    ffi::sqlite3_value_double(*weights),
+                    ffi::sqlite3_value_double(*weights.add(1)),
+                )),
+                weight_count - 2,
+                weights.add(2),
+            ),
+            true => return Err(ffi::SQLITE_MISUSE),
+            false => (None, weight_count, weights),
+        };
         let mut stats = call(api.xGetAuxdata)?(fts, 0).cast::<QueryStats>();
         if stats.is_null() {
-            let fresh = Box::into_raw(Box::new(QueryStats::compute(api, fts)?));
+            let fresh = match given {
+                Some((idf, average)) => QueryStats::given(api, fts, idf, average)?,
+                None => QueryStats::compute(api, fts)?,
+            };
+            let fresh = Box::into_raw(Box::new(fresh));
             check(call(api.xSetAuxdata)?(
                 fts,
                 fresh.cast(),
@@ -175,7 +333,8 @@ unsafe fn score(
         let rowid = call(api.xRowid)?(fts);
         // SAFETY: the handle is the connection running this function, used only to read facts.
         let open = || Connection::from_handle(ffi::sqlite3_context_db_handle(ctx)).map(Box::new);
-        let length = match lengths(api, fts)?.and_then(|facts| facts.tokens(rowid, open)) {
+        let facts = scorer.lengths.as_deref();
+        let length = match facts.and_then(|facts| facts.tokens(rowid, open)) {
             Some(tokens) => tokens as f64,
             None => {
                 let mut tokens = 0;
@@ -192,18 +351,6 @@ unsafe fn score(
         }
         Ok(-score)
     }
-}
-
-/// The lengths `install` registered with the running function.
-///
-/// # Safety
-/// `api` and `fts` are the pair FTS5 passed to one of this module's functions.
-unsafe fn lengths<'a>(
-    api: &Fts5ExtensionApi,
-    fts: *mut Fts5Context,
-) -> Result<Option<&'a DocumentFacts>, c_int> {
-    // SAFETY: every function here is registered with a `Lengths`.
-    unsafe { fts5::user_data::<Lengths>(api, fts).map(|facts| facts.as_deref()) }
 }
 
 /// A phrase's matching rows as counted by [`count_row`], which stops at the scan budget.

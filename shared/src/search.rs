@@ -28,8 +28,10 @@ use rusqlite::types::Value;
 use rusqlite::{Connection, params_from_iter};
 use serde::{Deserialize, Serialize};
 
+use crate::delta::{Delta, Layers};
 use crate::platform::{Platform, UnknownPlatform};
 use crate::query::{self, MatchExpr, QueryError};
+use crate::rank::CorpusStats;
 use crate::timestamp::{Timestamp, TimestampError};
 use crate::{content, facts, fts5, rank, schema, snippet};
 
@@ -324,9 +326,89 @@ fn parse_bounded(name: &'static str, value: &str, min: u32, max: u32) -> Result<
         .ok_or_else(|| invalid(name, format!("must be a whole number from {min} to {max}")))
 }
 
+/// Which build of [`Layers`] a candidate comes from; the delta's wins a tie.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+enum Layer {
+    Delta,
+    Base,
+}
+
+/// One build searched for a request: the base hides the rows its delta masks.
+#[derive(Clone, Copy)]
+struct Source<'a> {
+    layer: Layer,
+    conn: &'a Connection,
+    /// The delta whose masks hide this build's rows (the base's, when there is a delta).
+    masked_by: Option<&'a Delta>,
+}
+
+impl<'a> Source<'a> {
+    /// The builds to search, base first.
+    fn of(layers: Layers<'a>) -> Vec<Source<'a>> {
+        let mut sources = vec![Source {
+            layer: Layer::Base,
+            conn: layers.base,
+            masked_by: layers.delta,
+        }];
+        if let Some(delta) = layers.delta {
+            sources.push(Source {
+                layer: Layer::Delta,
+                conn: delta.conn(),
+                masked_by: None,
+            });
+        }
+        sources
+    }
+
+    /// Whether a row of this build is hidden (replaced or removed by the delta).
+    fn hides(&self, kind: ResultKind, id: i64) -> bool {
+        self.masked_by.is_some_and(|delta| match kind {
+            ResultKind::Publication => delta.masks_publication(id),
+            _ => delta.masks_document(id),
+        })
+    }
+}
+
+/// Per phrase of the query, the IDF and average row length to score with.
+type PhraseStats = Vec<(f64, f64)>;
+
+/// The scoring statistics of `index` over every layer, per phrase of `request`, when there is
+/// more than one layer (`None`: one index counts its own, FTS5's bm25 bit for bit). Row
+/// counts, token totals and each phrase's matching rows are added across layers, so base and
+/// delta rows are scored as one index would score them (ARCHITECTURE.md, "Deltas").
+fn shared_stats(
+    sources: &[Source<'_>],
+    index: &str,
+    request: &SearchRequest,
+) -> Result<Option<PhraseStats>, SearchError> {
+    if sources.len() < 2 {
+        return Ok(None);
+    }
+    let corpora: Vec<CorpusStats> = sources
+        .iter()
+        .map(|source| CorpusStats::of(source.conn, index))
+        .collect::<rusqlite::Result<_>>()?;
+    let total = corpora
+        .iter()
+        .fold(CorpusStats::default(), |sum, corpus| sum.plus(*corpus));
+    let mut stats = Vec::with_capacity(request.query.phrases().len());
+    for phrase in request.query.phrases() {
+        let mut matching = 0.0;
+        for (source, corpus) in sources.iter().zip(&corpora) {
+            matching += rank::rows_matching(source.conn, index, phrase, *corpus)?;
+        }
+        stats.push((
+            rank::idf(total.rows as f64, matching),
+            total.average_length(),
+        ));
+    }
+    Ok(Some(stats))
+}
+
 /// A ranked candidate before paging.
 struct Candidate {
     kind: ResultKind,
+    layer: Layer,
     id: i64,
     /// bm25 with the index's column weights, negated: lower is better.
     bm25: f64,
@@ -383,13 +465,28 @@ pub fn search_with(
     now: Timestamp,
     prefetch: &dyn Prefetch,
 ) -> Result<SearchPage, SearchError> {
-    let mut candidates = document_candidates(conn, request, now)?;
-    candidates.extend(publication_candidates(conn, request)?);
-    // Unstable is exact here: no two candidates compare equal (kind and id are unique together).
+    search_layers(Layers::base(conn), request, now, prefetch)
+}
+
+/// [`search_with`] over a base and its delta (see [`crate::delta`]): delta rows replace the base
+/// rows they mask, and both are scored with their statistics added, as one index.
+/// `prefetch` hears of the base's documents only (a delta is held whole).
+pub fn search_layers(
+    layers: Layers<'_>,
+    request: &SearchRequest,
+    now: Timestamp,
+    prefetch: &dyn Prefetch,
+) -> Result<SearchPage, SearchError> {
+    let sources = Source::of(layers);
+    let mut candidates = document_candidates(&sources, request, now)?;
+    candidates.extend(publication_candidates(&sources, request)?);
+    // Unstable is exact here: no two candidates compare equal (kind, layer and id are unique
+    // together).
     candidates.sort_unstable_by(|a, b| {
         (a.bm25 + a.penalty)
             .total_cmp(&(b.bm25 + b.penalty))
             .then_with(|| (a.kind as u8).cmp(&(b.kind as u8)))
+            .then_with(|| a.layer.cmp(&b.layer))
             .then_with(|| a.id.cmp(&b.id))
     });
 
@@ -406,10 +503,11 @@ pub fn search_with(
     let documents: Vec<i64> = page
         .iter()
         .filter(|candidate| candidate.kind != ResultKind::Publication)
+        .filter(|candidate| candidate.layer == Layer::Base)
         .map(|candidate| candidate.id)
         .collect();
-    prefetch.documents(conn, &documents);
-    let results = load_page(conn, request, page)?;
+    prefetch.documents(layers.base, &documents);
+    let results = load_page(&sources, request, page)?;
     Ok(SearchPage {
         results,
         has_more,
@@ -418,7 +516,7 @@ pub fn search_with(
 }
 
 fn document_candidates(
-    conn: &Connection,
+    sources: &[Source<'_>],
     request: &SearchRequest,
     now: Timestamp,
 ) -> Result<Vec<Candidate>, SearchError> {
@@ -430,15 +528,31 @@ fn document_candidates(
         return Ok(Vec::new());
     }
     let now_seconds = now.unix_millis() as f64 / 1000.0;
-    let (sql, args) = document_scan(request, articles, looseleafs);
-    // Article or looseleaf is decided when the row is loaded; here only "document" matters.
-    let mut pool = best_matches(conn, request, &sql, args, ResultKind::Article)?;
-    let ids: Vec<i64> = pool.iter().map(|candidate| candidate.id).collect();
-    for (candidate, facts) in pool.iter_mut().zip(facts::document_facts(conn, &ids)?) {
-        candidate.penalty = recency_penalty(now_seconds, facts.created);
-        candidate.family = facts.family;
+    let stats = shared_stats(sources, "documents_fts", request)?;
+    let (sql, args, given_at) = document_scan(request, articles, looseleafs, stats.is_some());
+    let given = given_at.zip(stats.as_deref());
+    let mut candidates = Vec::new();
+    for source in sources {
+        // Article or looseleaf is decided when the row is loaded; here only "document" matters.
+        let mut pool = best_matches(
+            *source,
+            request,
+            &sql,
+            args.clone(),
+            ResultKind::Article,
+            given,
+        )?;
+        let ids: Vec<i64> = pool.iter().map(|candidate| candidate.id).collect();
+        for (candidate, facts) in pool
+            .iter_mut()
+            .zip(facts::document_facts(source.conn, &ids)?)
+        {
+            candidate.penalty = recency_penalty(now_seconds, facts.created);
+            candidate.family = facts.family;
+        }
+        candidates.extend(pool);
     }
-    Ok(pool)
+    Ok(candidates)
 }
 
 /// The statement that examines the first [`SCAN_BUDGET`] documents matching the phrase bound
@@ -454,11 +568,14 @@ fn document_candidates(
 /// itself.
 /// (Joining `documents` for every match cost a B-tree seek each: on the bench's 7.5k snapshot a
 /// filtered search took twice as long as an unfiltered one.)
+/// With `given`, the bm25 takes its statistics from two parameters, whose first position comes
+/// back third.
 fn document_scan(
     request: &SearchRequest,
     articles: bool,
     looseleafs: bool,
-) -> (String, Vec<Value>) {
+    given: bool,
+) -> (String, Vec<Value>, Option<usize>) {
     let in_publication = (articles != looseleafs).then_some(articles);
     // The SQL test of each filter that is set, on the row `doc`, with its argument below.
     let row_tests: Vec<&str> = [
@@ -496,13 +613,29 @@ fn document_scan(
         args.push(Value::Text(tag.clone()));
         filters.push(TAG_FILTER.replace('#', &format!("?{}", args.len())));
     }
-    (budgeted_scan("documents_fts", &filters), args)
+    let given_at = given.then(|| given_parameters(&mut args));
+    (
+        budgeted_scan("documents_fts", &filters, given_at),
+        args,
+        given_at,
+    )
+}
+
+/// Appends the two parameters of given statistics to `args` and returns the first's position.
+fn given_parameters(args: &mut Vec<Value>) -> usize {
+    args.extend([Value::Null, Value::Null]);
+    args.len() - 1
 }
 
 /// The statement that examines the first [`SCAN_BUDGET`] rows of `fts` matching `?1` and gives
-/// each `(rowid, bm25)`, the score NULL (and never computed) where one of `filters` fails.
-fn budgeted_scan(fts: &str, filters: &[String]) -> String {
-    let bm25 = rank::bm25_call(fts);
+/// each `(rowid, bm25)`, the score NULL (and never computed) where one of `filters` fails. With
+/// `given_at`, bm25 takes its statistics from the parameters there (see
+/// [`rank::bm25_given_call`]).
+fn budgeted_scan(fts: &str, filters: &[String], given_at: Option<usize>) -> String {
+    let bm25 = match given_at {
+        Some(at) => rank::bm25_given_call(fts, at),
+        None => rank::bm25_call(fts),
+    };
     let score = match filters {
         [] => bm25,
         filters => format!("CASE WHEN {} THEN {bm25} END", filters.join(" AND ")),
@@ -517,25 +650,32 @@ fn budgeted_scan(fts: &str, filters: &[String]) -> String {
 const TAG_FILTER: &str =
     "+documents_fts.rowid IN (SELECT document_id FROM document_tags WHERE tag = #)";
 
-/// The best [`CANDIDATE_POOL`] of `kind` by bm25, ties to the lower rowid: `sql` (a
-/// [`budgeted_scan`]) runs once per phrase of the query, bound to `?1`, and each row's score is
-/// the sum of its phrases' (in phrase order, as FTS5 sums them).
+/// The best [`CANDIDATE_POOL`] of `kind` in `source` by bm25, ties to the lower rowid: `sql` (a
+/// [`budgeted_scan`]) runs once per phrase of the query, bound to `?1` (and its statistics to
+/// the `given` positions), and each row's score is the sum of its phrases' (in phrase order, as
+/// FTS5 sums them). Rows the source hides are left out.
 ///
 /// Choosing the pool here rather than with FTS5's `ORDER BY rank LIMIT` spares a nested
 /// statement that writes every match into SQLite's sorter and sorts them all. That was half of
 /// ranking's time on the bench's 7.5k-document snapshot. Memory holds at most [`SCAN_BUDGET`]
 /// rows per phrase (wasm memory never shrinks).
 fn best_matches(
-    conn: &Connection,
+    source: Source<'_>,
     request: &SearchRequest,
     sql: &str,
     mut args: Vec<Value>,
     kind: ResultKind,
+    given: Option<(usize, &[(f64, f64)])>,
 ) -> Result<Vec<Candidate>, SearchError> {
-    let mut statement = conn.prepare_cached(sql)?;
+    let mut statement = source.conn.prepare_cached(sql)?;
     let mut scores: HashMap<i64, f64> = HashMap::new();
-    for phrase in request.query.phrases() {
+    for (n, phrase) in request.query.phrases().iter().enumerate() {
         args[0] = Value::Text(phrase.clone());
+        if let Some((at, stats)) = given {
+            let (idf, average_length) = stats[n];
+            args[at - 1] = Value::Real(idf);
+            args[at] = Value::Real(average_length);
+        }
         let mut rows = statement.query(params_from_iter(&args))?;
         while let Some(row) = rows.next()? {
             if let Some(score) = row.get::<_, Option<f64>>(1)? {
@@ -545,8 +685,10 @@ fn best_matches(
     }
     let mut matches: Vec<Candidate> = scores
         .into_iter()
+        .filter(|(id, _)| !source.hides(kind, *id))
         .map(|(id, bm25)| Candidate {
             kind,
+            layer: source.layer,
             id,
             bm25,
             penalty: 0.0,
@@ -572,7 +714,7 @@ fn recency_penalty(now_seconds: f64, created_seconds: Option<i64>) -> f64 {
 }
 
 fn publication_candidates(
-    conn: &Connection,
+    sources: &[Source<'_>],
     request: &SearchRequest,
 ) -> Result<Vec<Candidate>, SearchError> {
     // Publications carry no tags or dates, so a tag or date filter excludes them.
@@ -593,8 +735,23 @@ fn publication_candidates(
         "EXISTS (SELECT 1 FROM publications AS p
                  WHERE p.id = publications_fts.rowid AND p.discoverable = 1{tests})"
     );
-    let sql = budgeted_scan("publications_fts", &[filter]);
-    best_matches(conn, request, &sql, args, ResultKind::Publication)
+    let stats = shared_stats(sources, "publications_fts", request)?;
+    let given_at = stats.is_some().then(|| given_parameters(&mut args));
+    let sql = budgeted_scan("publications_fts", &[filter], given_at);
+    let given = given_at.zip(stats.as_deref());
+    let mut candidates = Vec::new();
+    for source in sources {
+        let kind = ResultKind::Publication;
+        candidates.extend(best_matches(
+            *source,
+            request,
+            &sql,
+            args.clone(),
+            kind,
+            given,
+        )?);
+    }
+    Ok(candidates)
 }
 
 /// Reads the page's rows in full and gives them snippets: one FTS5 statement per kind of result
@@ -607,35 +764,38 @@ fn publication_candidates(
 /// keeps the `IN` list out of FTS5's hands, which would otherwise run the expression once per
 /// listed rowid.
 fn load_page(
-    conn: &Connection,
+    sources: &[Source<'_>],
     request: &SearchRequest,
     page: &[Candidate],
 ) -> Result<Vec<SearchResult>, SearchError> {
-    let is_publication = |candidate: &&Candidate| candidate.kind == ResultKind::Publication;
-    let documents: Vec<i64> = page
-        .iter()
-        .filter(|c| !is_publication(c))
-        .map(|c| c.id)
-        .collect();
-    let publications: Vec<i64> = page.iter().filter(is_publication).map(|c| c.id).collect();
+    let is_publication = |candidate: &Candidate| candidate.kind == ResultKind::Publication;
     let mut loaded = HashMap::with_capacity(page.len());
-    for ids in nearby_runs(documents) {
-        for_each_row(conn, &DOCUMENT_PAGE_SQL, request, &ids, |row| {
-            let result = document_result(row, render_snippet(&row.get::<_, String>(10)?))?;
-            loaded.insert((false, row.get(11)?), result);
-            Ok(())
-        })?;
-    }
-    for ids in nearby_runs(publications) {
-        for_each_row(conn, &PUBLICATION_PAGE_SQL, request, &ids, |row| {
-            loaded.insert((true, row.get(8)?), publication_result(row)?);
-            Ok(())
-        })?;
+    for source in sources {
+        let (layer, conn) = (source.layer, source.conn);
+        let ids = |publication: bool| -> Vec<i64> {
+            page.iter()
+                .filter(|c| c.layer == layer && is_publication(c) == publication)
+                .map(|c| c.id)
+                .collect()
+        };
+        for run in nearby_runs(ids(false)) {
+            for_each_row(conn, &DOCUMENT_PAGE_SQL, request, &run, |row| {
+                let result = document_result(row, render_snippet(&row.get::<_, String>(10)?))?;
+                loaded.insert((layer, false, row.get(11)?), result);
+                Ok(())
+            })?;
+        }
+        for run in nearby_runs(ids(true)) {
+            for_each_row(conn, &PUBLICATION_PAGE_SQL, request, &run, |row| {
+                loaded.insert((layer, true, row.get(8)?), publication_result(row)?);
+                Ok(())
+            })?;
+        }
     }
     page.iter()
         .map(|candidate| {
             loaded
-                .remove(&(is_publication(&candidate), candidate.id))
+                .remove(&(candidate.layer, is_publication(candidate), candidate.id))
                 // Candidates come from the same MATCH on the same read-only snapshot.
                 .ok_or(SearchError::Sqlite(rusqlite::Error::QueryReturnedNoRows))
         })
@@ -869,7 +1029,12 @@ mod tests {
                    SELECT (i * 7919) % 5003, ((i * 31) % 13) * -1.0 FROM n WHERE ?1 IS NOT NULL";
         let request = params(&[("q", "one")]).unwrap();
         let args = vec![Value::Null];
-        let pool = best_matches(&conn, &request, sql, args, ResultKind::Article).unwrap();
+        let source = Source {
+            layer: Layer::Base,
+            conn: &conn,
+            masked_by: None,
+        };
+        let pool = best_matches(source, &request, sql, args, ResultKind::Article, None).unwrap();
         let mut all: Vec<(f64, i64)> = conn
             .prepare(sql)
             .unwrap()
@@ -897,7 +1062,7 @@ mod tests {
             ("type", "article"),
         ])
         .unwrap();
-        let (sql, args) = document_scan(&request, true, false);
+        let (sql, args, _) = document_scan(&request, true, false, false);
         let plan: Vec<String> = conn
             .prepare(&format!("EXPLAIN QUERY PLAN {sql}"))
             .unwrap()

@@ -26,6 +26,8 @@ fn manifest_for(conn: &rusqlite::Connection) -> Manifest {
         builder_version: "test".into(),
         artifact: manifest::artifact_key("b1"),
         chunks: None,
+        base_build_id: None,
+        delta: None,
     }
 }
 

@@ -168,6 +168,8 @@ pub fn build(
         builder_version: concat!("native-worker ", env!("CARGO_PKG_VERSION")).to_owned(),
         artifact: manifest::artifact_key(build_id),
         chunks: Some(chunks),
+        base_build_id: None,
+        delta: None,
     };
     tracing::info!(
         build_id,
