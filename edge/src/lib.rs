@@ -1,6 +1,7 @@
 //! The pubsearch edge: a Cloudflare Worker that answers search from a published SQLite snapshot.
 //!
 //! - [`snapshot`]: loads the channel's live build from R2, verifies it, swaps it atomically.
+//! - [`delta`]: the live build's delta (what changed since it), loaded whole and searched with it.
 //! - [`download`]: streams a resident build's artifact into SQLite's memory, checking size and
 //!   digest.
 //! - [`paged`]: reads a build too large to hold by range, a verified chunk at a time, through a
@@ -15,6 +16,7 @@
 //! The Worker owns no search logic: ranking, the query language and the snapshot schema all live
 //! in `pubsearch-shared`, so the edge answers exactly what the native side answers.
 
+pub mod delta;
 pub mod download;
 pub mod error;
 pub mod jspi;

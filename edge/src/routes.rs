@@ -10,8 +10,10 @@ use worker::{Env, Method, Request, Response, Url};
 use crate::error::EdgeError;
 use crate::{jspi, page, paged, snapshot, stats};
 
-/// How long a CDN may cache a successful answer, and serve it stale while revalidating.
-const CACHE_CONTROL: &str = "public, max-age=60, stale-while-revalidate=300";
+/// How long a cache may keep a successful answer, and serve it stale while revalidating: short
+/// enough that a new post shows, and a deleted one goes, within a minute end to end (README,
+/// "Freshness").
+const CACHE_CONTROL: &str = "public, max-age=10, stale-while-revalidate=20";
 /// Most tags `/tags` returns.
 const MAX_TAGS: u32 = 1000;
 
@@ -69,6 +71,10 @@ fn health() -> Result<Response, EdgeError> {
         "oldest_schema_version": schema::OLDEST_READABLE_SCHEMA_VERSION,
         "scoring_version": schema::SCORING_VERSION,
         "snapshot": live.as_ref().map(|live| live.manifest.build_id.clone()),
+        "delta": live
+            .as_ref()
+            .and_then(|live| live.delta())
+            .map(|delta| delta.manifest.build_id.clone()),
         "paged": live.as_ref().map(|live| live.paged),
         // Paged builds need JSPI; without it only builds under RESIDENT_MAX_MB are served.
         "jspi": jspi::available(),
@@ -87,8 +93,8 @@ async fn search(url: &Url, env: &Env) -> Result<Response, EdgeError> {
     let format = request.format();
     let at = now();
     let page = live
-        .query("search", move |conn, prefetch| {
-            search::search_with(conn, &request, at, prefetch)
+        .query("search", move |layers, prefetch| {
+            search::search_layers(layers, &request, at, prefetch)
         })
         .await??;
     let query_ms = worker::Date::now().as_millis() - started;
@@ -109,8 +115,8 @@ async fn document(url: &Url, env: &Env) -> Result<Response, EdgeError> {
     .map_err(|refused| EdgeError::BadRequest(refused.to_string()))?;
     let live = snapshot::current(env).await?;
     let found = live
-        .query("document", move |conn, _| {
-            lookup::documents_by_uri(conn, &uris)
+        .query("document", move |layers, _| {
+            lookup::documents_by_uri_in(layers, &uris)
         })
         .await??
         .map_err(|e| EdgeError::BadRequest(e.to_string()))?;
@@ -132,7 +138,7 @@ async fn tags(url: &Url, env: &Env) -> Result<Response, EdgeError> {
     };
     let live = snapshot::current(env).await?;
     let tags = live
-        .query("tags", move |conn, _| lookup::top_tags(conn, limit))
+        .query("tags", move |layers, _| lookup::top_tags_in(layers, limit))
         .await??;
     cached(Response::from_json(&json!({ "tags": tags }))?)
 }
@@ -153,8 +159,13 @@ fn stats_response() -> Result<Response, EdgeError> {
     let live = snapshot::peek();
     let body = json!({
         "snapshot": snapshot::status(),
-        "counts": live.as_ref().map(|live| live.manifest.counts),
-        "source_watermark_us": live.as_ref().map(|live| live.manifest.source_watermark_us),
+        "counts": live.as_ref().map(|live| live.served_counts()),
+        "source_watermark_us": live.as_ref().map(|live| {
+            live.delta()
+                .map_or(live.manifest.source_watermark_us, |delta| {
+                    delta.manifest.source_watermark_us
+                })
+        }),
         "requests": stats::summary(),
         "paged": {
             "overall": stats::paged_overall(),

@@ -8,6 +8,11 @@
 //! a new build replaces the live one only after it checks out. A failure is recorded for `/stats`
 //! and `/snapshot` and the current build keeps serving (ARCHITECTURE.md, invariant 2).
 //!
+//! The pointer may also name a delta over the build (ARCHITECTURE.md, "Deltas"): it is loaded
+//! whole ([`crate::delta`]) and searched together with the build. A new build is adopted only
+//! with the delta the pointer names beside it, so a change a delta showed never disappears
+//! until the next build includes it; a delta that fails leaves the current pair serving.
+//!
 //! A build is served one of two ways (ARCHITECTURE.md, "Paged snapshots"):
 //! - **Resident**, up to `RESIDENT_MAX_MB`: the artifact streams from R2 straight into memory
 //!   SQLite owns, hashed on the way ([`crate::download`]), and opens with `sqlite3_deserialize`:
@@ -21,12 +26,14 @@
 use std::cell::RefCell;
 use std::rc::Rc;
 
+use pubsearch_shared::delta::{DeltaError, Layers};
 use pubsearch_shared::manifest::{self, Manifest, VerifyError};
 use pubsearch_shared::search;
 use rusqlite::Connection;
 use rusqlite::serialize::OwnedData;
 use worker::Env;
 
+use crate::delta::LiveDelta;
 use crate::error::EdgeError;
 use crate::jspi::{self, JobError};
 use crate::paged::{self, Failure, RemoteArtifact};
@@ -46,12 +53,19 @@ const WAIT_POLL: std::time::Duration = std::time::Duration::from_millis(20);
 const DEFAULT_RESIDENT_MAX_MB: f64 = 32.0;
 /// The chunk cache's budget for paged builds unless `PAGE_CACHE_MB` says otherwise.
 const DEFAULT_PAGE_CACHE_MB: f64 = 32.0;
+/// How often the pointer is read while requests arrive, unless `POINTER_CHECK_SECONDS` says
+/// otherwise: one small GET per isolate at most this often bounds how late a delta is seen
+/// (README, "Freshness").
+const DEFAULT_POINTER_CHECK_SECONDS: f64 = 5.0;
 /// Builds found bad remembered, most recent last.
 const BAD_BUILDS_KEPT: usize = 16;
 
-/// A verified build, open for queries. Use it through [`Live::query`].
+/// A verified build, open for queries with its delta. Use it through [`Live::query`].
 pub struct Live {
     conn: Connection,
+    /// The delta over this build the pointer named when last read; queries take it as they
+    /// start, so each answers from one consistent pair.
+    delta: RefCell<Option<Rc<LiveDelta>>>,
     /// The read-ahead of result rows: a paged build's, or none for a resident one.
     prefetch: Box<dyn search::Prefetch>,
     pub manifest: Manifest,
@@ -92,6 +106,8 @@ pub enum LoadError {
     Paged(#[from] Failure),
     #[error("paged open: {0}")]
     Job(#[from] JobError),
+    #[error("delta: {0}")]
+    Delta(#[from] DeltaError),
 }
 
 #[derive(Default)]
@@ -124,7 +140,7 @@ pub struct Config {
 }
 
 impl Config {
-    /// Reads `SNAPSHOT_CHANNEL` (default `prod`), `POINTER_CHECK_SECONDS` (60),
+    /// Reads `SNAPSHOT_CHANNEL` (default `prod`), `POINTER_CHECK_SECONDS` (5),
     /// `RESIDENT_MAX_MB` (32) and `PAGE_CACHE_MB` (32).
     pub fn from_env(env: &Env) -> Self {
         let var = |name: &str| env.var(name).ok().map(|value| value.to_string());
@@ -136,7 +152,7 @@ impl Config {
         };
         Self {
             channel: var("SNAPSHOT_CHANNEL").unwrap_or_else(|| "prod".into()),
-            check_every_ms: number("POINTER_CHECK_SECONDS", 60.0) * 1000.0,
+            check_every_ms: number("POINTER_CHECK_SECONDS", DEFAULT_POINTER_CHECK_SECONDS) * 1000.0,
             resident_max_bytes: (number("RESIDENT_MAX_MB", DEFAULT_RESIDENT_MAX_MB) * 1e6) as u64,
             page_cache_bytes: (number("PAGE_CACHE_MB", DEFAULT_PAGE_CACHE_MB) * 1e6) as usize,
         }
@@ -160,6 +176,19 @@ pub struct LoadStatus {
     pub previous_build_id: Option<String>,
     /// Builds found corrupt, never adopted again.
     pub bad_builds: Vec<String>,
+    /// The live build's delta, if the pointer names one and it loaded.
+    pub delta: Option<DeltaStatus>,
+}
+
+/// What `/stats` and `/snapshot` report about the live delta.
+#[derive(Debug, serde::Serialize)]
+pub struct DeltaStatus {
+    pub build_id: String,
+    pub source_watermark_us: i64,
+    pub documents: u64,
+    pub byte_size: u64,
+    pub loaded_at_ms: f64,
+    pub load_ms: f64,
 }
 
 /// The current load status.
@@ -183,6 +212,18 @@ pub fn status() -> LoadStatus {
                 .as_ref()
                 .map(|previous| previous.manifest.build_id.clone()),
             bad_builds: state.bad_builds.clone(),
+            delta: state
+                .live
+                .as_ref()
+                .and_then(|live| live.delta())
+                .map(|delta| DeltaStatus {
+                    build_id: delta.manifest.build_id.clone(),
+                    source_watermark_us: delta.manifest.source_watermark_us,
+                    documents: delta.manifest.counts.documents,
+                    byte_size: delta.manifest.byte_size,
+                    loaded_at_ms: delta.loaded_at_ms,
+                    load_ms: delta.load_ms,
+                }),
         }
     })
 }
@@ -320,13 +361,62 @@ async fn refresh(env: &Env, config: &Config) -> Result<Option<Live>, LoadError> 
             .await?
             .ok_or_else(|| LoadError::NoPointer(pointer_key.clone()))?,
     )?;
-    if peek().is_some_and(|live| live.manifest.build_id == pointer.build_id) {
+    if let Some(live) = peek().filter(|live| live.manifest.build_id == pointer.build_id) {
+        sync_delta(&bucket, &live, pointer.delta.as_deref()).await?;
         return Ok(None);
     }
+    let live = load_build(&bucket, pointer.clone(), config, started).await?;
+    // Adopted together, so what the old delta showed never vanishes in between.
+    sync_delta(&bucket, &live, pointer.delta.as_deref()).await?;
+    Ok(Some(live))
+}
+
+/// Makes `wanted` (the pointer's delta, if any) the live build's delta, loading it if it is new.
+async fn sync_delta(
+    bucket: &worker::Bucket,
+    live: &Live,
+    wanted: Option<&Manifest>,
+) -> Result<(), LoadError> {
+    let Some(wanted) = wanted else {
+        live.delta.replace(None);
+        return Ok(());
+    };
+    if live
+        .delta()
+        .is_some_and(|delta| delta.manifest.build_id == wanted.build_id)
+    {
+        return Ok(());
+    }
+    let delta = crate::delta::load(bucket, wanted, &live.manifest.build_id).await?;
+    worker::console_log!(
+        "adopted delta {} over {}: {} documents, {} bytes, loaded in {} ms",
+        delta.manifest.build_id,
+        live.manifest.build_id,
+        delta.manifest.counts.documents,
+        delta.manifest.byte_size,
+        delta.load_ms
+    );
+    live.delta.replace(Some(Rc::new(delta)));
+    Ok(())
+}
+
+/// Loads and verifies the build `pointer` names (resident or paged, by size).
+async fn load_build(
+    bucket: &worker::Bucket,
+    pointer: Manifest,
+    config: &Config,
+    started: f64,
+) -> Result<Live, LoadError> {
+    // The build itself; its delta is the pointer's business.
+    let pointer = Manifest {
+        delta: None,
+        ..pointer
+    };
     if STATE.with(|state| state.borrow().bad_builds.contains(&pointer.build_id)) {
         return Err(LoadError::MarkedBad(pointer.build_id));
     }
     if pointer.byte_size > config.resident_max_bytes {
+        let bucket = bucket.clone();
         if !jspi::available() {
             return Err(LoadError::NeedsJspi {
                 build_id: pointer.build_id,
@@ -349,24 +439,25 @@ async fn refresh(env: &Env, config: &Config) -> Result<Option<Live>, LoadError> 
         }
         // A build published before chunk tables has none: it can only load whole.
         if built.chunks.is_some() {
-            return open_paged(bucket, built, config, started).await.map(Some);
+            return open_paged(bucket, built, config, started).await;
         }
     }
     let download_started = now_ms();
-    let data = download::artifact(&bucket, &pointer).await?;
+    let data = download::artifact(bucket, &pointer).await?;
     let download_ms = now_ms() - download_started;
     let conn = open(data)?;
     manifest::verify_published(&conn, &pointer)?;
     let loaded_at_ms = now_ms();
-    Ok(Some(Live {
+    Ok(Live {
         conn,
+        delta: RefCell::new(None),
         prefetch: Box::new(search::NoPrefetch),
         manifest: pointer,
         paged: false,
         loaded_at_ms,
         load_ms: loaded_at_ms - started,
         download_ms,
-    }))
+    })
 }
 
 /// A small object's bytes, `None` if it is not in the bucket.
@@ -410,6 +501,7 @@ async fn open_paged(
     let loaded_at_ms = now_ms();
     Ok(Live {
         conn,
+        delta: RefCell::new(None),
         prefetch,
         manifest,
         paged: true,
@@ -466,22 +558,35 @@ fn forget(build_id: &str) {
 }
 
 impl Live {
-    /// Runs `work` on the build's connection, with the build's read-ahead: directly for a
+    /// The delta served with this build, if any.
+    pub fn delta(&self) -> Option<Rc<LiveDelta>> {
+        self.delta.borrow().clone()
+    }
+
+    /// What this build and its delta serve together.
+    pub fn served_counts(&self) -> pubsearch_shared::snapshot::SnapshotCounts {
+        self.delta()
+            .map_or(self.manifest.counts, |delta| delta.delta.served())
+    }
+
+    /// Runs `work` on the build and its delta, with the build's read-ahead: directly for a
     /// resident build, as a JSPI job for a paged one, whose chunk reads and fetches are recorded
-    /// for `endpoint` in `/stats`. A paged
-    /// read that fails answers 503, and a corrupt chunk marks the build bad.
+    /// for `endpoint` in `/stats`. A paged read that fails answers 503, and a corrupt chunk
+    /// marks the build bad.
     pub async fn query<R: 'static>(
         self: &Rc<Self>,
         endpoint: &'static str,
-        work: impl FnOnce(&Connection, &dyn search::Prefetch) -> R + 'static,
+        work: impl FnOnce(Layers<'_>, &dyn search::Prefetch) -> R + 'static,
     ) -> Result<R, EdgeError> {
+        let delta = self.delta();
         if !self.paged {
-            return Ok(work(&self.conn, &*self.prefetch));
+            return Ok(work(layers(self, delta.as_deref()), &*self.prefetch));
         }
         let live = self.clone();
         paged::take_failure();
         let before = paged::counts();
-        let result = jspi::run(move || work(&live.conn, &*live.prefetch)).await;
+        let result =
+            jspi::run(move || work(layers(&live, delta.as_deref()), &*live.prefetch)).await;
         stats::record_io(endpoint, paged::counts().since(&before));
         let build_id = &self.manifest.build_id;
         match (result, paged::take_failure()) {
@@ -503,11 +608,25 @@ impl Live {
     }
 }
 
+/// A build and the delta it is served with.
+fn layers<'a>(live: &'a Live, delta: Option<&'a LiveDelta>) -> Layers<'a> {
+    Layers {
+        base: &live.conn,
+        delta: delta.map(|delta| &delta.delta),
+    }
+}
+
 /// Opens a downloaded artifact read-only and readies it for search.
 fn open(data: OwnedData) -> Result<Connection, LoadError> {
+    let conn = deserialize(data)?;
+    search::prepare(&conn)?;
+    Ok(conn)
+}
+
+/// Opens a downloaded artifact read-only, as it is.
+pub fn deserialize(data: OwnedData) -> Result<Connection, LoadError> {
     let mut conn = Connection::open_in_memory()?;
     conn.deserialize(rusqlite::MAIN_DB, data, true)?;
     conn.pragma_update(None, "cache_size", -CACHE_KIB)?;
-    search::prepare(&conn)?;
     Ok(conn)
 }

@@ -40,9 +40,10 @@ export function objectsUnder(dir, prefix = "") {
   return objects;
 }
 
-/** What the native side answers for a query on a snapshot file: the parity reference. */
-export function nativeSearch(snapshotPath, params) {
+/** What the native side answers for a query on a snapshot file (and a delta over it): the parity reference. */
+export function nativeSearch(snapshotPath, params, deltaPath) {
   const args = ["search", "--snapshot", snapshotPath];
+  if (deltaPath) args.push("--delta", deltaPath);
   let query = "";
   for (const [key, value] of Object.entries(params)) {
     if (key === "q") query = value;

@@ -12,6 +12,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use url::Url;
 
+use pubsearch_shared::manifest::Manifest;
 use tracing::Instrument;
 
 use crate::admin::{self, AdminState};
@@ -78,7 +79,13 @@ impl RunOptions {
 /// Periodic snapshot publishing alongside ingest.
 #[derive(Debug, Clone)]
 pub struct ScheduledPublish {
+    /// How often a new base is built (when the store changed).
     pub every: Duration,
+    /// How often a delta over the live base is published (when the store changed); `None`
+    /// publishes bases only (ARCHITECTURE.md, "Deltas").
+    pub delta_every: Option<Duration>,
+    /// A delta larger than this makes the next publish a base, so readers never load a large one.
+    pub delta_max_bytes: u64,
     pub target: crate::publish::objects::ObjectTarget,
     pub options: crate::publish::PublishOptions,
 }
@@ -291,9 +298,11 @@ fn start_replication(
     ])
 }
 
-/// Publishes a snapshot every `schedule.every` when the store has changed since the live build,
-/// through the durable publish workflow (an interrupted one is resumed first). A failed publish
-/// is logged and retried next time; it never disturbs ingest.
+/// Publishes through the durable publish workflow (an interrupted one is resumed first) when
+/// the store has changed since what the channel serves: a delta over the live base every
+/// `schedule.delta_every`, and a new base (with a catch-up delta, so nothing a delta showed
+/// disappears) every `schedule.every` or once the delta outgrows `delta_max_bytes`. A failed
+/// publish is logged and retried next time; it never disturbs ingest.
 async fn publish_periodically(
     workflows: flow::FlowClient,
     store: Store,
@@ -301,10 +310,14 @@ async fn publish_periodically(
     live_build: admin::LiveBuild,
     stop: CancellationToken,
 ) {
+    let tick = schedule
+        .delta_every
+        .map_or(schedule.every, |delta| delta.min(schedule.every));
+    let mut purged_at = tokio::time::Instant::now();
     loop {
         tokio::select! {
             _ = stop.cancelled() => return,
-            _ = tokio::time::sleep(schedule.every) => {}
+            _ = tokio::time::sleep(tick) => {}
         }
         let live = schedule
             .target
@@ -315,7 +328,7 @@ async fn publish_periodically(
         if let Ok(mut shown) = live_build.lock() {
             shown.clone_from(&live);
         }
-        let since = live.as_ref().map_or(0, |live| live.source_watermark_us);
+        let since = live.as_ref().map_or(0, Manifest::served_watermark_us);
         let changed = store
             .reader()
             .map_err(anyhow::Error::from)
@@ -345,34 +358,65 @@ async fn publish_periodically(
                 continue;
             }
         }
-        let span = tracing::info_span!("publish", channel = %schedule.options.channel);
+        let delta = wants_delta(&schedule, live.as_ref());
+        let span = tracing::info_span!("publish", channel = %schedule.options.channel, delta);
         let published = async {
-            let request = publish::workflow::PublishRequest::scheduled(
-                schedule.target.spec().clone(),
-                &schedule.options,
-            );
+            let spec = schedule.target.spec().clone();
+            let mut request = publish::workflow::PublishRequest::scheduled(spec, &schedule.options);
+            request.delta = delta;
+            request.catch_up = !delta && schedule.delta_every.is_some();
             publish::workflow::publish_and_wait(&workflows, &request, publish::PUBLISH_TIMEOUT)
                 .await
         }
         .instrument(span)
         .await;
         match published {
-            Ok(manifest) => {
-                tracing::info!(
-                    build_id = manifest.build_id,
-                    documents = manifest.counts.documents,
-                    "scheduled publish done"
-                );
-                if let Ok(mut shown) = live_build.lock() {
-                    *shown = Some(manifest);
-                }
-            }
+            Ok(manifest) if delta => tracing::debug!(
+                build_id = manifest.build_id,
+                documents = manifest.counts.documents,
+                "scheduled delta done"
+            ),
+            Ok(manifest) => tracing::info!(
+                build_id = manifest.build_id,
+                documents = manifest.counts.documents,
+                "scheduled publish done"
+            ),
             Err(error) => tracing::warn!(
                 error = format!("{error:#}"),
+                delta,
                 "scheduled publish failed; will retry"
             ),
         }
+        // A delta every few seconds is thousands of finished workflows a day.
+        if delta && purged_at.elapsed() >= DELTA_WORKFLOWS_KEPT {
+            purged_at = tokio::time::Instant::now();
+            let prefix = publish::workflow::DELTA_INSTANCES;
+            match workflows.purge_prefixed(DELTA_WORKFLOWS_KEPT, prefix) {
+                Ok(purged) => tracing::debug!(purged, "purged finished delta workflows"),
+                Err(error) => tracing::warn!(%error, "purging finished delta workflows failed"),
+            }
+        }
     }
+}
+
+/// How long finished delta workflows stay in the flow database for `flow list` and `flow show`.
+const DELTA_WORKFLOWS_KEPT: Duration = Duration::from_secs(3600);
+
+/// Whether the next scheduled publish is a delta rather than a base: deltas are on, the channel
+/// has a base a delta can overlay (schema 6 or later, which has the row facts a delta continues),
+/// the base is younger than `schedule.every`, and its delta has not outgrown its limit.
+fn wants_delta(schedule: &ScheduledPublish, live: Option<&Manifest>) -> bool {
+    let Some(live) = live else {
+        return false;
+    };
+    let age_ms = crate::clock::now_ms() - live.created_at.unix_millis();
+    schedule.delta_every.is_some()
+        && live.schema_version >= pubsearch_shared::delta::OLDEST_BASE_SCHEMA
+        && u128::try_from(age_ms).unwrap_or(0) < schedule.every.as_millis()
+        && live
+            .delta
+            .as_ref()
+            .is_none_or(|delta| delta.byte_size <= schedule.delta_max_bytes)
 }
 
 async fn log_progress(

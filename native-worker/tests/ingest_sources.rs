@@ -306,6 +306,8 @@ async fn admin_endpoint_reports_health_and_progress() {
     options.admin_addr = Some(addr);
     options.publish = Some(run::ScheduledPublish {
         every: Duration::from_millis(300),
+        delta_every: None,
+        delta_max_bytes: 0,
         target: ObjectTarget::local(&dir.path().join("snapshots")).unwrap(),
         options: PublishOptions {
             channel: "prod".into(),
@@ -365,7 +367,11 @@ async fn admin_endpoint_reports_health_and_progress() {
         in_service =
             serde_json::from_str::<serde_json::Value>(&body).unwrap()["snapshot_in_service"]
                 .clone();
-        if !in_service.is_null() {
+        // A publish may start before ingest ends; a later one has everything.
+        if in_service["documents"]
+            .as_u64()
+            .is_some_and(|documents| documents > 300)
+        {
             break;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;

@@ -32,6 +32,10 @@ CREATE TABLE delta_tag_removals (
 ) WITHOUT ROWID;
 ";
 
+/// The oldest base schema a delta can overlay: the first with `document_facts`, whose
+/// cross-post families a delta continues.
+pub const OLDEST_BASE_SCHEMA: u32 = 6;
+
 /// `delta_masks.kind` of a document.
 pub const MASK_DOCUMENT: i64 = 0;
 /// `delta_masks.kind` of a publication.

@@ -183,6 +183,30 @@ pub fn artifact_key(build_id: &str) -> String {
     format!("builds/{build_id}/snapshot.db")
 }
 
+/// Object key of a delta's snapshot file: deltas live apart from builds, so listing builds never
+/// pages through thousands of them.
+pub fn delta_artifact_key(channel: &str, build_id: &str) -> String {
+    format!("{}{build_id}/snapshot.db", delta_prefix(channel))
+}
+
+/// Object key of a delta's manifest.
+pub fn delta_manifest_key(channel: &str, build_id: &str) -> String {
+    format!("{}{build_id}/manifest.json", delta_prefix(channel))
+}
+
+/// Where a channel's deltas are kept.
+pub fn delta_prefix(channel: &str) -> String {
+    format!("deltas/{channel}/")
+}
+
+/// Object key of a manifest: a delta's beside it under `deltas/`, a build's under `builds/`.
+pub fn manifest_key_of(manifest: &Manifest) -> String {
+    match manifest.base_build_id {
+        Some(_) => delta_manifest_key(&manifest.channel, &manifest.build_id),
+        None => manifest_key(&manifest.build_id),
+    }
+}
+
 /// Object key of a build's manifest.
 pub fn manifest_key(build_id: &str) -> String {
     format!("builds/{build_id}/manifest.json")

@@ -4,7 +4,7 @@ mod flow;
 
 use std::io::Write;
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
 use anyhow::{Context, Result};
@@ -15,9 +15,10 @@ use url::Url;
 use crate::firehose::jetstream;
 use crate::ingest::IngestConfig;
 use crate::run::{self, RunOptions, Source};
+use pubsearch_shared::delta::{Delta, Layers};
 use pubsearch_shared::search::{self, SearchRequest};
 use pubsearch_shared::{Timestamp, schema};
-use rusqlite::{Connection, OpenFlags};
+use rusqlite::{Connection, OpenFlags, OptionalExtension};
 
 /// pubsearch native worker: ingest, sync, workflows and snapshot publishing.
 #[derive(Debug, Parser)]
@@ -78,6 +79,9 @@ enum Command {
         /// The snapshot SQLite file.
         #[arg(long, value_name = "FILE")]
         snapshot: PathBuf,
+        /// A delta over that snapshot, searched together with it as the edge does.
+        #[arg(long, value_name = "FILE")]
+        delta: Option<PathBuf>,
         /// Search parameters as the edge takes them, e.g. `platform=leaflet` or `limit=5`.
         #[arg(long = "param", value_name = "KEY=VALUE", value_parser = parse_param)]
         params: Vec<(String, String)>,
@@ -126,9 +130,16 @@ struct RunArgs {
     #[arg(long, default_value_t = 10)]
     progress_secs: u64,
     /// Minutes between scheduled snapshot publishes (to --s3-bucket or --snapshot-dir); 0
-    /// disables.
+    /// disables publishing, deltas included.
     #[arg(long, env = "PUBSEARCH_PUBLISH_MINUTES", default_value_t = 15)]
     publish_minutes: u64,
+    /// Seconds between deltas over the live build (what changed since it, so new posts are
+    /// searchable within a minute); 0 publishes whole builds only.
+    #[arg(long, env = "PUBSEARCH_DELTA_SECONDS", default_value_t = 10)]
+    delta_seconds: u64,
+    /// A delta larger than this many megabytes makes the next publish a whole build.
+    #[arg(long, default_value_t = 8)]
+    delta_max_mb: u64,
     /// Channel scheduled publishes update.
     #[arg(long, default_value = "prod")]
     channel: String,
@@ -166,6 +177,10 @@ struct PublishArgs {
     /// Publish even if the build has under half the live build's documents.
     #[arg(long)]
     force: bool,
+    /// Publish a delta (what changed since the live build) over the live build instead of a
+    /// new build.
+    #[arg(long, conflicts_with = "force")]
+    delta: bool,
 }
 
 /// Where snapshots are published, and how many are kept there: shared by `publish` and `run`.
@@ -253,9 +268,10 @@ impl Cli {
             } => gen_corpus(records, seed, malformed_rate, &out),
             Command::Search {
                 snapshot,
+                delta,
                 params,
                 query,
-            } => search_snapshot(&snapshot, query, params),
+            } => search_snapshot(&snapshot, delta.as_deref(), query, params),
         }
     }
 }
@@ -270,6 +286,9 @@ fn run_ingest(args: RunArgs) -> Result<()> {
         .then(|| -> Result<run::ScheduledPublish> {
             Ok(run::ScheduledPublish {
                 every: Duration::from_secs(args.publish_minutes.saturating_mul(60)),
+                delta_every: (args.delta_seconds > 0)
+                    .then(|| Duration::from_secs(args.delta_seconds)),
+                delta_max_bytes: args.delta_max_mb.saturating_mul(1_000_000),
                 target: args.target.open(&args.data_dir)?,
                 options: crate::publish::PublishOptions {
                     channel: args.channel.clone(),
@@ -429,8 +448,15 @@ fn publish(args: PublishArgs) -> Result<()> {
                     force: args.force,
                     keep: args.target.keep,
                 };
-                let manifest =
-                    publish::publish_once(&store, &args.data_dir, &target, &options).await?;
+                let manifest = match args.delta {
+                    true => {
+                        publish::publish_delta_once(&store, &args.data_dir, &target, &options)
+                            .await?
+                    }
+                    false => {
+                        publish::publish_once(&store, &args.data_dir, &target, &options).await?
+                    }
+                };
                 println!("{}", serde_json::to_string_pretty(&manifest)?);
             }
         }
@@ -438,16 +464,40 @@ fn publish(args: PublishArgs) -> Result<()> {
     })
 }
 
-fn search_snapshot(path: &PathBuf, query: String, mut params: Vec<(String, String)>) -> Result<()> {
-    let conn = Connection::open_with_flags(
-        path,
-        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
-    )
-    .with_context(|| format!("opening snapshot {}", path.display()))?;
+fn search_snapshot(
+    path: &Path,
+    delta: Option<&Path>,
+    query: String,
+    mut params: Vec<(String, String)>,
+) -> Result<()> {
+    let open = |path: &Path| {
+        Connection::open_with_flags(
+            path,
+            OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )
+        .with_context(|| format!("opening snapshot {}", path.display()))
+    };
+    let conn = open(path)?;
     schema::check_compatible(&conn)
         .with_context(|| format!("checking snapshot {}", path.display()))?;
     search::prepare(&conn)
         .with_context(|| format!("preparing snapshot {} for search", path.display()))?;
+    let delta = delta
+        .map(|delta_path| -> Result<Delta> {
+            let delta = Delta::open(open(delta_path)?)
+                .with_context(|| format!("opening delta {}", delta_path.display()))?;
+            let base: String = conn
+                .query_row("SELECT value FROM meta WHERE key = 'build_id'", [], |row| {
+                    row.get(0)
+                })
+                .optional()?
+                .unwrap_or_default();
+            if !base.is_empty() {
+                delta.check_base(&base)?;
+            }
+            Ok(delta)
+        })
+        .transpose()?;
     params.push(("q".into(), query));
     let request = SearchRequest::from_params(params)?;
     let now = SystemTime::now()
@@ -455,7 +505,11 @@ fn search_snapshot(path: &PathBuf, query: String, mut params: Vec<(String, Strin
         .context("system clock is before 1970")?;
     let now = Timestamp::from_unix_millis(now.as_millis() as i64)
         .context("system clock is past year 9999")?;
-    let page = search::search(&conn, &request, now)?;
+    let layers = Layers {
+        base: &conn,
+        delta: delta.as_ref(),
+    };
+    let page = search::search_layers(layers, &request, now, &search::NoPrefetch)?;
     let body = serde_json::to_string_pretty(&page.to_json(request.format()))?;
     match writeln!(std::io::stdout().lock(), "{body}") {
         Err(error) if error.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),

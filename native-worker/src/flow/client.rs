@@ -201,7 +201,12 @@ impl FlowClient {
 
     /// Deletes finished instances older than `age`, with their history. Returns how many.
     pub fn purge(&self, age: Duration) -> Result<usize, FlowError> {
+        self.purge_prefixed(age, "")
+    }
+
+    /// [`FlowClient::purge`], only of instances whose id starts with `prefix`.
+    pub fn purge_prefixed(&self, age: Duration, prefix: &str) -> Result<usize, FlowError> {
         let mut conn = db::open_write(&self.shared.path, true)?;
-        db::purge(&mut conn, now_ms() - age.as_millis() as i64)
+        db::purge_prefixed(&mut conn, now_ms() - age.as_millis() as i64, prefix)
     }
 }

@@ -333,6 +333,15 @@ pub async fn wait_finished(
 /// Deletes finished instances last updated before `before_ms`, with their history and any
 /// leftover work. Returns how many instances went.
 pub fn purge(conn: &mut Connection, before_ms: i64) -> Result<usize, FlowError> {
+    purge_prefixed(conn, before_ms, "")
+}
+
+/// [`purge`], only of instances whose id starts with `prefix`.
+pub fn purge_prefixed(
+    conn: &mut Connection,
+    before_ms: i64,
+    prefix: &str,
+) -> Result<usize, FlowError> {
     let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
     tx.execute(
         "CREATE TEMP TABLE IF NOT EXISTS purge_ids (id TEXT PRIMARY KEY)",
@@ -341,8 +350,9 @@ pub fn purge(conn: &mut Connection, before_ms: i64) -> Result<usize, FlowError> 
     tx.execute("DELETE FROM purge_ids", [])?;
     tx.execute(
         "INSERT INTO purge_ids SELECT id FROM flow_instances
-         WHERE status IN ('completed', 'failed', 'cancelled') AND updated_ms < ?1",
-        [before_ms],
+         WHERE status IN ('completed', 'failed', 'cancelled') AND updated_ms < ?1
+           AND substr(id, 1, length(?2)) = ?2",
+        (before_ms, prefix),
     )?;
     tx.execute(
         "DELETE FROM flow_history WHERE instance IN (SELECT id FROM purge_ids)",

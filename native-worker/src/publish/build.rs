@@ -43,8 +43,32 @@ pub enum BuildError {
         #[source]
         source: std::io::Error,
     },
+    #[error("reading the base {path}: {source}")]
+    Base {
+        path: PathBuf,
+        #[source]
+        source: rusqlite::Error,
+    },
     #[error("the built snapshot failed its own verification: {0}")]
     Verify(#[from] manifest::VerifyError),
+}
+
+impl BuildError {
+    /// Maps an I/O error on `path` into a [`BuildError::Io`].
+    pub(super) fn io(path: &Path) -> impl Fn(std::io::Error) -> BuildError + '_ {
+        move |source| BuildError::Io {
+            path: path.to_path_buf(),
+            source,
+        }
+    }
+
+    /// Maps an SQLite error writing `path` into a [`BuildError::Write`].
+    pub(super) fn write(path: &Path) -> impl Fn(rusqlite::Error) -> BuildError + '_ {
+        move |source| BuildError::Write {
+            path: path.to_path_buf(),
+            source,
+        }
+    }
 }
 
 /// A snapshot file on local disk and the manifest describing it.
@@ -65,7 +89,7 @@ pub struct BuiltSnapshot {
 /// banned or deactivated, publication (if any) discoverable, and the first copy of any
 /// cross-posted text among those that pass the same checks (so a banned or deactivated early
 /// copy cannot hide the legitimate one).
-fn document_policy() -> String {
+pub(super) fn document_policy() -> String {
     format!(
         "{own} AND (d.content_hash IS NULL OR d.id = (
              SELECT min(d2.id) FROM documents d2 WHERE d2.content_hash = d.content_hash AND {copy}))",
@@ -96,37 +120,17 @@ pub fn build(
     mut progress: impl FnMut(u64),
 ) -> Result<BuiltSnapshot, BuildError> {
     let started = Instant::now();
-    let io = |source| BuildError::Io {
-        path: out.to_path_buf(),
-        source,
-    };
-    let write = |source| BuildError::Write {
-        path: out.to_path_buf(),
-        source,
-    };
-    if let Some(dir) = out.parent() {
-        std::fs::create_dir_all(dir).map_err(io)?;
-    }
-    match std::fs::remove_file(out) {
-        Err(error) if error.kind() != std::io::ErrorKind::NotFound => return Err(io(error)),
-        _ => {}
-    }
-
+    let write = BuildError::write(out);
+    let mut target = create_target(out)?;
     let mut source = store.reader()?;
     let read = source.transaction().map_err(BuildError::Read)?;
     let watermark = crate::store::newest_stamp(&read).map_err(BuildError::Read)?;
     let source_documents = count_passing(&read, watermark).map_err(BuildError::Read)?;
 
-    let mut target = Connection::open(out).map_err(write)?;
-    target
-        .execute_batch(&format!(
-            "PRAGMA page_size = {SNAPSHOT_PAGE_SIZE}; PRAGMA journal_mode = OFF; PRAGMA synchronous = OFF;"
-        ))
-        .map_err(write)?;
-    let mut writer = SnapshotWriter::create(&mut target).map_err(write)?;
+    let mut writer = SnapshotWriter::create(&mut target).map_err(&write)?;
 
-    for publication in read_publications(&read, watermark).map_err(BuildError::Read)? {
-        writer.add_publication(&publication).map_err(write)?;
+    for publication in read_publications(&read, watermark, None).map_err(BuildError::Read)? {
+        writer.add_publication(&publication).map_err(&write)?;
     }
     // Newest first: snapshot ids follow this order, and search examines matches in id order
     // (ARCHITECTURE.md invariant 9).
@@ -134,43 +138,15 @@ pub fn build(
     let mut written = 0u64;
     for ids in order.chunks(PAGE_ROWS) {
         for document in read_documents(&read, watermark, ids).map_err(BuildError::Read)? {
-            writer.add_document(&document).map_err(write)?;
+            writer.add_document(&document).map_err(&write)?;
         }
         written += ids.len() as u64;
         progress(written);
     }
-    writer.finish(watermark).map_err(write)?;
+    writer.finish(watermark).map_err(&write)?;
     drop(read);
-    let sentinel = manifest::choose_sentinel(&target)?;
-    target.execute_batch("VACUUM").map_err(write)?;
-    let counts = pubsearch_shared::snapshot::count(&target).map_err(write)?;
-    drop(target);
-
-    // Streamed: the artifact is never held in memory whole, however large the corpus.
-    let digests = std::fs::File::open(out)
-        .and_then(|file| manifest::ArtifactDigests::of_reader(file, manifest::CHUNK_BYTES))
-        .map_err(io)?;
-    let byte_size = digests.bytes();
-    let (sha256, chunks) = digests.finish();
-    let manifest = Manifest {
-        build_id: build_id.to_owned(),
-        channel: channel.to_owned(),
-        schema_version: schema::SCHEMA_VERSION,
-        tokenizer: schema::TOKENIZER.to_owned(),
-        scoring_version: schema::SCORING_VERSION,
-        source_watermark_us: watermark,
-        sha256,
-        byte_size,
-        page_size: SNAPSHOT_PAGE_SIZE,
-        counts,
-        sentinel,
-        created_at: crate::clock::now(),
-        builder_version: concat!("native-worker ", env!("CARGO_PKG_VERSION")).to_owned(),
-        artifact: manifest::artifact_key(build_id),
-        chunks: Some(chunks),
-        base_build_id: None,
-        delta: None,
-    };
+    let manifest = seal(target, out, build_id, channel, watermark, None)?;
+    let counts = manifest.counts;
     tracing::info!(
         build_id,
         documents = counts.documents,
@@ -184,6 +160,79 @@ pub fn build(
         manifest,
         source_documents: Some(source_documents),
     })
+}
+
+/// Finishes a written snapshot (or delta, over `base_build_id`) in `target` at `out`: chooses
+/// its sentinel, vacuums it, counts it and hashes it into its manifest.
+pub(super) fn seal(
+    target: Connection,
+    out: &Path,
+    build_id: &str,
+    channel: &str,
+    watermark: i64,
+    base_build_id: Option<String>,
+) -> Result<Manifest, BuildError> {
+    let (io, write) = (BuildError::io(out), BuildError::write(out));
+    // Its own id, so a delta can be checked against the base it overlays from the files alone.
+    target
+        .execute(
+            "INSERT OR REPLACE INTO meta (key, value) VALUES ('build_id', ?1)",
+            [build_id],
+        )
+        .map_err(&write)?;
+    let sentinel = manifest::choose_sentinel(&target)?;
+    target.execute_batch("VACUUM").map_err(&write)?;
+    let counts = pubsearch_shared::snapshot::count(&target).map_err(&write)?;
+    drop(target);
+
+    // Streamed: the artifact is never held in memory whole, however large the corpus.
+    let digests = std::fs::File::open(out)
+        .and_then(|file| manifest::ArtifactDigests::of_reader(file, manifest::CHUNK_BYTES))
+        .map_err(&io)?;
+    let byte_size = digests.bytes();
+    let (sha256, chunks) = digests.finish();
+    let artifact = match &base_build_id {
+        Some(_) => manifest::delta_artifact_key(channel, build_id),
+        None => manifest::artifact_key(build_id),
+    };
+    Ok(Manifest {
+        build_id: build_id.to_owned(),
+        channel: channel.to_owned(),
+        schema_version: schema::SCHEMA_VERSION,
+        tokenizer: schema::TOKENIZER.to_owned(),
+        scoring_version: schema::SCORING_VERSION,
+        source_watermark_us: watermark,
+        sha256,
+        byte_size,
+        page_size: SNAPSHOT_PAGE_SIZE,
+        counts,
+        sentinel,
+        created_at: crate::clock::now(),
+        builder_version: concat!("native-worker ", env!("CARGO_PKG_VERSION")).to_owned(),
+        artifact,
+        chunks: Some(chunks),
+        base_build_id,
+        delta: None,
+    })
+}
+
+/// Creates `out` afresh (its directory too) and opens it for writing a snapshot.
+pub(super) fn create_target(out: &Path) -> Result<Connection, BuildError> {
+    let (io, write) = (BuildError::io(out), BuildError::write(out));
+    if let Some(dir) = out.parent() {
+        std::fs::create_dir_all(dir).map_err(&io)?;
+    }
+    match std::fs::remove_file(out) {
+        Err(error) if error.kind() != std::io::ErrorKind::NotFound => return Err(io(error)),
+        _ => {}
+    }
+    let target = Connection::open(out).map_err(&write)?;
+    target
+        .execute_batch(&format!(
+            "PRAGMA page_size = {SNAPSHOT_PAGE_SIZE}; PRAGMA journal_mode = OFF; PRAGMA synchronous = OFF;"
+        ))
+        .map_err(&write)?;
+    Ok(target)
 }
 
 fn parse_time(text: Option<String>) -> Option<Timestamp> {
@@ -201,20 +250,24 @@ fn base_path_of(url: &str) -> Option<String> {
     Some(format!("{host}{}", parsed.path().trim_end_matches('/')))
 }
 
-fn read_publications(
+/// The publications passing policy at `watermark` (of those with store ids `only`, if given).
+pub(super) fn read_publications(
     conn: &Connection,
     watermark: i64,
+    only: Option<&[i64]>,
 ) -> rusqlite::Result<Vec<SnapshotPublication>> {
-    let mut statement = conn.prepare(
+    let mut statement = conn.prepare_cached(
         "SELECT p.uri, p.did, p.rkey, coalesce(p.platform, 'other'), p.name, p.description, p.base_path,
                 p.created_at, p.indexed_at, p.discoverable
          FROM publications p
          WHERE p.deleted = 0 AND p.indexed_at <= ?1
            AND p.did NOT IN (SELECT did FROM banned_dids)
            AND NOT EXISTS (SELECT 1 FROM accounts a WHERE a.did = p.did AND a.active = 0)
+           AND (?2 IS NULL OR p.id IN (SELECT value FROM json_each(?2)))
          ORDER BY p.id",
     )?;
-    let rows = statement.query_map([watermark], |row| {
+    let only = only.map(|ids| serde_json::to_string(ids).expect("integers serialise"));
+    let rows = statement.query_map((watermark, only), |row| {
         Ok(SnapshotPublication {
             uri: row.get(0)?,
             did: row.get(1)?,
@@ -251,13 +304,13 @@ fn newest_first(conn: &Connection, watermark: i64) -> rusqlite::Result<Vec<i64>>
 
 /// The date a snapshot gives a document: its own `created_at`, or when it was indexed if that
 /// does not parse.
-fn created_at(text: Option<String>, indexed_at_us: i64) -> Timestamp {
+pub(super) fn created_at(text: Option<String>, indexed_at_us: i64) -> Timestamp {
     parse_time(text).unwrap_or_else(|| micros_to_time(indexed_at_us))
 }
 
 /// The documents with store ids `ids`, in that order (each still checked against policy, in the
 /// same read transaction that listed them).
-fn read_documents(
+pub(super) fn read_documents(
     conn: &Connection,
     watermark: i64,
     ids: &[i64],

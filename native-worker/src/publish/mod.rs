@@ -1,12 +1,14 @@
 //! The snapshot pipeline: build → verify → publish (ARCHITECTURE.md invariants 2 and 8).
 //!
 //! - [`build`]: export the store's policy-passing documents at a watermark into a snapshot file.
+//! - [`delta`]: what changed since the live base, as a small snapshot that overlays it.
 //! - [`verify`]: the gates a build must pass before anyone can see it.
 //! - [`objects`]: upload to an object store (a local directory by default, S3/R2 when
 //!   configured), the pointer written last; rollback and retention.
 //! - [`workflow`]: the steps as a durable [`crate::flow`] orchestration, resumable after a crash.
 
 pub mod build;
+pub mod delta;
 pub mod objects;
 pub mod verify;
 pub mod workflow;
@@ -58,9 +60,29 @@ pub async fn publish_once(
     target: &objects::ObjectTarget,
     options: &PublishOptions,
 ) -> Result<Manifest, PublishError> {
-    let span = tracing::info_span!("publish", channel = %options.channel);
+    let request = workflow::PublishRequest::new(target.spec().clone(), options);
+    publish_request(store, data_dir, request).await
+}
+
+/// [`publish_once`] for a delta over the channel's live base (see [`delta`]): what
+/// `native-worker publish --delta` runs.
+pub async fn publish_delta_once(
+    store: &Store,
+    data_dir: &Path,
+    target: &objects::ObjectTarget,
+    options: &PublishOptions,
+) -> Result<Manifest, PublishError> {
+    let request = workflow::PublishRequest::delta(target.spec().clone(), options);
+    publish_request(store, data_dir, request).await
+}
+
+async fn publish_request(
+    store: &Store,
+    data_dir: &Path,
+    request: workflow::PublishRequest,
+) -> Result<Manifest, PublishError> {
+    let span = tracing::info_span!("publish", channel = %request.channel, delta = request.delta);
     async {
-        let request = workflow::PublishRequest::new(target.spec().clone(), options);
         let flow_db = flow::flow_path(data_dir);
         let deadline = Instant::now() + PUBLISH_TIMEOUT;
         let mut handed_over: Option<String> = None;

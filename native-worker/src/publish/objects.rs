@@ -80,6 +80,24 @@ pub enum ObjectError {
         #[source]
         source: std::io::Error,
     },
+    #[error(
+        "channel {channel:?} now serves build {live:?}, not {base}, which delta {delta} \
+         overlays; the next delta is built over the new base"
+    )]
+    BaseMoved {
+        channel: String,
+        live: Option<String>,
+        base: String,
+        delta: String,
+    },
+    #[error("downloading {key} from {target} to {path}: {source}")]
+    Download {
+        key: String,
+        target: String,
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("the pointer of channel {0:?} kept changing under concurrent publishes")]
     PointerContended(String),
     #[error(
@@ -283,7 +301,7 @@ impl ObjectTarget {
         } else {
             self.put_artifact(built).await?;
         }
-        let manifest_key = manifest::manifest_key(&built.manifest.build_id);
+        let manifest_key = manifest::manifest_key_of(&built.manifest);
         let body = serde_json::to_vec_pretty(&built.manifest).expect("manifests serialise");
         self.store
             .put(
@@ -518,6 +536,148 @@ impl ObjectTarget {
             .put_opts(&key, PutPayload::from(body), PutOptions::from(mode))
             .await
             .map(drop)
+    }
+
+    /// Points `delta`'s channel at it, over the base it was built on: refused if the channel now
+    /// serves another base ([`ObjectError::BaseMoved`]) or a delta of a newer source
+    /// ([`ObjectError::StalePointer`]), so deltas never go backwards. The pointer stays the
+    /// base's with the delta named inside it: one small object, one atomic write.
+    pub async fn advance_delta(&self, delta: &Manifest) -> Result<(), ObjectError> {
+        let _lock = self.lock_pointers().await?;
+        self.check_artifact(delta).await?;
+        let key = manifest::pointer_key(&delta.channel);
+        for _ in 0..POINTER_ATTEMPTS {
+            let live = self.get_manifest_versioned(&key).await?;
+            let (mut pointer, version) = match live {
+                Some((live, version)) if Some(&live.build_id) == delta.base_build_id.as_ref() => {
+                    (live, version)
+                }
+                live => {
+                    return Err(ObjectError::BaseMoved {
+                        channel: delta.channel.clone(),
+                        live: live.map(|(live, _)| live.build_id),
+                        base: delta.base_build_id.clone().unwrap_or_default(),
+                        delta: delta.build_id.clone(),
+                    });
+                }
+            };
+            if let Some(current) = &pointer.delta
+                && current.source_watermark_us > delta.source_watermark_us
+            {
+                return Err(ObjectError::StalePointer {
+                    channel: delta.channel.clone(),
+                    live: current.build_id.clone(),
+                    live_watermark_us: current.source_watermark_us,
+                    build: delta.build_id.clone(),
+                    watermark_us: delta.source_watermark_us,
+                });
+            }
+            pointer.delta = Some(Box::new(delta.pointer()));
+            match self.put_pointer(&pointer, PutMode::Update(version)).await {
+                Ok(()) => return Ok(()),
+                Err(object_store::Error::Precondition { .. }) => continue,
+                Err(object_store::Error::NotImplemented { .. }) => {
+                    return self
+                        .put_pointer(&pointer, PutMode::Overwrite)
+                        .await
+                        .map_err(self.fail("writing", &key));
+                }
+                Err(error) => return Err(self.fail("writing", &key)(error)),
+            }
+        }
+        Err(ObjectError::PointerContended(delta.channel.clone()))
+    }
+
+    /// Deletes `channel`'s deltas but the one its pointer names and the newest `keep`, and
+    /// returns how many went. Deltas are cumulative, so an older one is never needed again;
+    /// the newest few stay for readers that fetched the pointer a moment ago.
+    pub async fn retain_deltas(&self, channel: &str, keep: usize) -> Result<usize, ObjectError> {
+        use futures_util::TryStreamExt;
+        let live = self
+            .current(channel)
+            .await?
+            .and_then(|pointer| pointer.delta)
+            .map(|delta| delta.build_id);
+        let prefix = manifest::delta_prefix(channel);
+        let listed: Vec<object_store::ObjectMeta> = self
+            .store
+            .list(Some(&ObjectPath::from(prefix.as_str())))
+            .try_collect()
+            .await
+            .map_err(self.fail("listing", &prefix))?;
+        let mut deltas = std::collections::BTreeMap::<String, Vec<String>>::new();
+        for object in listed {
+            if let Some(build_id) = object.location.parts().nth(2) {
+                deltas
+                    .entry(build_id.as_ref().to_owned())
+                    .or_default()
+                    .push(object.location.to_string());
+            }
+        }
+        let old = deltas.len().saturating_sub(keep.max(1));
+        let mut removed = 0;
+        for (build_id, keys) in deltas.into_iter().take(old) {
+            if live.as_ref() == Some(&build_id) {
+                continue;
+            }
+            // The manifest first, as for builds (see `retain`).
+            let mut keys = keys;
+            keys.sort_by_key(|key| !key.ends_with("manifest.json"));
+            for key in keys {
+                self.delete(&key).await?;
+            }
+            removed += 1;
+        }
+        Ok(removed)
+    }
+
+    /// Downloads `build`'s artifact to `path` (through a temporary file beside it), checking
+    /// its size and SHA-256 on the way; a file already at `path` with the right size is kept.
+    pub async fn download(&self, build: &Manifest, path: &Path) -> Result<(), ObjectError> {
+        use futures_util::TryStreamExt;
+        if tokio::fs::metadata(path)
+            .await
+            .is_ok_and(|meta| meta.len() == build.byte_size)
+        {
+            return Ok(());
+        }
+        let key = build.artifact.as_str();
+        let failed = |source| ObjectError::Download {
+            key: key.to_owned(),
+            target: self.description.clone(),
+            path: path.display().to_string(),
+            source,
+        };
+        if let Some(dir) = path.parent() {
+            tokio::fs::create_dir_all(dir).await.map_err(failed)?;
+        }
+        let partial = path.with_extension("partial");
+        let mut file = tokio::fs::File::create(&partial).await.map_err(failed)?;
+        let mut stream = self
+            .store
+            .get(&ObjectPath::from(key))
+            .await
+            .map_err(self.fail("reading", key))?
+            .into_stream();
+        let mut digest = manifest::ArtifactDigest::default();
+        while let Some(chunk) = stream.try_next().await.map_err(self.fail("reading", key))? {
+            digest.update(&chunk);
+            file.write_all(&chunk).await.map_err(failed)?;
+        }
+        file.sync_all().await.map_err(failed)?;
+        drop(file);
+        let (bytes, sha256) = (digest.bytes(), digest.finish());
+        if bytes != build.byte_size || sha256 != build.sha256 {
+            tokio::fs::remove_file(&partial).await.ok();
+            return Err(ObjectError::ArtifactNotIntact {
+                build_id: build.build_id.clone(),
+                key: key.to_owned(),
+                target: self.description.clone(),
+                found: format!("{bytes} bytes with sha256 {sha256}"),
+                expected: build.byte_size,
+            });
+        }
+        tokio::fs::rename(&partial, path).await.map_err(failed)
     }
 
     /// Every object under `builds/`.

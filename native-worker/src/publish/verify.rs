@@ -35,6 +35,8 @@ pub enum GateError {
     },
     #[error(transparent)]
     Build(#[from] super::build::BuildError),
+    #[error(transparent)]
+    Delta(#[from] pubsearch_shared::delta::DeltaError),
     #[error("sqlite: {0}")]
     Sqlite(#[from] rusqlite::Error),
 }
@@ -72,12 +74,7 @@ pub fn verify_build(
     force: bool,
 ) -> Result<(), GateError> {
     let manifest = &built.manifest;
-    verify_artifact_file(&built.path, manifest)?;
-    let conn = Connection::open_with_flags(&built.path, OpenFlags::SQLITE_OPEN_READ_ONLY)?;
-    // No check reads document text today, but one that did would need this to.
-    pubsearch_shared::content::install(&conn)?;
-    manifest::verify_snapshot(&conn, manifest)?;
-
+    let conn = open_verified(built)?;
     let expected = match built.source_documents {
         Some(counted) => counted,
         // Built by a worker that did not record the count: the live store is all there is.
@@ -89,6 +86,33 @@ pub fn verify_build(
             actual: manifest.counts.documents,
         });
     }
+    check_no_leaks(store, &conn)?;
+    if let Some(previous) = previous
+        && !force
+        && manifest.counts.documents * 2 < previous.counts.documents
+    {
+        return Err(GateError::CountFloor {
+            previous: previous.counts.documents,
+            actual: manifest.counts.documents,
+        });
+    }
+    Ok(())
+}
+
+/// Opens a built file after checking it against its manifest: digests, integrity, counts and
+/// sentinel.
+fn open_verified(built: &BuiltSnapshot) -> Result<Connection, GateError> {
+    verify_artifact_file(&built.path, &built.manifest)?;
+    let conn = Connection::open_with_flags(&built.path, OpenFlags::SQLITE_OPEN_READ_ONLY)?;
+    // No check reads document text today, but one that did would need this to.
+    pubsearch_shared::content::install(&conn)?;
+    manifest::verify_snapshot(&conn, &built.manifest)?;
+    Ok(conn)
+}
+
+/// No document in the snapshot open on `conn` is by an author the store now excludes (banned or
+/// deactivated) or in a publication hidden from discovery.
+fn check_no_leaks(store: &Store, conn: &Connection) -> Result<(), GateError> {
     let source = store.reader().map_err(super::build::BuildError::from)?;
     let excluded: Vec<String> = source
         .prepare("SELECT did FROM banned_dids UNION SELECT did FROM accounts WHERE active = 0")?
@@ -110,14 +134,28 @@ pub fn verify_build(
     if hidden > 0 {
         return Err(GateError::UndiscoverableLeak(hidden as u64));
     }
-    if let Some(previous) = previous
-        && !force
-        && manifest.counts.documents * 2 < previous.counts.documents
-    {
-        return Err(GateError::CountFloor {
-            previous: previous.counts.documents,
-            actual: manifest.counts.documents,
-        });
+    Ok(())
+}
+
+/// The gates of a delta (see [`super::delta`]): artifact digest, integrity, counts, sentinel,
+/// that it is a delta over `base_build_id`, and no leaks.
+pub fn verify_delta(
+    store: &Store,
+    built: &BuiltSnapshot,
+    base_build_id: &str,
+) -> Result<(), GateError> {
+    let manifest = &built.manifest;
+    let conn = open_verified(built)?;
+    check_no_leaks(store, &conn)?;
+    let delta = pubsearch_shared::delta::Delta::open(conn)?;
+    delta.check_base(base_build_id)?;
+    if manifest.base_build_id.as_deref() != Some(base_build_id) {
+        return Err(GateError::Delta(
+            pubsearch_shared::delta::DeltaError::OtherBase {
+                base: base_build_id.to_owned(),
+                delta_base: manifest.base_build_id.clone().unwrap_or_default(),
+            },
+        ));
     }
     Ok(())
 }

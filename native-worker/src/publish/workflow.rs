@@ -35,6 +35,15 @@ pub struct PublishRequest {
     /// Who asked: a scheduled publish leaves a channel held by a rollback alone.
     #[serde(default)]
     pub requester: Requester,
+    /// Publish a delta over the channel's live base instead of a new base (see
+    /// [`super::delta`]).
+    #[serde(default)]
+    pub delta: bool,
+    /// With a new base, publish a delta of what changed while it was built in the same pointer
+    /// write, so readers never lose a change an earlier delta showed them (ARCHITECTURE.md,
+    /// "Deltas").
+    #[serde(default)]
+    pub catch_up: bool,
 }
 
 impl PublishRequest {
@@ -46,6 +55,16 @@ impl PublishRequest {
             keep: options.keep,
             traceparent: crate::telemetry::current_traceparent(),
             requester: Requester::Operator,
+            delta: false,
+            catch_up: false,
+        }
+    }
+
+    /// A delta over the channel's live base, as `publish --delta` asks for.
+    pub fn delta(target: TargetSpec, options: &PublishOptions) -> Self {
+        PublishRequest {
+            delta: true,
+            ..PublishRequest::new(target, options)
         }
     }
 
@@ -68,14 +87,18 @@ impl PublishRequest {
             keep,
             traceparent: _,
             requester,
+            delta,
+            catch_up,
         } = running;
-        (target, channel, force, keep, requester)
+        (target, channel, force, keep, requester, delta, catch_up)
             == (
                 &self.target,
                 &self.channel,
                 &self.force,
                 &self.keep,
                 &self.requester,
+                &self.delta,
+                &self.catch_up,
             )
     }
 }
@@ -131,6 +154,45 @@ struct RetainStep {
     channel: String,
     keep: usize,
     local_file: PathBuf,
+    /// Keep the local file as the base deltas are built over (see [`base_file`]).
+    #[serde(default)]
+    keep_as_base: bool,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct DeltaBuildStep {
+    build_id: String,
+    /// The pointer (or new base's manifest) the delta overlays.
+    base: Manifest,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct DeltaVerifyStep {
+    built: BuiltSnapshot,
+    base_build_id: String,
+    traceparent: Option<String>,
+}
+
+/// Deltas kept in the object store besides the live one: a reader that read the pointer just
+/// before it moved can still fetch the delta it named.
+const DELTAS_KEPT: usize = 3;
+
+/// Where a data directory keeps the base deltas are built over: `bases/<build_id>.db` in the
+/// work directory, downloaded once per base (or kept from its own build).
+fn base_file(work_dir: &std::path::Path, build_id: &str) -> PathBuf {
+    work_dir.join("bases").join(format!("{build_id}.db"))
+}
+
+/// Removes every kept base file but `keep`'s.
+fn forget_other_bases(work_dir: &std::path::Path, keep: &std::path::Path) {
+    let Ok(entries) = std::fs::read_dir(work_dir.join("bases")) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        if entry.path() != keep {
+            std::fs::remove_file(entry.path()).ok();
+        }
+    }
 }
 
 /// A build id from the workflow's recorded clock and uuid: UTC time (sortable) plus a suffix.
@@ -144,6 +206,9 @@ fn build_id(unix_ms: i64, uuid: &str) -> String {
 
 /// The workflow's code.
 async fn publish(ctx: OrchestrationContext, request: PublishRequest) -> Result<Manifest, String> {
+    if request.delta {
+        return publish_delta(ctx, request).await;
+    }
     let build_id = build_id(ctx.now_ms(), &ctx.new_uuid());
     ctx.set_custom_status(format!("building {build_id}"));
     let building = BuildStep {
@@ -185,9 +250,15 @@ async fn publish(ctx: OrchestrationContext, request: PublishRequest) -> Result<M
     ));
     ctx.activity_with_retry::<_, ()>("snapshot.upload", &request.step(built.clone()), retry_io)
         .await?;
+    let mut pointer = built.manifest.clone();
+    if request.catch_up {
+        let delta_id = self::build_id(ctx.now_ms(), &ctx.new_uuid());
+        let delta = build_delta(&ctx, &request, &built.manifest, delta_id).await?;
+        pointer.delta = Some(Box::new(delta.manifest.pointer()));
+    }
     ctx.set_custom_status(format!("pointing {} at {build_id}", request.channel));
     let pointing = request.step(PointerStep {
-        manifest: built.manifest.clone(),
+        manifest: pointer,
         force: request.force,
         requester: request.requester,
     });
@@ -203,6 +274,7 @@ async fn publish(ctx: OrchestrationContext, request: PublishRequest) -> Result<M
         channel: request.channel.clone(),
         keep: request.keep,
         local_file: built.path.clone(),
+        keep_as_base: request.catch_up,
     });
     // Housekeeping: a failure here leaves old builds behind but does not undo the publish.
     match ctx
@@ -217,6 +289,99 @@ async fn publish(ctx: OrchestrationContext, request: PublishRequest) -> Result<M
         }
     }
     Ok(built.manifest)
+}
+
+/// A delta over the channel's live base: build, verify, upload, then the pointer names it.
+async fn publish_delta(
+    ctx: OrchestrationContext,
+    request: PublishRequest,
+) -> Result<Manifest, String> {
+    let build_id = build_id(ctx.now_ms(), &ctx.new_uuid());
+    let retry_io = RetryPolicy::exponential(5, Duration::from_secs(1), Duration::from_secs(30));
+    let live: Option<Manifest> = ctx
+        .activity_with_retry(
+            "snapshot.live",
+            &request.step(request.channel.clone()),
+            retry_io,
+        )
+        .await?;
+    let Some(base) = live else {
+        return Err(format!(
+            "channel {:?} has no build to publish a delta over; publish a base first",
+            request.channel
+        ));
+    };
+    let built = build_delta(&ctx, &request, &base, build_id.clone()).await?;
+    ctx.set_custom_status(format!("pointing {} at delta {build_id}", request.channel));
+    let refused: Option<String> = ctx
+        .activity_with_retry(
+            "delta.pointer",
+            &request.step(built.manifest.clone()),
+            retry_io,
+        )
+        .await?;
+    if let Some(reason) = refused {
+        return Err(format!("delta {build_id} was not published: {reason}"));
+    }
+    let retaining = request.step(RetainStep {
+        channel: request.channel.clone(),
+        keep: DELTAS_KEPT,
+        local_file: built.path.clone(),
+        keep_as_base: false,
+    });
+    if let Err(error) = ctx.activity::<_, usize>("delta.retain", &retaining).await {
+        ctx.set_custom_status(format!(
+            "published delta {build_id}; retention failed: {error}"
+        ));
+    }
+    Ok(built.manifest)
+}
+
+/// Builds, verifies and uploads a delta over `base` (the steps before its pointer).
+async fn build_delta(
+    ctx: &OrchestrationContext,
+    request: &PublishRequest,
+    base: &Manifest,
+    build_id: String,
+) -> Result<BuiltSnapshot, String> {
+    ctx.set_custom_status(format!("building delta {build_id} over {}", base.build_id));
+    let retry_build = RetryPolicy::exponential(2, Duration::from_secs(1), Duration::from_secs(5));
+    let retry_io = RetryPolicy::exponential(5, Duration::from_secs(1), Duration::from_secs(30));
+    let building = request.step(DeltaBuildStep {
+        build_id: build_id.clone(),
+        base: base.clone(),
+    });
+    let built: BuiltSnapshot = ctx
+        .activity_with_retry("delta.build", &building, retry_build)
+        .await?;
+    let verifying = DeltaVerifyStep {
+        built: built.clone(),
+        base_build_id: base.build_id.clone(),
+        traceparent: request.traceparent.clone(),
+    };
+    ctx.activity_with_retry::<_, ()>("delta.verify", &verifying, RetryPolicy::no_retry())
+        .await
+        .map_err(|error| {
+            format!("delta {build_id} failed verification; nothing was published: {error}")
+        })?;
+    ctx.activity_with_retry::<_, ()>("snapshot.upload", &request.step(built.clone()), retry_io)
+        .await?;
+    Ok(built)
+}
+
+/// A pointer move as its activity reports it: a refusal (final: another build or delta got
+/// there first, or a rollback holds the channel) as `Ok(Some(reason))`, any other failure as
+/// an error to retry.
+fn pointer_outcome(moved: Result<(), ObjectError>) -> Result<Option<String>, String> {
+    match moved {
+        Ok(()) => Ok(None),
+        Err(
+            refusal @ (ObjectError::StalePointer { .. }
+            | ObjectError::Held { .. }
+            | ObjectError::BaseMoved { .. }),
+        ) => Ok(Some(refusal.to_string())),
+        Err(error) => Err(error.to_string()),
+    }
 }
 
 fn span(name: &'static str, traceparent: &Option<String>) -> tracing::Span {
@@ -240,6 +405,8 @@ async fn blocking<T: Send + 'static>(
 /// Registers the publish workflow and its activities, which build from `store` into `work_dir`.
 pub fn register(registry: &mut Registry, store: Store, work_dir: PathBuf) {
     let build_store = store.clone();
+    let (delta_store, verify_delta_store) = (store.clone(), store.clone());
+    let (delta_dir, retain_dir) = (work_dir.clone(), work_dir.clone());
     registry
         .orchestration(ORCHESTRATION, 1, publish)
         .activity("snapshot.build", move |_, step: BuildStep| {
@@ -293,14 +460,10 @@ pub fn register(registry: &mut Registry, store: Store, work_dir: PathBuf) {
                     requester,
                 } = step.input;
                 let pointed = target.advance_pointer(&manifest, force, requester);
-                match tracing::Instrument::instrument(pointed, span).await {
-                    Ok(()) => {}
-                    Err(
-                        refusal @ (ObjectError::StalePointer { .. } | ObjectError::Held { .. }),
-                    ) => {
-                        return Ok(Some(refusal.to_string()));
-                    }
-                    Err(error) => return Err(error.to_string()),
+                if let Some(refusal) =
+                    pointer_outcome(tracing::Instrument::instrument(pointed, span).await)?
+                {
+                    return Ok(Some(refusal));
                 }
                 tracing::info!(
                     build_id = manifest.build_id,
@@ -311,13 +474,93 @@ pub fn register(registry: &mut Registry, store: Store, work_dir: PathBuf) {
                 Ok(None)
             },
         )
+        .activity("snapshot.retain", move |_, step: TargetStep<RetainStep>| {
+            let work_dir = retain_dir.clone();
+            async move {
+                let target = step.target.open().map_err(|error| error.to_string())?;
+                let local = &step.input.local_file;
+                let build_id = local.file_stem().and_then(|stem| stem.to_str());
+                match build_id.filter(|_| step.input.keep_as_base) {
+                    Some(build_id) => {
+                        let kept = base_file(&work_dir, build_id);
+                        if let Some(dir) = kept.parent() {
+                            std::fs::create_dir_all(dir).ok();
+                        }
+                        std::fs::rename(local, &kept).ok();
+                        forget_other_bases(&work_dir, &kept);
+                    }
+                    None => {
+                        std::fs::remove_file(local).ok();
+                    }
+                }
+                target
+                    .retain(&step.input.channel, step.input.keep)
+                    .await
+                    .map_err(|error| error.to_string())
+            }
+        })
+        .activity("delta.build", move |_, step: TargetStep<DeltaBuildStep>| {
+            let (store, work_dir) = (delta_store.clone(), delta_dir.clone());
+            async move {
+                let target = step.target.open().map_err(|error| error.to_string())?;
+                let DeltaBuildStep { build_id, base } = step.input;
+                // The new base of a catch-up is still at its build path; otherwise the kept one,
+                // downloaded if this worker has not got it.
+                let own = work_dir.join(format!("{}.db", base.build_id));
+                let base_path = if own.exists() {
+                    own
+                } else {
+                    let kept = base_file(&work_dir, &base.build_id);
+                    let download = span("delta.base", &step.traceparent);
+                    tracing::Instrument::instrument(target.download(&base, &kept), download)
+                        .await
+                        .map_err(|error| error.to_string())?;
+                    forget_other_bases(&work_dir, &kept);
+                    kept
+                };
+                let out = work_dir.join(format!("{build_id}.db"));
+                blocking(span("delta.build", &step.traceparent), move || {
+                    super::delta::build(&store, &base, &base_path, &out, &build_id)
+                        .map_err(|error| error.to_string())
+                })
+                .await
+            }
+        })
+        .activity("delta.verify", move |_, step: DeltaVerifyStep| {
+            let store = verify_delta_store.clone();
+            blocking(span("delta.verify", &step.traceparent), move || {
+                verify::verify_delta(&store, &step.built, &step.base_build_id)
+                    .map_err(|error| error.to_string())
+            })
+        })
         .activity(
-            "snapshot.retain",
+            "delta.pointer",
+            |_, step: TargetStep<Manifest>| async move {
+                let target = step.target.open().map_err(|error| error.to_string())?;
+                let span = span("delta.pointer", &step.traceparent);
+                let delta = step.input;
+                let pointed = target.advance_delta(&delta);
+                if let Some(refusal) =
+                    pointer_outcome(tracing::Instrument::instrument(pointed, span).await)?
+                {
+                    return Ok(Some(refusal));
+                }
+                tracing::info!(
+                    build_id = delta.build_id,
+                    base = delta.base_build_id,
+                    documents = delta.counts.documents,
+                    "delta published"
+                );
+                Ok(None)
+            },
+        )
+        .activity(
+            "delta.retain",
             |_, step: TargetStep<RetainStep>| async move {
                 let target = step.target.open().map_err(|error| error.to_string())?;
                 std::fs::remove_file(&step.input.local_file).ok();
                 target
-                    .retain(&step.input.channel, step.input.keep)
+                    .retain_deltas(&step.input.channel, step.input.keep)
                     .await
                     .map_err(|error| error.to_string())
             },
@@ -364,14 +607,24 @@ fn running_publish(
 /// A fresh instance id. The random suffix matters now that publishes of one channel with other
 /// targets or options run side by side: two started in the same millisecond must not share an
 /// id, or the second would wait on the first's instance.
-fn new_instance_id(channel: &str) -> String {
+fn new_instance_id(request: &PublishRequest) -> String {
     let suffix = uuid::Uuid::new_v4().simple().to_string();
+    let kind = if request.delta {
+        DELTA_INSTANCES
+    } else {
+        "publish:"
+    };
     format!(
-        "publish:{channel}:{}-{}",
+        "{kind}{}:{}-{}",
+        request.channel,
         crate::flow::now_ms(),
         &suffix[..8]
     )
 }
+
+/// How the ids of delta publishes start: a worker publishing one every few seconds purges them
+/// by this prefix once they are an hour old (see `run`).
+pub const DELTA_INSTANCES: &str = "delta:";
 
 fn outcome(info: InstanceInfo) -> Result<Manifest, PublishError> {
     match (info.status, info.output) {
@@ -400,7 +653,7 @@ pub async fn publish_and_wait(
             instance
         }
         None => {
-            let instance = new_instance_id(&request.channel);
+            let instance = new_instance_id(request);
             client.start(ORCHESTRATION, &instance, request).await?;
             instance
         }
@@ -414,7 +667,7 @@ pub fn hand_over(flow_db: &std::path::Path, request: &PublishRequest) -> Result<
     if let Some(instance) = running_publish(&db::open_read(flow_db)?, request)? {
         return Ok(instance);
     }
-    let instance = new_instance_id(&request.channel);
+    let instance = new_instance_id(request);
     db::post_start(flow_db, &instance, ORCHESTRATION, 1, request)?;
     Ok(instance)
 }

@@ -274,8 +274,10 @@ fn base_path_of_url(url: &str) -> Option<String> {
     (!host.is_empty() && !host.contains(char::is_whitespace)).then(|| rest.to_ascii_lowercase())
 }
 
-/// Hex SHA-256 of lowercase, whitespace-collapsed title and content.
-fn content_hash(title: &str, content: &str) -> String {
+/// Hex SHA-256 of lowercase, whitespace-collapsed title and content: what marks cross-posted
+/// copies of one text. Public so a delta can find the copies of a text from a snapshot's title
+/// and content (see the native worker's `publish::delta`).
+pub fn content_hash(title: &str, content: &str) -> String {
     use sha2::Digest;
     use std::fmt::Write;
     // The hashed text: the lowercased title, a newline, then each lowercased word and a space.

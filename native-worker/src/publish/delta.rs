@@ -1,0 +1,243 @@
+//! Building a delta: everything that changed in the store since a base build, as a small
+//! snapshot that overlays it (ARCHITECTURE.md, "Deltas"; the format is `shared::delta`).
+//!
+//! A delta is cumulative: it covers every change since the base's watermark, so each one
+//! supersedes the last and a reader holds only the base and the newest delta. The work is
+//! proportional to what changed, found through the store's `indexed_at`/`updated_at` indexes:
+//!
+//! - documents stamped after the base's watermark (new, edited, deleted), documents of accounts
+//!   that changed since (deactivated, reactivated), documents of publications that changed since
+//!   (hidden from discovery, deleted), and every copy of a cross-posted text among them (the
+//!   first eligible copy is the one served), found by the text's hash both as the store has it
+//!   now and as the base served it (a delete or an edit drops the old hash from the store);
+//! - of those, the ones passing policy now are written; every one's base row (by URI) is masked;
+//! - after a change to the banned list, every base document and publication by a banned author
+//!   is masked too. (An unbanned author's documents return with the next base.)
+//!
+//! The base file must be on local disk: masks name base rowids, and cross-post families and
+//! tag counts are continued from the base (see `shared::delta::finish`).
+
+use std::path::Path;
+use std::time::Instant;
+
+use pubsearch_shared::delta::{self, MASK_DOCUMENT, MASK_PUBLICATION};
+use pubsearch_shared::manifest::Manifest;
+use pubsearch_shared::snapshot::SnapshotWriter;
+use rusqlite::{Connection, OpenFlags, OptionalExtension, named_params};
+
+use super::build::{self, BuildError, BuiltSnapshot};
+use crate::store::Store;
+
+/// Changed store rows: `(store id, uri)` of documents and publications.
+struct Changed {
+    documents: Vec<(i64, String)>,
+    publications: Vec<(i64, String)>,
+    /// The banned list changed since the base.
+    policy: bool,
+}
+
+/// The store documents and publications a delta over a base at `since` must reconsider.
+fn changed_since(conn: &Connection, since: i64) -> rusqlite::Result<Changed> {
+    let documents = conn
+        .prepare(
+            "WITH changed(id) AS (
+                 SELECT id FROM documents WHERE indexed_at > :since
+                 UNION SELECT d.id FROM accounts AS a JOIN documents AS d ON d.did = a.did
+                       WHERE a.updated_at > :since
+                 UNION SELECT d.id FROM publications AS p
+                       JOIN documents AS d ON d.publication_uri = p.uri
+                       WHERE p.indexed_at > :since),
+             copies(id) AS (
+                 SELECT id FROM changed
+                 UNION SELECT other.id FROM documents AS d JOIN changed USING (id)
+                       JOIN documents AS other ON other.content_hash = d.content_hash
+                       WHERE d.content_hash IS NOT NULL)
+             SELECT d.id, d.uri FROM copies JOIN documents AS d USING (id) ORDER BY d.id",
+        )?
+        .query_map(named_params! {":since": since}, |row| {
+            Ok((row.get(0)?, row.get(1)?))
+        })?
+        .collect::<rusqlite::Result<_>>()?;
+    let publications = conn
+        .prepare(
+            "SELECT id, uri FROM publications WHERE indexed_at > :since
+             UNION SELECT p.id, p.uri FROM accounts AS a JOIN publications AS p ON p.did = a.did
+                   WHERE a.updated_at > :since
+             ORDER BY 1",
+        )?
+        .query_map(named_params! {":since": since}, |row| {
+            Ok((row.get(0)?, row.get(1)?))
+        })?
+        .collect::<rusqlite::Result<_>>()?;
+    let policy = conn.query_row(
+        "SELECT EXISTS (SELECT 1 FROM policy_changes WHERE changed_at > ?1)",
+        [since],
+        |row| row.get(0),
+    )?;
+    Ok(Changed {
+        documents,
+        publications,
+        policy,
+    })
+}
+
+/// The text hashes of the base's copies of `documents` (those it serves): their other copies
+/// may be the ones to serve now.
+fn served_hashes(base_file: &Path, documents: &[(i64, String)]) -> rusqlite::Result<Vec<String>> {
+    let base = Connection::open_with_flags(base_file, OpenFlags::SQLITE_OPEN_READ_ONLY)?;
+    pubsearch_shared::content::install(&base)?;
+    let text = pubsearch_shared::schema::text_source(&base, "d.id")?;
+    let mut statement = base.prepare(&format!(
+        "SELECT d.title, {function}({text}) FROM documents AS d WHERE d.uri = ?1",
+        function = pubsearch_shared::content::FUNCTION,
+    ))?;
+    let mut hashes = Vec::new();
+    for (_, uri) in documents {
+        let served = statement
+            .query_row([uri], |row| {
+                Ok((row.get::<_, String>(0)?, row.get::<_, String>(1)?))
+            })
+            .optional()?;
+        if let Some((title, content)) = served {
+            hashes.push(pubsearch_shared::record::content_hash(&title, &content));
+        }
+    }
+    Ok(hashes)
+}
+
+/// Adds the store documents carrying one of `hashes` to the changed documents.
+fn add_copies(conn: &Connection, changed: &mut Changed, hashes: &[String]) -> rusqlite::Result<()> {
+    let mut known: std::collections::HashSet<i64> =
+        changed.documents.iter().map(|(id, _)| *id).collect();
+    let mut statement =
+        conn.prepare_cached("SELECT id, uri FROM documents WHERE content_hash = ?1")?;
+    for hash in hashes {
+        let copies = statement.query_map([hash], |row| Ok((row.get(0)?, row.get(1)?)))?;
+        for copy in copies {
+            let (id, uri): (i64, String) = copy?;
+            if known.insert(id) {
+                changed.documents.push((id, uri));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Builds a delta of `store` over `base` (its snapshot file at `base_file`) into `out`.
+pub fn build(
+    store: &Store,
+    base: &Manifest,
+    base_file: &Path,
+    out: &Path,
+    build_id: &str,
+) -> Result<BuiltSnapshot, BuildError> {
+    let started = Instant::now();
+    let write = BuildError::write(out);
+    let mut target = build::create_target(out)?;
+    let mut source = store.reader()?;
+    let read = source.transaction().map_err(BuildError::Read)?;
+    let watermark = crate::store::newest_stamp(&read).map_err(BuildError::Read)?;
+    let mut changed = changed_since(&read, base.source_watermark_us).map_err(BuildError::Read)?;
+    let base_read = |source| BuildError::Base {
+        path: base_file.to_path_buf(),
+        source,
+    };
+    let served_hashes = served_hashes(base_file, &changed.documents).map_err(base_read)?;
+    add_copies(&read, &mut changed, &served_hashes).map_err(BuildError::Read)?;
+
+    let mut writer = SnapshotWriter::create(&mut target).map_err(&write)?;
+    let publication_ids: Vec<i64> = changed.publications.iter().map(|(id, _)| *id).collect();
+    let publications = build::read_publications(&read, watermark, Some(&publication_ids))
+        .map_err(BuildError::Read)?;
+    for publication in &publications {
+        writer.add_publication(publication).map_err(&write)?;
+    }
+    let document_ids: Vec<i64> = changed.documents.iter().map(|(id, _)| *id).collect();
+    let mut documents =
+        build::read_documents(&read, watermark, &document_ids).map_err(BuildError::Read)?;
+    // Newest first, as in a base (ARCHITECTURE.md invariant 9).
+    documents.sort_by(|a, b| b.created_at.cmp(&a.created_at).then(a.uri.cmp(&b.uri)));
+    for document in &documents {
+        writer.add_document(document).map_err(&write)?;
+    }
+    writer.finish(watermark).map_err(&write)?;
+    let banned: Vec<String> = if changed.policy {
+        read.prepare("SELECT did FROM banned_dids")
+            .and_then(|mut statement| {
+                statement
+                    .query_map([], |row| row.get(0))?
+                    .collect::<rusqlite::Result<_>>()
+            })
+            .map_err(BuildError::Read)?
+    } else {
+        Vec::new()
+    };
+    drop(read);
+
+    mask(&target, base, base_file, &changed, &banned).map_err(&write)?;
+    let manifest = build::seal(
+        target,
+        out,
+        build_id,
+        &base.channel,
+        watermark,
+        Some(base.build_id.clone()),
+    )?;
+    tracing::info!(
+        build_id,
+        base = base.build_id,
+        documents = manifest.counts.documents,
+        reconsidered = changed.documents.len(),
+        bytes = manifest.byte_size,
+        seconds = format!("{:.3}", started.elapsed().as_secs_f64()),
+        "delta built"
+    );
+    Ok(BuiltSnapshot {
+        path: out.to_path_buf(),
+        manifest,
+        source_documents: Some(documents.len() as u64),
+    })
+}
+
+/// Writes the delta's masks against the base file and completes it (`shared::delta::finish`).
+fn mask(
+    target: &Connection,
+    base: &Manifest,
+    base_file: &Path,
+    changed: &Changed,
+    banned: &[String],
+) -> rusqlite::Result<()> {
+    delta::create_tables(target)?;
+    target.execute(
+        "ATTACH ?1 AS base",
+        [format!("file:{}?mode=ro", base_file.display())],
+    )?;
+    {
+        let mut insert =
+            target.prepare("INSERT OR IGNORE INTO delta_masks (kind, id) VALUES (?1, ?2)")?;
+        for (kind, table, rows) in [
+            (MASK_DOCUMENT, "documents", &changed.documents),
+            (MASK_PUBLICATION, "publications", &changed.publications),
+        ] {
+            let mut find =
+                target.prepare(&format!("SELECT id FROM base.{table} WHERE uri = ?1"))?;
+            for (_, uri) in rows {
+                if let Some(id) = find
+                    .query_row([uri], |row| row.get::<_, i64>(0))
+                    .optional()?
+                {
+                    insert.execute((kind, id))?;
+                }
+            }
+            let mut by_author = target.prepare(&format!(
+                "INSERT OR IGNORE INTO delta_masks (kind, id)
+                 SELECT {kind}, id FROM base.{table} WHERE did = ?1"
+            ))?;
+            for did in banned {
+                by_author.execute([did])?;
+            }
+        }
+    }
+    delta::finish(target, "base", &base.build_id)?;
+    target.execute_batch("DETACH base")
+}
