@@ -195,3 +195,99 @@ async fn a_finished_upload_is_not_redone_when_the_pointer_step_resumes() {
     );
     verify::verify_artifact_file(&uploaded, &manifest).unwrap();
 }
+
+/// A delta publish killed while building and, another time, while moving the pointer, then run
+/// again: each resumes and finishes, the pointer never names a missing or partial delta, and the
+/// base and delta together serve exactly what a whole build of the store would.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_delta_publish_killed_mid_way_resumes_and_loses_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let (data, published) = (dir.path().join("data"), dir.path().join("published"));
+    ingest(&data, 2_000).await;
+    let base = {
+        let output = publish_command(&data, &published).output().unwrap();
+        assert!(
+            output.status.success(),
+            "{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        serde_json::from_slice::<Manifest>(&output.stdout).unwrap()
+    };
+    let delta_command = || {
+        let mut command = publish_command(&data, &published);
+        command.arg("--delta");
+        command
+    };
+
+    for (seed, step) in [(6, "building delta"), (7, "pointing prod at delta")] {
+        // More posts (with their own edits and deletes) since the base.
+        let corpus = data.join(format!("more-{seed}.ndjson"));
+        pubsearch_native_worker::corpus::write_file(&corpus, 1_000, seed).unwrap();
+        run::run(
+            run::RunOptions::new(&data, Source::Replay(corpus)),
+            CancellationToken::new(),
+        )
+        .await
+        .unwrap();
+
+        let mut child = delta_command()
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let (_, at) = kill_at_step(&mut child, &data, step, Duration::from_millis(5));
+        if let Some(delta) = pointer(&published).and_then(|pointer| pointer.delta) {
+            verify::verify_artifact_file(&artifact(&published, &delta), &delta)
+                .unwrap_or_else(|error| panic!("killed at `{at}`, the pointer names {error}"));
+        }
+        let delta = finished(delta_command().output().unwrap());
+        let live = pointer(&published).unwrap();
+        assert_eq!(live.build_id, base.build_id, "killed at `{at}`");
+        assert_eq!(
+            live.delta.as_deref(),
+            Some(&delta.pointer()),
+            "killed at `{at}`"
+        );
+        verify::verify_artifact_file(&artifact(&published, &delta), &delta).unwrap();
+
+        let store = Store::open(run::store_path(&data)).unwrap();
+        let whole = publish::build::build(
+            &store,
+            &dir.path().join(format!("whole-{seed}.db")),
+            "whole",
+            "prod",
+            |_| {},
+        )
+        .unwrap();
+        let open = |path: &Path| {
+            rusqlite::Connection::open_with_flags(path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+                .unwrap()
+        };
+        let overlay =
+            pubsearch_shared::delta::Delta::open(open(&artifact(&published, &delta))).unwrap();
+        assert_eq!(overlay.served(), whole.manifest.counts, "killed at `{at}`");
+        let (base_conn, whole_conn) = (open(&artifact(&published, &base)), open(&whole.path));
+        pubsearch_shared::search::prepare(&base_conn).unwrap();
+        pubsearch_shared::search::prepare(&whole_conn).unwrap();
+        let layers = pubsearch_shared::delta::Layers {
+            base: &base_conn,
+            delta: Some(&overlay),
+        };
+        let uris: Vec<String> = support::read_store(&run::store_path(&data))
+            .prepare("SELECT uri FROM documents ORDER BY uri")
+            .unwrap()
+            .query_map([], |row| row.get(0))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        use pubsearch_shared::lookup::documents_by_uri_in;
+        for batch in uris.chunks(pubsearch_shared::lookup::MAX_URIS) {
+            let served = documents_by_uri_in(layers, batch).unwrap().unwrap();
+            let expected =
+                documents_by_uri_in(pubsearch_shared::delta::Layers::base(&whole_conn), batch)
+                    .unwrap()
+                    .unwrap();
+            assert_eq!(served.missing, expected.missing, "killed at `{at}`");
+        }
+    }
+}
