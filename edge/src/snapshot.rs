@@ -118,6 +118,9 @@ struct State {
     /// Builds refused for good: a chunk failed its digest.
     bad_builds: Vec<String>,
     checked_at_ms: Option<f64>,
+    /// Pointer GETs and delta downloads: this isolate's R2 reads besides a build's own.
+    pointer_reads: u64,
+    delta_loads: u64,
     loads: u64,
     failures: u64,
     last_failure: Option<String>,
@@ -163,6 +166,9 @@ impl Config {
 #[derive(Debug, serde::Serialize)]
 pub struct LoadStatus {
     pub build_id: Option<String>,
+    /// R2 reads of the pointer by this isolate, and deltas it downloaded (README, "Freshness").
+    pub pointer_reads: u64,
+    pub delta_loads: u64,
     pub loads: u64,
     pub failures: u64,
     pub last_failure: Option<String>,
@@ -200,6 +206,8 @@ pub fn status() -> LoadStatus {
                 .live
                 .as_ref()
                 .map(|live| live.manifest.build_id.clone()),
+            pointer_reads: state.pointer_reads,
+            delta_loads: state.delta_loads,
             loads: state.loads,
             failures: state.failures,
             last_failure: state.last_failure.clone(),
@@ -356,6 +364,7 @@ async fn refresh(env: &Env, config: &Config) -> Result<Option<Live>, LoadError> 
     let started = now_ms();
     let bucket = env.bucket(BUCKET_BINDING)?;
     let pointer_key = manifest::pointer_key(&config.channel);
+    STATE.with(|state| state.borrow_mut().pointer_reads += 1);
     let pointer = Manifest::parse(
         &read_object(&bucket, &pointer_key)
             .await?
@@ -387,6 +396,7 @@ async fn sync_delta(
     {
         return Ok(());
     }
+    STATE.with(|state| state.borrow_mut().delta_loads += 1);
     let delta = crate::delta::load(bucket, wanted, &live.manifest.build_id).await?;
     worker::console_log!(
         "adopted delta {} over {}: {} documents, {} bytes, loaded in {} ms",

@@ -5,111 +5,14 @@
 // bound, and no answer ever goes back to an earlier state.
 import { test } from "node:test";
 import assert from "node:assert/strict";
-import { execFileSync, spawn } from "node:child_process";
-import { createWriteStream, mkdtempSync, readFileSync, statSync } from "node:fs";
-import { tmpdir } from "node:os";
+import { readFileSync } from "node:fs";
 import { join } from "node:path";
-import { ROOT, nativeSearch, objectsUnder, startWorker } from "./support.mjs";
+import { accountEvent, entryEvent, startPipeline } from "./pipeline.mjs";
+import { nativeSearch, startWorker } from "./support.mjs";
 
-const NATIVE = join(ROOT, "target", "debug", "native-worker");
 /** Each change must show at the edge within this (generous for CI; the bench measures). */
 const BOUND_MS = 30_000;
 const POLL_MS = 250;
-
-/** A Jetstream commit event for a whitewind entry. */
-export function entryEvent(did, rkey, rev, operation, title, words) {
-  const commit = { rev, operation, collection: "com.whtwnd.blog.entry", rkey };
-  if (operation !== "delete") {
-    commit.cid = `bafy${rev}`;
-    commit.record = {
-      $type: "com.whtwnd.blog.entry",
-      title,
-      content: `${words} and some ordinary text about gardens and rivers`,
-      createdAt: new Date().toISOString(),
-      visibility: "public",
-    };
-  }
-  return { did, time_us: Date.now() * 1000, kind: "commit", commit };
-}
-
-/** A Jetstream account event: `active: false` with a status takes an account down. */
-export function accountEvent(did, active, status) {
-  return {
-    did,
-    time_us: Date.now() * 1000,
-    kind: "account",
-    account: { active, status, seq: Date.now(), time: new Date().toISOString() },
-  };
-}
-
-/**
- * Starts `native-worker run` reading events from a named pipe, publishing to a directory (a
- * base, then a delta every `deltaSeconds`), and mirrors that directory into the Worker's R2
- * bucket the way an S3 upload would land: every object first, the pointer read before them and
- * written last. Returns `send(event)` and `stop()`.
- */
-export async function startPipeline(bucket, { deltaSeconds = 1 } = {}) {
-  const dir = mkdtempSync(join(tmpdir(), "pubsearch-fresh-"));
-  const fifo = join(dir, "events.fifo");
-  execFileSync("mkfifo", [fifo]);
-  const published = join(dir, "published");
-  const worker = spawn(
-    NATIVE,
-    ["run", "--replay", fifo, "--data-dir", dir, "--admin-addr", "off", "--snapshot-dir", published,
-      "--publish-minutes", "60", "--delta-seconds", String(deltaSeconds)],
-    { env: { ...process.env, RUST_LOG: "warn" }, stdio: ["ignore", "ignore", "pipe"] },
-  );
-  let log = "";
-  worker.stderr.on("data", (data) => { log += data; });
-  const pipe = createWriteStream(fifo);
-  await new Promise((resolve, reject) => { pipe.once("open", resolve); pipe.once("error", reject); });
-
-  const copied = new Map();
-  let mirroring = true;
-  let r2Puts = 0;
-  const mirror = (async () => {
-    const pointerKey = "channels/prod/latest.json";
-    while (mirroring) {
-      let pointer = null;
-      try { pointer = readFileSync(join(published, pointerKey)); } catch { /* nothing published yet */ }
-      if (pointer) {
-        for (const [key, bytes] of objectsUnder(published)) {
-          if (key === pointerKey || key.endsWith(".lock")) continue;
-          const stamp = `${bytes.length}:${statSync(join(published, key)).mtimeMs}`;
-          if (copied.get(key) === stamp) continue;
-          await bucket.put(key, Uint8Array.from(bytes));
-          copied.set(key, stamp);
-          r2Puts++;
-        }
-        if (copied.get(pointerKey) !== pointer.toString()) {
-          await bucket.put(pointerKey, Uint8Array.from(pointer));
-          copied.set(pointerKey, pointer.toString());
-          r2Puts++;
-        }
-      }
-      await new Promise((resolve) => setTimeout(resolve, 100));
-    }
-  })();
-
-  return {
-    dir,
-    send(event) {
-      pipe.write(`${JSON.stringify(event)}\n`);
-    },
-    puts: () => r2Puts,
-    log: () => log,
-    async stop() {
-      if (!mirroring) return;
-      pipe.end();
-      const exited = new Promise((resolve) => worker.once("exit", resolve));
-      const timer = setTimeout(() => worker.kill("SIGKILL"), 20_000);
-      await exited;
-      clearTimeout(timer);
-      mirroring = false;
-      await mirror;
-    },
-  };
-}
 
 /** The titles `/search` finds for `q`, by URI; none while nothing has been published yet. */
 async function titles(url, q, published) {

@@ -99,6 +99,13 @@ async fn stats(State(state): State<AdminState>) -> Json<Value> {
             "byte_size": m.byte_size,
             "source_watermark_us": m.source_watermark_us,
             "created_at": m.created_at,
+            "delta": m.delta.as_ref().map(|delta| json!({
+                "build_id": delta.build_id,
+                "documents": delta.counts.documents,
+                "byte_size": delta.byte_size,
+                "source_watermark_us": delta.source_watermark_us,
+            })),
         }))),
+        "object_store_operations": crate::publish::operations::operations(),
     }))
 }

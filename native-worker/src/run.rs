@@ -370,6 +370,12 @@ async fn publish_periodically(
         }
         .instrument(span)
         .await;
+        if published.is_ok()
+            && let Ok(live) = schedule.target.current(&schedule.options.channel).await
+            && let Ok(mut shown) = live_build.lock()
+        {
+            *shown = live;
+        }
         match published {
             Ok(manifest) if delta => tracing::debug!(
                 build_id = manifest.build_id,
@@ -446,5 +452,70 @@ async fn log_progress(
         );
         last = now;
         last_at = Instant::now();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn schedule(deltas: bool, dir: &std::path::Path) -> ScheduledPublish {
+        ScheduledPublish {
+            every: Duration::from_secs(900),
+            delta_every: deltas.then(|| Duration::from_secs(10)),
+            delta_max_bytes: 1_000_000,
+            target: publish::objects::ObjectTarget::local(dir).unwrap(),
+            options: publish::PublishOptions {
+                channel: "prod".into(),
+                force: false,
+                keep: 3,
+            },
+        }
+    }
+
+    /// A live pointer built `age` ago, with a delta of `delta_bytes` if given.
+    fn live(age: Duration, delta_bytes: Option<u64>) -> Manifest {
+        let created = crate::clock::now_ms() - age.as_millis() as i64;
+        let mut manifest: Manifest = serde_json::from_value(serde_json::json!({
+            "build_id": "b", "channel": "prod", "schema_version": 6, "tokenizer": "t",
+            "scoring_version": 1, "source_watermark_us": 1, "sha256": "", "byte_size": 1,
+            "page_size": 4096, "counts": {"documents": 1, "publications": 0, "tags": 0},
+            "sentinel": null, "builder_version": "test", "artifact": "a",
+            "created_at": pubsearch_shared::Timestamp::from_unix_millis(created).unwrap(),
+        }))
+        .unwrap();
+        manifest.delta = delta_bytes.map(|bytes| {
+            Box::new(Manifest {
+                byte_size: bytes,
+                base_build_id: Some("b".into()),
+                ..manifest.clone()
+            })
+        });
+        manifest
+    }
+
+    #[test]
+    fn a_delta_is_published_over_a_young_base_until_it_grows_too_large() {
+        let dir = tempfile::tempdir().unwrap();
+        let (on, off) = (schedule(true, dir.path()), schedule(false, dir.path()));
+        let young = Duration::from_secs(60);
+        assert!(wants_delta(&on, Some(&live(young, None))));
+        assert!(wants_delta(&on, Some(&live(young, Some(900_000)))));
+        assert!(!wants_delta(&on, None), "nothing to overlay: a base first");
+        assert!(!wants_delta(&off, Some(&live(young, None))), "deltas off");
+        assert!(
+            !wants_delta(&on, Some(&live(Duration::from_secs(901), None))),
+            "the base is due"
+        );
+        assert!(
+            !wants_delta(&on, Some(&live(young, Some(1_000_001)))),
+            "the delta outgrew its limit"
+        );
+        let mut old_schema = live(young, None);
+        old_schema.schema_version = 5;
+        assert!(
+            !wants_delta(&on, Some(&old_schema)),
+            "no row facts to continue"
+        );
     }
 }

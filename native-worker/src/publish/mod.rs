@@ -5,11 +5,13 @@
 //! - [`verify`]: the gates a build must pass before anyone can see it.
 //! - [`objects`]: upload to an object store (a local directory by default, S3/R2 when
 //!   configured), the pointer written last; rollback and retention.
+//! - [`operations`]: the object-store requests made, for `/stats` and R2 cost.
 //! - [`workflow`]: the steps as a durable [`crate::flow`] orchestration, resumable after a crash.
 
 pub mod build;
 pub mod delta;
 pub mod objects;
+pub mod operations;
 pub mod verify;
 pub mod workflow;
 

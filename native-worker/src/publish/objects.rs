@@ -20,6 +20,7 @@ use pubsearch_shared::timestamp::Timestamp;
 use tokio::io::AsyncWriteExt;
 
 use super::build::BuiltSnapshot;
+use super::operations::{Op, count};
 
 /// Why an object-store operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -258,6 +259,7 @@ impl ObjectTarget {
 
     /// The object at `key`, if there is one.
     async fn read(&self, key: &str) -> Result<Option<object_store::GetResult>, ObjectError> {
+        count(Op::Get);
         match self.store.get(&ObjectPath::from(key)).await {
             Ok(result) => Ok(Some(result)),
             Err(object_store::Error::NotFound { .. }) => Ok(None),
@@ -303,6 +305,7 @@ impl ObjectTarget {
         }
         let manifest_key = manifest::manifest_key_of(&built.manifest);
         let body = serde_json::to_vec_pretty(&built.manifest).expect("manifests serialise");
+        count(Op::Put);
         self.store
             .put(
                 &ObjectPath::from(manifest_key.as_str()),
@@ -331,6 +334,7 @@ impl ObjectTarget {
             .await
             .map_err(upload_error)?;
         let path = ObjectPath::from(key.as_str());
+        count(Op::Put);
         let mut writer = object_store::buffered::BufWriter::new(Arc::clone(&self.store), path);
         let copied = match tokio::io::copy(&mut file, &mut writer).await {
             Ok(_) => writer.shutdown().await,
@@ -361,6 +365,7 @@ impl ObjectTarget {
     async fn artifact_is_intact(&self, build: &Manifest) -> Result<bool, ObjectError> {
         use futures_util::TryStreamExt;
         let key = build.artifact.as_str();
+        count(Op::Get);
         let mut stream = self
             .store
             .get(&ObjectPath::from(key))
@@ -380,6 +385,7 @@ impl ObjectTarget {
 
     /// The size of the object at `key`, if there is one (a HEAD).
     async fn artifact_size(&self, key: &str) -> Result<Option<u64>, ObjectError> {
+        count(Op::Head);
         match self.store.head(&ObjectPath::from(key)).await {
             Ok(meta) => Ok(Some(meta.size)),
             Err(object_store::Error::NotFound { .. }) => Ok(None),
@@ -532,6 +538,7 @@ impl ObjectTarget {
     async fn put_pointer(&self, manifest: &Manifest, mode: PutMode) -> object_store::Result<()> {
         let key = ObjectPath::from(manifest::pointer_key(&manifest.channel));
         let body = serde_json::to_vec_pretty(&manifest.pointer()).expect("manifests serialise");
+        count(Op::Put);
         self.store
             .put_opts(&key, PutPayload::from(body), PutOptions::from(mode))
             .await
@@ -599,6 +606,7 @@ impl ObjectTarget {
             .and_then(|pointer| pointer.delta)
             .map(|delta| delta.build_id);
         let prefix = manifest::delta_prefix(channel);
+        count(Op::List);
         let listed: Vec<object_store::ObjectMeta> = self
             .store
             .list(Some(&ObjectPath::from(prefix.as_str())))
@@ -653,6 +661,7 @@ impl ObjectTarget {
         }
         let partial = path.with_extension("partial");
         let mut file = tokio::fs::File::create(&partial).await.map_err(failed)?;
+        count(Op::Get);
         let mut stream = self
             .store
             .get(&ObjectPath::from(key))
@@ -683,6 +692,7 @@ impl ObjectTarget {
     /// Every object under `builds/`.
     async fn list_builds(&self) -> Result<Vec<object_store::ObjectMeta>, ObjectError> {
         use futures_util::TryStreamExt;
+        count(Op::List);
         self.store
             .list(Some(&ObjectPath::from("builds")))
             .try_collect()
@@ -738,6 +748,7 @@ impl ObjectTarget {
         };
         let hold_key = hold_key(channel);
         let body = serde_json::to_vec_pretty(&hold).expect("holds serialise");
+        count(Op::Put);
         self.store
             .put(&ObjectPath::from(hold_key.as_str()), PutPayload::from(body))
             .await
@@ -849,6 +860,7 @@ impl ObjectTarget {
 
     /// Deletes `key`; one already gone counts as deleted.
     async fn delete(&self, key: &str) -> Result<(), ObjectError> {
+        count(Op::Delete);
         match self.store.delete(&ObjectPath::from(key)).await {
             Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
             Err(error) => Err(self.fail("deleting", key)(error)),
