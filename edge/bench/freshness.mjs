@@ -48,8 +48,8 @@ try {
   await pipeline.sendLines(readFileSync(corpus, "utf8"));
   process.stderr.write(`base corpus of ${BASE_RECORDS} records sent; waiting for it to be served\n`);
   for (let i = 0; ; i++) {
-    const health = await (await fetch(`${url}/health`)).json();
-    if (health.snapshot) break;
+    // `/snapshot` loads the build if it can (`/health` only reports one already loaded).
+    if ((await fetch(`${url}/snapshot`)).status === 200) break;
     if (i > 2400) throw new Error(`no build served after 10 minutes\n${pipeline.log()}`);
     await sleep(POLL_MS);
   }
