@@ -81,10 +81,12 @@ pub async fn publish_delta_once(
 async fn publish_request(
     store: &Store,
     data_dir: &Path,
-    request: workflow::PublishRequest,
+    mut request: workflow::PublishRequest,
 ) -> Result<Manifest, PublishError> {
     let span = tracing::info_span!("publish", channel = %request.channel, delta = request.delta);
     async {
+        // Every step's span joins this one.
+        request.traceparent = crate::telemetry::current_traceparent();
         let flow_db = flow::flow_path(data_dir);
         let deadline = Instant::now() + PUBLISH_TIMEOUT;
         let mut handed_over: Option<String> = None;
