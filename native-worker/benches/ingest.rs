@@ -12,12 +12,12 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
+use pubsearch_native_worker::extract::{self, Extracted};
 use pubsearch_native_worker::firehose::{Payload, decode_jetstream};
 use pubsearch_native_worker::publish::build;
 use pubsearch_native_worker::run::{self, RunOptions, Source, store_path};
 use pubsearch_native_worker::store::{BACKSTOP_PAGES, Checkpointer, Store};
 use pubsearch_native_worker::telemetry;
-use pubsearch_shared::record::{self, Extracted};
 use pubsearch_shared::search;
 use tokio_util::sync::CancellationToken;
 
@@ -42,14 +42,14 @@ fn replay(data_dir: &Path, file: &Path) -> (Duration, u64) {
 /// The ceiling: pre-extracted documents, bare prepared INSERTs, one transaction per 2,000 rows,
 /// and WAL checkpoints on a thread of their own, as the store's writer has them.
 fn raw_ceiling(data_dir: &Path, file: &Path) -> (Duration, u64) {
-    let documents: Vec<record::Document> = std::fs::read_to_string(file)
+    let documents: Vec<extract::Document> = std::fs::read_to_string(file)
         .unwrap()
         .lines()
         .filter_map(|line| decode_jetstream(line).ok())
         .filter_map(|event| match event.payload {
             Payload::Commit(commit) => {
                 let body = commit.record?;
-                match record::extract(&event.did, &commit.collection, &commit.rkey, &body).ok()? {
+                match extract::extract(&event.did, &commit.collection, &commit.rkey, &body).ok()? {
                     Extracted::Document(document) => Some(document),
                     Extracted::Publication(_) => None,
                 }

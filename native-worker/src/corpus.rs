@@ -9,7 +9,7 @@
 
 use std::io::{self, Write};
 
-use pubsearch_shared::record::at_uri;
+use crate::extract::at_uri;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde_json::{Value, json};
@@ -458,7 +458,7 @@ fn malformed(rng: &mut ChaCha8Rng, collection: &str) -> Value {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use pubsearch_shared::record;
+    use crate::extract;
 
     fn corpus(records: usize, seed: u64, malformed_rate: f64) -> (Vec<u8>, CorpusSummary) {
         let mut out = Vec::new();
@@ -490,13 +490,13 @@ mod tests {
             };
             let collection = event["commit"]["collection"].as_str().unwrap();
             *collections.entry(collection.to_owned()).or_insert(0) += 1;
-            match record::extract(
+            match extract::extract(
                 event["did"].as_str().unwrap(),
                 collection,
                 event["commit"]["rkey"].as_str().unwrap(),
                 body,
             ) {
-                Ok(record::Extracted::Publication(p)) => {
+                Ok(extract::Extracted::Publication(p)) => {
                     hosts.insert(p.platform);
                 }
                 Ok(_) => {}

@@ -4,6 +4,7 @@
 //! Data flows one way through these modules, each the single owner of its stage:
 //!
 //! - [`firehose`]: Jetstream, tap and replay consumers decoding frames into events.
+//! - [`extract`]: a record → a normalised document or publication, or why not.
 //! - [`ingest`]: events → extraction and policy → a bounded queue → one batching writer thread.
 //! - [`store`]: the local WAL SQLite source of truth; one writer, read-only readers.
 //! - [`backfill`]: copies whole repos from their PDS through the same pipeline.
@@ -22,6 +23,7 @@ pub mod backfill;
 pub mod cli;
 pub mod clock;
 pub mod corpus;
+pub mod extract;
 pub mod firehose;
 pub mod flow;
 pub mod ingest;

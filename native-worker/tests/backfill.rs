@@ -313,13 +313,13 @@ async fn an_interrupted_backfill_resumes_without_refetching() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn newer_firehose_revisions_beat_backfilled_ones() {
+    use pubsearch_native_worker::extract::{self, Extracted};
     use pubsearch_native_worker::store::{Batch, Change};
-    use pubsearch_shared::record::{self, Extracted};
     let dir = tempfile::tempdir().unwrap();
     let store = Store::open(dir.path().join("store.db")).unwrap();
     let body = json!({"title": "Edited live", "content": "new words", "visibility": "public"});
     let Extracted::Document(document) =
-        record::extract("did:plc:dan", "com.whtwnd.blog.entry", "3k00000001", &body).unwrap()
+        extract::extract("did:plc:dan", "com.whtwnd.blog.entry", "3k00000001", &body).unwrap()
     else {
         panic!()
     };

@@ -40,12 +40,14 @@ fn entry(did: &str, rkey: &str, title: &str, content: &str, rev: &str) -> Change
     let body = serde_json::json!({"$type": "com.whtwnd.blog.entry", "title": title,
         "content": content, "visibility": "public", "createdAt": "2025-03-01T00:00:00Z",
         "tags": [content.split(' ').next().unwrap()]});
-    match pubsearch_shared::record::extract(did, "com.whtwnd.blog.entry", rkey, &body).unwrap() {
-        pubsearch_shared::record::Extracted::Document(document) => Change::Document {
+    match pubsearch_native_worker::extract::extract(did, "com.whtwnd.blog.entry", rkey, &body)
+        .unwrap()
+    {
+        pubsearch_native_worker::extract::Extracted::Document(document) => Change::Document {
             document,
             rev: rev.into(),
         },
-        pubsearch_shared::record::Extracted::Publication(_) => unreachable!(),
+        pubsearch_native_worker::extract::Extracted::Publication(_) => unreachable!(),
     }
 }
 

@@ -1,9 +1,7 @@
 //! Property test: extraction never panics. Any JSON value, and any mutation of a realistic record,
 //! gives an extraction or an error.
-#![cfg(not(target_arch = "wasm32"))]
-
 use proptest::prelude::*;
-use pubsearch_shared::record::{self, Extracted};
+use pubsearch_native_worker::extract::{self, Extracted};
 use serde_json::{Value, json};
 
 const COLLECTIONS: &[&str] = &[
@@ -99,12 +97,12 @@ proptest! {
 
     #[test]
     fn any_json_extracts_or_errors(collection in prop::sample::select(COLLECTIONS), value in json_value()) {
-        if let Ok(extracted) = record::extract("did:plc:p", collection, "rk", &value) {
+        if let Ok(extracted) = extract::extract("did:plc:p", collection, "rk", &value) {
             match extracted {
                 Extracted::Document(doc) => {
-                    prop_assert!(doc.content.chars().count() <= record::MAX_CONTENT_CHARS);
-                    prop_assert!(doc.title.chars().count() <= record::MAX_TITLE_CHARS);
-                    prop_assert!(doc.tags.len() <= record::MAX_TAGS);
+                    prop_assert!(doc.content.chars().count() <= extract::MAX_CONTENT_CHARS);
+                    prop_assert!(doc.title.chars().count() <= extract::MAX_TITLE_CHARS);
+                    prop_assert!(doc.tags.len() <= extract::MAX_TAGS);
                     prop_assert_eq!(doc.content_hash.len(), 32);
                 }
                 Extracted::Publication(publication) => prop_assert!(!publication.uri.is_empty()),
@@ -117,6 +115,6 @@ proptest! {
         let (collection, mut value) = seeds().swap_remove(seed);
         let key = value.as_object().unwrap().keys().nth(field.len() % 3).cloned().unwrap_or(field);
         value[key] = replacement;
-        let _ = record::extract("did:plc:p", collection, "rk", &value);
+        let _ = extract::extract("did:plc:p", collection, "rk", &value);
     }
 }

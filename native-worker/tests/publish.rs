@@ -411,12 +411,14 @@ fn whitewind_entry(
     if let Some(created_at) = created_at {
         body["createdAt"] = created_at.into();
     }
-    match pubsearch_shared::record::extract(did, "com.whtwnd.blog.entry", rkey, &body).unwrap() {
-        pubsearch_shared::record::Extracted::Document(document) => Change::Document {
+    match pubsearch_native_worker::extract::extract(did, "com.whtwnd.blog.entry", rkey, &body)
+        .unwrap()
+    {
+        pubsearch_native_worker::extract::Extracted::Document(document) => Change::Document {
             document,
             rev: "3l1".into(),
         },
-        pubsearch_shared::record::Extracted::Publication(_) => unreachable!(),
+        pubsearch_native_worker::extract::Extracted::Publication(_) => unreachable!(),
     }
 }
 

@@ -2,10 +2,10 @@
 
 mod support;
 
+use pubsearch_native_worker::extract::{self, Extracted};
 use pubsearch_native_worker::store::replica::{RowImage, Stamp, Table};
 use pubsearch_native_worker::store::{Batch, Change, Store, read_cursor};
 use pubsearch_native_worker::turso::hrana::Value;
-use pubsearch_shared::record::{self, Extracted};
 use serde_json::json;
 
 const COLLECTION: &str = "com.whtwnd.blog.entry";
@@ -13,7 +13,7 @@ const COLLECTION: &str = "com.whtwnd.blog.entry";
 fn document(rkey: &str, title: &str, rev: &str) -> Change {
     let body = json!({"$type": COLLECTION, "title": title, "content": format!("{title} body text"),
                       "createdAt": "2025-01-01T00:00:00Z", "visibility": "public"});
-    match record::extract("did:plc:a", COLLECTION, rkey, &body).unwrap() {
+    match extract::extract("did:plc:a", COLLECTION, rkey, &body).unwrap() {
         Extracted::Document(document) => Change::Document {
             document,
             rev: rev.into(),

@@ -22,9 +22,13 @@ use rusqlite::{Connection, Error};
 /// The SQL name of the function that reads stored text.
 pub const FUNCTION: &str = "pubsearch_text";
 
-/// Most bytes a stored text may hold: the longest content extraction keeps, 4 bytes a character
-/// ([`crate::record::MAX_CONTENT_CHARS`]). A longer stored length is not ours.
-const MAX_TEXT_BYTES: usize = 4 * crate::record::MAX_CONTENT_CHARS;
+/// Longest document text a snapshot holds, in characters: the native worker's extraction cuts
+/// longer text on a character boundary.
+pub const MAX_CONTENT_CHARS: usize = 200_000;
+
+/// Most bytes a stored text may hold: [`MAX_CONTENT_CHARS`] at 4 bytes a character. A longer
+/// stored length is not ours.
+const MAX_TEXT_BYTES: usize = 4 * MAX_CONTENT_CHARS;
 
 /// Why stored text could not be read back.
 #[derive(Debug, thiserror::Error)]

@@ -31,7 +31,6 @@ pub mod manifest;
 pub mod platform;
 pub mod query;
 mod rank;
-pub mod record;
 pub mod schema;
 pub mod search;
 pub mod snapshot;

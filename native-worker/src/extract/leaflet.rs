@@ -8,7 +8,7 @@
 use serde_json::{Map, Value};
 
 use super::{DocumentParts, ExtractError, Fields, Publication, RecordRef};
-use crate::platform::Platform;
+use pubsearch_shared::Platform;
 
 /// How deep block trees are followed; deeper nesting is abuse, not writing.
 const MAX_DEPTH: usize = 32;
@@ -171,7 +171,7 @@ mod tests {
             doc.created_at.unwrap().to_rfc3339(),
             "2025-03-01T10:00:00.000Z"
         );
-        assert_eq!(doc.platform, Some(crate::Platform::Leaflet));
+        assert_eq!(doc.platform, Some(pubsearch_shared::Platform::Leaflet));
         assert_eq!(doc.uri, "at://did:plc:alice/pub.leaflet.document/3kdoc");
     }
 
@@ -186,7 +186,7 @@ mod tests {
         };
         assert_eq!(publication.base_path.as_deref(), Some("alice.leaflet.pub"));
         assert!(!publication.discoverable);
-        assert_eq!(publication.platform, crate::Platform::Leaflet);
+        assert_eq!(publication.platform, pubsearch_shared::Platform::Leaflet);
         for written in ["http://Alice.leaflet.pub/", "https://alice.leaflet.pub"] {
             let record = json!({"name": "Alice's garden", "base_path": written});
             let Ok(Extracted::Publication(publication)) =

@@ -1,5 +1,6 @@
-//! Record extraction: every collection pubsearch indexes, turned into one normalised
-//! [`Document`] or [`Publication`].
+//! Record extraction, the stage between the sources and the store (ARCHITECTURE.md, "Stages"):
+//! every collection pubsearch indexes, turned into one normalised [`Document`] or
+//! [`Publication`]. Native only: the Worker never sees a record.
 //!
 //! Records come from strangers' repos, so nothing here trusts its input: any JSON value gives
 //! either an extraction or an [`ExtractError`] naming what was wrong, never a panic. Optional
@@ -19,12 +20,13 @@ mod whitewind;
 
 use serde_json::{Map, Value};
 
-use crate::platform::Platform;
-use crate::schema::normalize_tag;
-use crate::timestamp::Timestamp;
+use pubsearch_shared::Platform;
+use pubsearch_shared::Timestamp;
+use pubsearch_shared::schema::normalize_tag;
 
-/// Longest content kept, in characters; longer text is cut on a character boundary.
-pub const MAX_CONTENT_CHARS: usize = 200_000;
+/// Longest content kept, in characters (the snapshot's limit); longer text is cut on a character
+/// boundary.
+pub use pubsearch_shared::content::MAX_CONTENT_CHARS;
 /// Longest title kept, in characters.
 pub const MAX_TITLE_CHARS: usize = 1_000;
 /// Most tags kept per document.
@@ -276,7 +278,7 @@ fn base_path_of_url(url: &str) -> Option<String> {
 
 /// Hex SHA-256 of lowercase, whitespace-collapsed title and content: what marks cross-posted
 /// copies of one text. Public so a delta can find the copies of a text from a snapshot's title
-/// and content (see the native worker's `publish::delta`).
+/// and content (see `publish::delta`).
 pub fn content_hash(title: &str, content: &str) -> String {
     use sha2::Digest;
     use std::fmt::Write;

@@ -11,7 +11,7 @@ use super::{
     DocumentParts, ExtractError, Fields, Publication, RecordRef, base_path_of_url, leaflet,
     markdown,
 };
-use crate::platform::Platform;
+use pubsearch_shared::Platform;
 
 pub(super) fn publication(
     at: &RecordRef<'_>,
@@ -107,7 +107,7 @@ fn content_text(content: &Value) -> String {
 #[cfg(test)]
 mod tests {
     use super::super::{Extracted, extract};
-    use crate::Platform;
+    use pubsearch_shared::Platform;
     use serde_json::json;
 
     fn doc(record: serde_json::Value) -> super::super::Document {

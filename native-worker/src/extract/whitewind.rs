@@ -6,7 +6,7 @@
 use serde_json::{Map, Value};
 
 use super::{DocumentParts, ExtractError, Fields, RecordRef, markdown};
-use crate::platform::Platform;
+use pubsearch_shared::Platform;
 
 pub(super) fn entry(
     at: &RecordRef<'_>,

@@ -1,6 +1,6 @@
 //! Turning one firehose event into one store change, or a counted reason not to.
 
-use pubsearch_shared::record::{self, Extracted};
+use crate::extract::{self, Extracted};
 
 use super::Policy;
 use crate::firehose::{self, Event, Operation, Payload};
@@ -14,7 +14,7 @@ pub enum Skip {
     /// A collection we do not index (tap and replays are not pre-filtered).
     Unwanted,
     /// The record failed extraction: counted and skipped, never fatal.
-    Malformed(record::ExtractError),
+    Malformed(extract::ExtractError),
     /// The event's source time is over [`MAX_AHEAD_OF_CLOCK_US`] ahead of ours: bogus, and as
     /// a Jetstream cursor it would skip everything after it. Counted as malformed.
     FromTheFuture,
@@ -64,7 +64,7 @@ pub fn classify(event: &Event, policy: &Policy) -> Result<Change, Skip> {
                     rev,
                 });
             };
-            match record::extract(&event.did, &commit.collection, &commit.rkey, body) {
+            match extract::extract(&event.did, &commit.collection, &commit.rkey, body) {
                 Ok(Extracted::Document(document)) => Ok(Change::Document { document, rev }),
                 Ok(Extracted::Publication(publication)) => {
                     Ok(Change::Publication { publication, rev })

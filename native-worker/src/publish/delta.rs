@@ -99,7 +99,7 @@ fn served_hashes(base_file: &Path, documents: &[(i64, String)]) -> rusqlite::Res
             })
             .optional()?;
         if let Some((title, content)) = served {
-            hashes.push(pubsearch_shared::record::content_hash(&title, &content));
+            hashes.push(crate::extract::content_hash(&title, &content));
         }
     }
     Ok(hashes)

@@ -1,6 +1,6 @@
 //! The store's single writer: one transaction per batch, cursor included.
 
-use pubsearch_shared::record::{Document, Publication, at_uri, is_publication_collection};
+use crate::extract::{Document, Publication, at_uri, is_publication_collection};
 use rusqlite::{Connection, params};
 use std::sync::LazyLock;
 
