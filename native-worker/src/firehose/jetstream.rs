@@ -11,8 +11,7 @@ use tokio_tungstenite::tungstenite::Message;
 use tokio_util::sync::CancellationToken;
 use url::Url;
 
-use super::{Backoff, MAX_FRAME_BYTES, WANTED_COLLECTIONS, decode_jetstream};
-use crate::ingest::Sink;
+use super::{Backoff, EventSink, MAX_FRAME_BYTES, Refused, WANTED_COLLECTIONS, decode_jetstream};
 
 /// The public Jetstream endpoint used when none is configured.
 pub const DEFAULT_URL: &str = "wss://jetstream2.us-east.bsky.network/subscribe";
@@ -61,14 +60,11 @@ impl JetstreamConfig {
 }
 
 /// Consumes Jetstream until `shutdown` is cancelled or the pipeline stops accepting events.
-pub async fn run(mut config: JetstreamConfig, sink: Sink, shutdown: CancellationToken) {
+pub async fn run(mut config: JetstreamConfig, sink: impl EventSink, shutdown: CancellationToken) {
     let ws_config = super::websocket_config();
     loop {
         let rewind_us = config.rewind.as_micros() as i64;
-        let cursor = sink
-            .stats()
-            .durable_event_time_us()
-            .map(|t| (t - rewind_us).max(0));
+        let cursor = sink.durable_time_us().map(|t| (t - rewind_us).max(0));
         let url = config.subscribe_url(cursor);
         tracing::info!(%url, "connecting to jetstream");
         let connect =
@@ -94,7 +90,7 @@ pub async fn run(mut config: JetstreamConfig, sink: Sink, shutdown: Cancellation
                 tracing::warn!(timeout = ?config.connect_timeout, "jetstream connect timed out")
             }
         }
-        sink.stats().record_reconnect();
+        sink.reconnected();
         let delay = config.backoff.next_delay();
         tokio::select! {
             _ = shutdown.cancelled() => return,
@@ -106,7 +102,7 @@ pub async fn run(mut config: JetstreamConfig, sink: Sink, shutdown: Cancellation
 /// Reads one connection until it ends; returns events delivered and whether the sink still accepts.
 async fn read_frames<S>(
     mut stream: tokio_tungstenite::WebSocketStream<S>,
-    sink: &Sink,
+    sink: &impl EventSink,
     shutdown: &CancellationToken,
     idle_timeout: Duration,
 ) -> (u64, bool)
@@ -135,25 +131,25 @@ where
             Message::Text(text) => text,
             Message::Close(_) => return (events, true),
             Message::Binary(_) => {
-                sink.stats().record_undecodable_frame();
+                sink.refused(Refused::Undecodable);
                 continue;
             }
             Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => continue,
         };
         if text.len() > MAX_FRAME_BYTES {
-            sink.stats().record_oversized_frame();
+            sink.refused(Refused::Oversized);
             continue;
         }
         match decode_jetstream(&text) {
             Ok(event) => {
                 events += 1;
-                if !sink.send(event).await {
+                if !sink.deliver(event).await {
                     return (events, false);
                 }
             }
             Err(error) => {
                 tracing::debug!(%error, "skipping undecodable jetstream frame");
-                sink.stats().record_undecodable_frame();
+                sink.refused(Refused::Undecodable);
             }
         }
     }

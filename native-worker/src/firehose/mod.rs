@@ -1,6 +1,7 @@
 //! Firehose consumers: Jetstream (JSON over websocket, resumed by cursor), tap (acked websocket)
-//! and NDJSON replay files. Each decodes frames into [`Event`]s and hands them to the ingest
-//! pipeline through an [`crate::ingest::Sink`]; none of them touches the store.
+//! and NDJSON replay files. Each decodes frames into [`Event`]s and hands them to an
+//! [`EventSink`], the source interface the ingest pipeline implements; none of them touches the
+//! store, and nothing here depends on ingest (ARCHITECTURE.md, "Stages").
 
 mod backoff;
 mod event;
@@ -15,6 +16,31 @@ pub use event::{
     Commit, Event, FIRST_TIME_VERSION, FrameError, Operation, Payload, Position, decode_jetstream,
     decode_tap, tap_id,
 };
+
+/// Where a consumer delivers what it reads: implemented by the ingest pipeline
+/// (`crate::ingest::Sink`).
+pub trait EventSink: Clone + Send + Sync + 'static {
+    /// Delivers one decoded event, waiting while the receiver is full; `false` once it has
+    /// stopped (shutdown or a fatal store error), so the consumer should stop too.
+    fn deliver(&self, event: Event) -> impl Future<Output = bool> + Send;
+    /// Delivers a position that carried nothing, so it is acknowledged (tap) once everything
+    /// before it is durable; `false` as for [`EventSink::deliver`].
+    fn pass(&self, position: Position) -> impl Future<Output = bool> + Send;
+    /// Counts a frame that was skipped: undecodable, or over [`MAX_FRAME_BYTES`].
+    fn refused(&self, frame: Refused);
+    /// Counts a reconnect to the source.
+    fn reconnected(&self);
+    /// The newest event time the receiver has made durable, to resume a time-cursored source
+    /// (Jetstream) from after a reconnect.
+    fn durable_time_us(&self) -> Option<i64>;
+}
+
+/// Why a frame was skipped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refused {
+    Undecodable,
+    Oversized,
+}
 
 /// Collections pubsearch indexes; Jetstream filters by them, tap and replays are checked against them.
 pub const WANTED_COLLECTIONS: &[&str] =

@@ -5,8 +5,7 @@ use std::path::Path;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio_util::sync::CancellationToken;
 
-use super::{MAX_FRAME_BYTES, Position, decode_jetstream};
-use crate::ingest::Sink;
+use super::{EventSink, MAX_FRAME_BYTES, Position, Refused, decode_jetstream};
 
 /// Why a replay stopped early.
 #[derive(Debug, thiserror::Error)]
@@ -24,7 +23,11 @@ pub enum ReplayError {
 /// Feeds every line of `path` to `sink`, or those before `stop`; returns the number of lines
 /// read. Undecodable lines are counted and skipped. Replays keep no cursor: the store's revision
 /// check makes them idempotent, so a stopped one is simply run again.
-pub async fn run(path: &Path, sink: &Sink, stop: &CancellationToken) -> Result<u64, ReplayError> {
+pub async fn run(
+    path: &Path,
+    sink: &impl EventSink,
+    stop: &CancellationToken,
+) -> Result<u64, ReplayError> {
     let read_error = |source| ReplayError::Read {
         path: path.to_path_buf(),
         source,
@@ -42,19 +45,19 @@ pub async fn run(path: &Path, sink: &Sink, stop: &CancellationToken) -> Result<u
             continue;
         }
         if line.len() > MAX_FRAME_BYTES {
-            sink.stats().record_oversized_frame();
+            sink.refused(Refused::Oversized);
             continue;
         }
         match decode_jetstream(&line) {
             Ok(mut event) => {
                 event.position = Position::Line(count);
-                if !sink.send(event).await {
+                if !sink.deliver(event).await {
                     return Err(ReplayError::PipelineStopped);
                 }
             }
             Err(error) => {
                 tracing::debug!(line = count, %error, "skipping undecodable replay line");
-                sink.stats().record_undecodable_frame();
+                sink.refused(Refused::Undecodable);
             }
         }
     }

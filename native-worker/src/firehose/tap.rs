@@ -12,8 +12,7 @@ use tokio_tungstenite::tungstenite::Message;
 use tokio_util::sync::CancellationToken;
 use url::Url;
 
-use super::{Backoff, MAX_FRAME_BYTES, Position, decode_tap, tap_id};
-use crate::ingest::Sink;
+use super::{Backoff, EventSink, MAX_FRAME_BYTES, Position, Refused, decode_tap, tap_id};
 
 /// Where and how to consume tap.
 #[derive(Debug, Clone)]
@@ -41,7 +40,7 @@ impl TapConfig {
 /// delivers the ids the writer has made durable.
 pub async fn run(
     mut config: TapConfig,
-    sink: Sink,
+    sink: impl EventSink,
     mut acks: mpsc::UnboundedReceiver<Vec<u64>>,
     shutdown: CancellationToken,
 ) {
@@ -88,17 +87,17 @@ pub async fn run(
                             let accepted = if text.len() > MAX_FRAME_BYTES {
                                 let id = tap_id(&text);
                                 tracing::warn!(?id, bytes = text.len(), "skipping oversized tap frame");
-                                sink.stats().record_oversized_frame();
+                                sink.refused(Refused::Oversized);
                                 retire(&sink, id).await
                             } else {
                                 match decode_tap(&text) {
                                     Ok(event) => {
                                         events += 1;
-                                        sink.send(event).await
+                                        sink.deliver(event).await
                                     }
                                     Err((id, error)) => {
                                         tracing::debug!(%error, "skipping undecodable tap frame");
-                                        sink.stats().record_undecodable_frame();
+                                        sink.refused(Refused::Undecodable);
                                         retire(&sink, id).await
                                     }
                                 }
@@ -117,7 +116,7 @@ pub async fn run(
             Ok(Err(error)) => tracing::warn!(%error, "tap connect failed"),
             Err(_) => tracing::warn!(timeout = ?config.connect_timeout, "tap connect timed out"),
         }
-        sink.stats().record_reconnect();
+        sink.reconnected();
         let delay = config.backoff.next_delay();
         tokio::select! {
             _ = shutdown.cancelled() => return,
@@ -129,9 +128,9 @@ pub async fn run(
 /// Queues a frame that will never be processed for acknowledgement, in order with the rest,
 /// so tap stops redelivering it. Without an id there is nothing to ack. Returns whether the
 /// pipeline still accepts.
-async fn retire(sink: &Sink, id: Option<u64>) -> bool {
+async fn retire(sink: &impl EventSink, id: Option<u64>) -> bool {
     match id {
-        Some(id) => sink.skip_position(Position::TapId(id)).await,
+        Some(id) => sink.pass(Position::TapId(id)).await,
         None => true,
     }
 }

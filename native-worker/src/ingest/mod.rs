@@ -15,7 +15,7 @@ use std::sync::Arc;
 
 use tokio::sync::mpsc;
 
-use crate::firehose::{Event, Position};
+use crate::firehose::{Event, EventSink, Position, Refused};
 pub use classify::{MAX_AHEAD_OF_CLOCK_US, Skip, classify, is_from_the_future};
 pub use policy::{Policy, PolicyError};
 pub use stats::{IngestStats, StatsSnapshot};
@@ -129,6 +129,32 @@ impl Sink {
         QueueProbe {
             queue: self.queue.downgrade(),
         }
+    }
+}
+
+/// The source interface: every firehose consumer delivers through it.
+impl EventSink for Sink {
+    async fn deliver(&self, event: Event) -> bool {
+        self.send(event).await
+    }
+
+    async fn pass(&self, position: Position) -> bool {
+        self.skip_position(position).await
+    }
+
+    fn refused(&self, frame: Refused) {
+        match frame {
+            Refused::Undecodable => self.stats.record_undecodable_frame(),
+            Refused::Oversized => self.stats.record_oversized_frame(),
+        }
+    }
+
+    fn reconnected(&self) {
+        self.stats.record_reconnect();
+    }
+
+    fn durable_time_us(&self) -> Option<i64> {
+        self.stats.durable_event_time_us()
     }
 }
 
