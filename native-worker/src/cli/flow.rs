@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result, bail};
 use clap::Subcommand;
 
-use crate::flow::{self, Event, Status, db, history::Message};
+use crate::flow::{self, Status, db};
 
 #[derive(Debug, clap::Args)]
 pub(super) struct FlowArgs {
@@ -65,15 +65,14 @@ fn existing_db(data_dir: &Path) -> Result<PathBuf> {
 }
 
 pub(super) fn run(args: FlowArgs) -> Result<()> {
-    let path = existing_db(&args.data_dir)?;
-    let read = || db::open_read(&path).context("opening the flow database");
+    let flows = flow::OutsideClient::new(&existing_db(&args.data_dir)?);
     match args.action {
         FlowAction::List {
             status,
             after,
             limit,
         } => {
-            let page = db::list(&read()?, status, after.as_deref(), limit)?;
+            let page = flows.list(status, after.as_deref(), limit)?;
             for info in &page.instances {
                 println!(
                     "{:<40} {:<24} v{:<3} {:<10} {}",
@@ -90,32 +89,27 @@ pub(super) fn run(args: FlowArgs) -> Result<()> {
             }
         }
         FlowAction::Show { instance } => {
-            let conn = read()?;
-            let info = db::instance(&conn, &instance)?
+            let (info, history) = flows
+                .history(&instance)?
                 .with_context(|| format!("no flow instance `{instance}`"))?;
-            let history = db::history(&conn, &instance, info.execution)?;
             let shown = serde_json::json!({ "instance": info, "history": history });
             println!("{}", serde_json::to_string_pretty(&shown)?);
         }
         FlowAction::Cancel { instance, reason } => {
-            let info = db::instance(&read()?, &instance)?
+            let info = flows
+                .status(&instance)?
                 .with_context(|| format!("no flow instance `{instance}`"))?;
             if info.status.is_terminal() {
                 bail!("instance `{instance}` is already {}", info.status);
             }
-            let message = Message {
-                execution: None,
-                event: Event::CancelRequested { reason },
-            };
-            db::post_to_inbox(&path, &instance, &message)?;
+            flows.cancel(&instance, reason)?;
             println!(
                 "cancellation of `{instance}` queued; the running worker applies it within a second"
             );
         }
         FlowAction::Purge { older_than_hours } => {
-            let mut conn = db::open_write(&path, true)?;
             let cutoff = purge_cutoff(flow::now_ms(), older_than_hours);
-            let purged = db::purge(&mut conn, cutoff)?;
+            let purged = flows.purge_before(cutoff)?;
             println!("purged {purged} finished instance(s)");
         }
     }

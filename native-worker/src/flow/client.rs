@@ -136,14 +136,6 @@ impl FlowClient {
         Ok(())
     }
 
-    /// Runs `read` on one of the engine's read-only connections (queries of [`db`]).
-    pub fn read<T>(
-        &self,
-        read: impl FnOnce(&rusqlite::Connection) -> Result<T, FlowError>,
-    ) -> Result<T, FlowError> {
-        self.shared.read(read)
-    }
-
     /// The instance as last committed, if it exists.
     pub fn status(&self, instance: &str) -> Result<Option<InstanceInfo>, FlowError> {
         self.shared.read(|conn| db::instance(conn, instance))

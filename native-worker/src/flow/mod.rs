@@ -18,7 +18,8 @@
 //! Module map: [`history`] (what is recorded), [`context`] (the orchestration's API),
 //! [`registry`] (named, versioned code), [`retry`], [`db`] (schema and reads), [`writer`],
 //! [`turn`], [`engine`], [`activity`] (attempts, timeouts, retries), [`client`] (start, raise,
-//! cancel, wait, list, purge).
+//! cancel, wait, list, purge), [`outside`] (the same from a process that does not run the
+//! engine, through the database's inbox).
 
 mod activity;
 mod client;
@@ -26,6 +27,7 @@ mod context;
 pub mod db;
 mod engine;
 pub mod history;
+mod outside;
 mod registry;
 mod retry;
 mod turn;
@@ -38,6 +40,7 @@ pub use context::{ContinueAsNew, OrchestrationContext, StepFuture};
 pub use db::{InstanceInfo, InstancePage, flow_path};
 pub use engine::{Engine, EngineOptions, EngineStats};
 pub use history::{Event, Status};
+pub use outside::OutsideClient;
 pub use registry::{ActivityContext, Registry};
 pub use retry::{Backoff, RetryPolicy};
 

@@ -16,7 +16,8 @@ use super::build::{self, BuiltSnapshot};
 use super::objects::{ObjectError, Requester, TargetSpec};
 use super::{PublishOptions, verify};
 use crate::flow::{
-    FlowClient, FlowError, InstanceInfo, OrchestrationContext, Registry, RetryPolicy, Status, db,
+    FlowClient, FlowError, InstanceInfo, InstancePage, OrchestrationContext, OutsideClient,
+    Registry, RetryPolicy, Status,
 };
 use crate::store::Store;
 
@@ -584,12 +585,12 @@ pub enum PublishError {
 /// running publish of the same channel to another target or with other options does not: it
 /// would report its own result as this one's.
 fn running_publish(
-    conn: &rusqlite::Connection,
+    running: impl Fn(Option<&str>) -> Result<InstancePage, FlowError>,
     request: &PublishRequest,
 ) -> Result<Option<String>, FlowError> {
     let mut after = None;
     loop {
-        let page = db::list(conn, Some(Status::Running), after.as_deref(), 500)?;
+        let page = running(after.as_deref())?;
         for info in &page.instances {
             let serves = serde_json::from_str::<PublishRequest>(&info.input)
                 .is_ok_and(|running| request.is_served_by(&running));
@@ -646,7 +647,10 @@ pub async fn publish_and_wait(
     request: &PublishRequest,
     timeout: Duration,
 ) -> Result<Manifest, PublishError> {
-    let running = client.read(|conn| running_publish(conn, request))?;
+    let running = running_publish(
+        |after| client.list(Some(Status::Running), after, 500),
+        request,
+    )?;
     let instance = match running {
         Some(instance) => {
             tracing::info!(instance, "resuming the channel's interrupted publish");
@@ -664,11 +668,13 @@ pub async fn publish_and_wait(
 /// Hands `request` to the engine that owns `flow_db` (through its inbox), or joins a running
 /// publish that serves it; returns the instance to wait for.
 pub fn hand_over(flow_db: &std::path::Path, request: &PublishRequest) -> Result<String, FlowError> {
-    if let Some(instance) = running_publish(&db::open_read(flow_db)?, request)? {
+    let flows = OutsideClient::new(flow_db);
+    let running = |after: Option<&str>| flows.list(Some(Status::Running), after, 500);
+    if let Some(instance) = running_publish(running, request)? {
         return Ok(instance);
     }
     let instance = new_instance_id(request);
-    db::post_start(flow_db, &instance, ORCHESTRATION, 1, request)?;
+    flows.start(&instance, ORCHESTRATION, 1, request)?;
     Ok(instance)
 }
 
@@ -679,7 +685,7 @@ pub async fn wait_handed_over(
     instance: &str,
     timeout: Duration,
 ) -> Result<Option<Manifest>, PublishError> {
-    match db::wait_finished(flow_db, instance, timeout).await {
+    match OutsideClient::new(flow_db).wait(instance, timeout).await {
         Ok(info) => outcome(info).map(Some),
         Err(FlowError::Timeout { .. }) => Ok(None),
         Err(error) => Err(error.into()),
