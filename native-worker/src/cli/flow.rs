@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result, bail};
 use clap::Subcommand;
 
-use crate::flow::{self, Status, db};
+use crate::flow::{self, Status};
 
 #[derive(Debug, clap::Args)]
 pub(super) struct FlowArgs {
@@ -54,7 +54,7 @@ enum FlowAction {
 }
 
 fn existing_db(data_dir: &Path) -> Result<PathBuf> {
-    let path = db::flow_path(data_dir);
+    let path = flow::flow_path(data_dir);
     if !path.exists() {
         bail!(
             "no flow database at {} (the worker creates it on its first `run`)",
