@@ -1,12 +1,16 @@
 //! The local admin HTTP endpoint: `/health` and `/stats` for operators and probes.
 //!
 //! It reads only lock-free counters, so it answers instantly whatever ingest is doing.
+//!
+//! It binds a loopback address unless an admin token is set (`PUBSEARCH_ADMIN_TOKEN`); with a
+//! token, every request must carry `Authorization: Bearer <token>`, compared in constant time.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
 use axum::extract::State;
+use axum::response::IntoResponse;
 use axum::routing::get;
 use axum::{Json, Router};
 use serde_json::{Value, json};
@@ -30,6 +34,8 @@ pub struct AdminState {
     pub live_build: LiveBuild,
     /// Turso write-through progress, when replicating.
     pub upstream: Option<Arc<crate::turso::upstream::UpstreamStats>>,
+    /// The bearer token every request must carry, if one is set.
+    pub token: Option<Arc<str>>,
 }
 
 /// The published build in service, shared between scheduled publishing and `/stats`.
@@ -42,10 +48,25 @@ pub async fn serve(
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
     let requests = Arc::clone(&state.requests);
+    let token = state.token.clone();
     let app = Router::new()
         .route("/health", get(health))
         .route("/stats", get(stats))
         .with_state(state)
+        .layer(axum::middleware::from_fn(
+            move |request: axum::extract::Request, next: axum::middleware::Next| {
+                let token = token.clone();
+                async move {
+                    if let Some(token) = token
+                        && !authorized(&request, &token)
+                    {
+                        let body = Json(json!({"error": "missing or wrong admin token"}));
+                        return (axum::http::StatusCode::UNAUTHORIZED, body).into_response();
+                    }
+                    next.run(request).await
+                }
+            },
+        ))
         .layer(axum::middleware::from_fn(
             move |request, next: axum::middleware::Next| {
                 let requests = Arc::clone(&requests);
@@ -62,9 +83,28 @@ pub async fn serve(
         .await
 }
 
-/// Binds the admin address, with a message that names it on failure.
-pub async fn bind(addr: SocketAddr) -> anyhow::Result<TcpListener> {
+/// Whether `request` carries `Authorization: Bearer <token>`, compared in constant time.
+fn authorized(request: &axum::extract::Request, token: &str) -> bool {
+    use subtle::ConstantTimeEq;
+    let offered = request
+        .headers()
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.strip_prefix("Bearer "))
+        .unwrap_or_default();
+    offered.as_bytes().ct_eq(token.as_bytes()).into()
+}
+
+/// Binds the admin address, with a message that names it on failure. A non-loopback address is
+/// refused unless a token protects the endpoint (`token`).
+pub async fn bind(addr: SocketAddr, token: Option<&str>) -> anyhow::Result<TcpListener> {
     use anyhow::Context;
+    if !addr.ip().is_loopback() && token.is_none_or(str::is_empty) {
+        anyhow::bail!(
+            "refusing to serve the admin endpoint on {addr}, which is not a loopback address, \
+             without PUBSEARCH_ADMIN_TOKEN; set a token or bind 127.0.0.1"
+        );
+    }
     TcpListener::bind(addr)
         .await
         .with_context(|| format!("binding the admin endpoint on {addr}"))

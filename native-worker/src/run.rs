@@ -51,6 +51,8 @@ pub struct RunOptions {
     pub banned_dids: Option<PathBuf>,
     /// Where `/health` and `/stats` listen; `None` disables the endpoint.
     pub admin_addr: Option<SocketAddr>,
+    /// The bearer token the admin endpoint requires (needed to bind a non-loopback address).
+    pub admin_token: Option<String>,
     pub progress_every: Duration,
     pub ingest: IngestConfig,
     /// Build and publish a snapshot this often while ingesting; `None` disables it.
@@ -68,6 +70,7 @@ impl RunOptions {
             source,
             banned_dids: None,
             admin_addr: None,
+            admin_token: None,
             progress_every: Duration::from_secs(3600),
             ingest: IngestConfig::default(),
             publish: None,
@@ -101,7 +104,7 @@ pub async fn run(options: RunOptions, shutdown: CancellationToken) -> Result<Sta
     // First of all that can clash with another worker, so a second one fails before it starts
     // anything.
     let admin_listener = match options.admin_addr {
-        Some(addr) => Some(admin::bind(addr).await?),
+        Some(addr) => Some(admin::bind(addr, options.admin_token.as_deref()).await?),
         None => None,
     };
     let policy = options
@@ -178,6 +181,7 @@ pub async fn run(options: RunOptions, shutdown: CancellationToken) -> Result<Sta
             started: Instant::now(),
             requests: Default::default(),
             live_build: Arc::clone(&live_build),
+            token: options.admin_token.as_deref().map(Arc::from),
             upstream: options.turso.as_ref().map(|turso| Arc::clone(&turso.stats)),
         };
         tokio::spawn(admin::serve(listener, state, background.clone()));

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use opentelemetry_sdk::error::OTelSdkResult;
 use opentelemetry_sdk::trace::{SdkTracerProvider, SpanData, SpanExporter};
-use pubsearch_native_worker::admin::{self, AdminState};
+use pubsearch_native_worker::admin;
 use pubsearch_native_worker::ingest::{self, IngestConfig};
 use pubsearch_native_worker::store::Store;
 use pubsearch_native_worker::telemetry::{self, TraceConfig};
@@ -76,15 +76,7 @@ fn admin_under(
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     listener.set_nonblocking(true).unwrap();
     let addr = listener.local_addr().unwrap();
-    let state = AdminState {
-        source: "test",
-        stats: Arc::clone(sink.stats()),
-        queue: sink.queue_probe(),
-        started: Instant::now(),
-        requests: Default::default(),
-        live_build: Default::default(),
-        upstream: None,
-    };
+    let state = support::admin_state(&sink, None);
     let server = std::thread::spawn(move || {
         tracing::dispatcher::with_default(&dispatch, || {
             let runtime = tokio::runtime::Builder::new_current_thread()

@@ -123,6 +123,10 @@ struct RunArgs {
     /// Address of the admin endpoint (`/health`, `/stats`); `off` disables it.
     #[arg(long, env = "PUBSEARCH_ADMIN_ADDR", default_value = "127.0.0.1:7070", value_parser = parse_admin_addr)]
     admin_addr: AdminAddr,
+    /// Bearer token the admin endpoint requires (`Authorization: Bearer …`); needed to bind
+    /// an address other than loopback.
+    #[arg(long, env = "PUBSEARCH_ADMIN_TOKEN", hide_env_values = true)]
+    admin_token: Option<String>,
     /// Most changes committed per transaction.
     #[arg(long, default_value_t = IngestConfig::default().max_batch)]
     max_batch: usize,
@@ -315,6 +319,7 @@ fn run_ingest(args: RunArgs) -> Result<()> {
         source,
         banned_dids: args.banned_dids,
         admin_addr: args.admin_addr.0,
+        admin_token: args.admin_token,
         progress_every: Duration::from_secs(args.progress_secs.max(1)),
         ingest: IngestConfig {
             max_batch: args.max_batch,

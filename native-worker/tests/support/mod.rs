@@ -189,3 +189,20 @@ pub fn account_image(did: &str, active: bool, version: i64) -> RowImage {
         ],
     }
 }
+
+/// An admin endpoint's state over `sink`'s counters, requiring `token` if given.
+pub fn admin_state(
+    sink: &pubsearch_native_worker::ingest::Sink,
+    token: Option<&str>,
+) -> pubsearch_native_worker::admin::AdminState {
+    pubsearch_native_worker::admin::AdminState {
+        source: "test",
+        stats: std::sync::Arc::clone(sink.stats()),
+        queue: sink.queue_probe(),
+        started: Instant::now(),
+        requests: Default::default(),
+        live_build: Default::default(),
+        upstream: None,
+        token: token.map(std::sync::Arc::from),
+    }
+}
