@@ -381,27 +381,12 @@ fn time_text(mut key: i64) -> [u8; 24] {
     text
 }
 
-/// The sum of a docsize blob's varints (SQLite's format: 7 bits a byte, high bit set on all but
-/// the last, a ninth byte carrying 8). `None` if the blob is truncated or the sum does not fit.
+/// The sum of a docsize blob's varints (see [`crate::varint`]). `None` if the blob is truncated or
+/// the sum does not fit.
 fn total_tokens(mut blob: &[u8]) -> Option<u32> {
     let mut total = 0u32;
     while !blob.is_empty() {
-        let mut value = 0u64;
-        let mut used = 0;
-        for (i, &byte) in blob.iter().enumerate().take(9) {
-            used = i + 1;
-            if i == 8 {
-                value = (value << 8) | u64::from(byte);
-                break;
-            }
-            value = (value << 7) | u64::from(byte & 0x7f);
-            if byte & 0x80 == 0 {
-                break;
-            }
-        }
-        if used < 9 && blob[used - 1] & 0x80 != 0 {
-            return None;
-        }
+        let (value, used) = crate::varint::read(blob)?;
         total = total.checked_add(u32::try_from(value).ok()?)?;
         blob = &blob[used..];
     }

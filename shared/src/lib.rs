@@ -16,6 +16,7 @@
 //! - [`delta`]: what changed since a base build, searched together with it.
 //! - [`manifest`]: the contract between a published snapshot and the readers that adopt it.
 //! - [`platform`]: which publishing platform a record belongs to, and its public URL.
+//! - [`varint`]: SQLite's variable-length integers, in FTS5 records and raw pages.
 //! - [`timestamp`]: the one timestamp format stored in snapshots and returned to clients.
 //!
 //! Data flows one way: the native worker extracts records, stores them, and builds snapshots with
@@ -36,6 +37,7 @@ pub mod search;
 pub mod snapshot;
 mod snippet;
 pub mod timestamp;
+pub mod varint;
 
 pub use platform::Platform;
 pub use query::{MatchExpr, QueryError};

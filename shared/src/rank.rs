@@ -106,7 +106,7 @@ impl CorpusStats {
         };
         let mut rest = block.as_slice();
         let mut first = true;
-        while let Some((value, used)) = varint(rest) {
+        while let Some((value, used)) = crate::varint::read(rest) {
             if first {
                 stats.rows = value as i64;
                 first = false;
@@ -130,21 +130,6 @@ impl CorpusStats {
     pub fn average_length(self) -> f64 {
         self.tokens as f64 / self.rows as f64
     }
-}
-
-/// An SQLite varint (big-endian groups of 7 bits, the ninth byte whole), and the bytes it took.
-fn varint(bytes: &[u8]) -> Option<(u64, usize)> {
-    let mut value = 0u64;
-    for (i, &byte) in bytes.iter().enumerate().take(9) {
-        if i == 8 {
-            return Some(((value << 8) | u64::from(byte), 9));
-        }
-        value = (value << 7) | u64::from(byte & 0x7f);
-        if byte & 0x80 == 0 {
-            return Some((value, i + 1));
-        }
-    }
-    None
 }
 
 /// How many of `index`'s rows match `phrase`, counted to the scan budget and estimated past it,

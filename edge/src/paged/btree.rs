@@ -12,7 +12,7 @@
 use std::collections::BTreeMap;
 use std::rc::Rc;
 
-use pubsearch_shared::search;
+use pubsearch_shared::{search, varint};
 use rusqlite::Connection;
 
 use super::{CACHE, RemoteArtifact, fetch};
@@ -195,7 +195,7 @@ impl<'a> Node<'a> {
     fn child_for(&self, id: i64) -> Option<u32> {
         for &cell in &self.cells {
             let child = u32::from_be_bytes(self.bytes.get(cell..cell + 4)?.try_into().ok()?);
-            let (key, _) = varint(self.bytes.get(cell + 4..)?)?;
+            let (key, _) = varint::read(self.bytes.get(cell + 4..)?)?;
             if id <= key as i64 {
                 return Some(child);
             }
@@ -213,10 +213,10 @@ impl<'a> Node<'a> {
             let Some(rest) = self.bytes.get(cell..) else {
                 continue;
             };
-            let Some((payload, size_len)) = varint(rest) else {
+            let Some((payload, size_len)) = varint::read(rest) else {
                 continue;
             };
-            let Some((rowid, rowid_len)) = varint(&rest[size_len..]) else {
+            let Some((rowid, rowid_len)) = varint::read(&rest[size_len..]) else {
                 continue;
             };
             if ids.binary_search(&(rowid as i64)).is_err() {
@@ -253,22 +253,6 @@ fn overflow(payload: u64, usable: usize) -> Option<(usize, u32)> {
     };
     let pages = (payload - local).div_ceil(usable - 4);
     Some((local as usize, u32::try_from(pages).ok()?))
-}
-
-/// SQLite's varint: big-endian 7-bit groups, high bit set on all but the last, a ninth byte
-/// carrying 8 bits. The value and the bytes it took.
-fn varint(bytes: &[u8]) -> Option<(u64, usize)> {
-    let mut value = 0u64;
-    for (i, &byte) in bytes.iter().enumerate().take(9) {
-        if i == 8 {
-            return Some(((value << 8) | u64::from(byte), 9));
-        }
-        value = (value << 7) | u64::from(byte & 0x7f);
-        if byte & 0x80 == 0 {
-            return Some((value, i + 1));
-        }
-    }
-    None
 }
 
 /// Natively: the tests read SQLite files written to disk.
@@ -324,8 +308,8 @@ mod tests {
         node.cells
             .iter()
             .map(|&cell| {
-                let (_, used) = varint(&page[cell..]).unwrap();
-                varint(&page[cell + used..]).unwrap().0 as i64
+                let (_, used) = varint::read(&page[cell..]).unwrap();
+                varint::read(&page[cell + used..]).unwrap().0 as i64
             })
             .collect()
     }
@@ -377,8 +361,8 @@ mod tests {
             let page_bytes = page_of(&bytes, *page).unwrap();
             let node = Node::parse(&page_bytes, false).unwrap();
             for &cell in &node.cells {
-                let (payload, a) = varint(&page_bytes[cell..]).unwrap();
-                let (rowid, b) = varint(&page_bytes[cell + a..]).unwrap();
+                let (payload, a) = varint::read(&page_bytes[cell..]).unwrap();
+                let (rowid, b) = varint::read(&page_bytes[cell + a..]).unwrap();
                 if ![7, 1_400].contains(&(rowid as i64)) {
                     continue;
                 }
