@@ -374,11 +374,11 @@ async fn publish_periodically(
         }
         .instrument(span)
         .await;
-        if published.is_ok()
-            && let Ok(live) = schedule.target.current(&schedule.options.channel).await
+        // A new base shows in `/stats` now; a delta, with the pointer read on the next tick.
+        if let Some(manifest) = published.as_ref().ok().filter(|_| !delta)
             && let Ok(mut shown) = live_build.lock()
         {
-            *shown = live;
+            *shown = Some(manifest.clone());
         }
         match published {
             Ok(manifest) if delta => tracing::debug!(

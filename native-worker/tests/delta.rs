@@ -223,13 +223,7 @@ async fn base_and_delta_answer_as_a_whole_build_of_the_store_would() {
     }
 
     // Every document the store ever had, looked up: found and missing exactly as in the whole.
-    let uris: Vec<String> = support::read_store(&store_path(dir.path()))
-        .prepare("SELECT uri FROM documents ORDER BY uri")
-        .unwrap()
-        .query_map([], |row| row.get(0))
-        .unwrap()
-        .collect::<Result<_, _>>()
-        .unwrap();
+    let uris = support::document_uris(&store_path(dir.path()));
     for batch in uris.chunks(lookup::MAX_URIS) {
         let answer = |layers| lookup::documents_by_uri_in(layers, batch).unwrap().unwrap();
         assert_eq!(answer(layers), answer(Layers::base(&whole_conn)));

@@ -273,13 +273,7 @@ async fn a_delta_publish_killed_mid_way_resumes_and_loses_nothing() {
             base: &base_conn,
             delta: Some(&overlay),
         };
-        let uris: Vec<String> = support::read_store(&run::store_path(&data))
-            .prepare("SELECT uri FROM documents ORDER BY uri")
-            .unwrap()
-            .query_map([], |row| row.get(0))
-            .unwrap()
-            .collect::<Result<_, _>>()
-            .unwrap();
+        let uris = support::document_uris(&run::store_path(&data));
         use pubsearch_shared::lookup::documents_by_uri_in;
         for batch in uris.chunks(pubsearch_shared::lookup::MAX_URIS) {
             let served = documents_by_uri_in(layers, batch).unwrap().unwrap();

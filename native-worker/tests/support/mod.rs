@@ -94,6 +94,17 @@ pub fn read_store(path: &Path) -> Connection {
     Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_ONLY).unwrap()
 }
 
+/// Every document URI the store at `path` has (tombstones included), in order.
+pub fn document_uris(path: &Path) -> Vec<String> {
+    read_store(path)
+        .prepare("SELECT uri FROM documents ORDER BY uri")
+        .unwrap()
+        .query_map([], |row| row.get(0))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap()
+}
+
 /// Everything a store says about records, minus write-time bookkeeping (ids, indexed_at), in a
 /// stable order: two runs over the same events must produce equal dumps.
 pub fn dump(path: &Path) -> Vec<String> {
