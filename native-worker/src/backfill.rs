@@ -15,7 +15,7 @@ use url::Url;
 
 use crate::firehose::{Backoff, Commit, Event, Operation, Payload, Position};
 use crate::ingest::{self, IngestConfig, Policy, Sink};
-use crate::store::{self, Change, Store, StoreError};
+use crate::store::{self, Mark, Store, StoreError};
 
 /// The collections a backfill copies.
 pub const COLLECTIONS: [&str; 5] = [
@@ -201,7 +201,7 @@ async fn backfill_repo(
     latest.query_pairs_mut().append_pair("did", did);
     let rev = get_json::<LatestCommit>(client, &latest, config).await?.rev;
     for collection in COLLECTIONS {
-        let progress = store::read_backfill_progress(reader, did, collection).unwrap_or(None);
+        let progress = store::read::backfill_progress(reader, did, collection).unwrap_or(None);
         if let Some((_, true)) = progress {
             report.already_done += 1;
             continue;
@@ -247,14 +247,14 @@ async fn backfill_repo(
             }
             report.records += count;
             let done = count == 0 || page.cursor.is_none();
-            let progress = Change::BackfillProgress {
+            let progress = Mark::BackfillProgress {
                 did: did.to_owned(),
                 collection: collection.to_owned(),
                 cursor: page.cursor.clone(),
                 done,
                 records: count,
             };
-            if !sink.send_change(progress, Position::Untracked).await {
+            if !sink.send_mark(progress).await {
                 return Err(RepoFailure::PipelineStopped);
             }
             if done {

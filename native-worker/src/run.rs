@@ -336,7 +336,7 @@ async fn publish_periodically(
         let changed = store
             .reader()
             .map_err(anyhow::Error::from)
-            .and_then(|conn| Ok(store::changed_since(&conn, since)?));
+            .and_then(|conn| Ok(store::read::changed_since(&conn, since)?));
         match changed {
             Ok(true) => {}
             Ok(false) => continue,

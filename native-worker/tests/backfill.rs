@@ -332,7 +332,7 @@ async fn newer_firehose_revisions_beat_backfilled_ones() {
                 document,
                 rev: newer,
             }],
-            cursor: None,
+            marks: Vec::new(),
         })
         .unwrap();
 

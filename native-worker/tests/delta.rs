@@ -66,7 +66,7 @@ fn apply(store: &Store, changes: Vec<Change>) {
         .unwrap()
         .apply(&Batch {
             changes,
-            cursor: None,
+            marks: Vec::new(),
         })
         .unwrap();
 }

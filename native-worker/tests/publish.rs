@@ -110,7 +110,7 @@ async fn a_shrunken_build_is_refused_unless_forced_and_rollback_restores() {
         .unwrap()
         .apply(&Batch {
             changes,
-            cursor: None,
+            marks: Vec::new(),
         })
         .unwrap();
 
@@ -366,7 +366,7 @@ fn delete_one_document(store: &Store) {
         .unwrap()
         .apply(&Batch {
             changes: vec![delete],
-            cursor: None,
+            marks: Vec::new(),
         })
         .unwrap();
 }
@@ -445,7 +445,7 @@ fn the_first_eligible_copy_of_a_cross_post_is_the_one_published() {
     writer
         .apply(&Batch {
             changes,
-            cursor: None,
+            marks: Vec::new(),
         })
         .unwrap();
     drop(writer);
@@ -509,7 +509,7 @@ fn the_snapshot_numbers_documents_newest_first() {
     writer
         .apply(&Batch {
             changes,
-            cursor: None,
+            marks: Vec::new(),
         })
         .unwrap();
     drop(writer);

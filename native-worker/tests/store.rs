@@ -3,9 +3,10 @@
 mod support;
 
 use pubsearch_native_worker::extract::{self, Extracted};
+use pubsearch_native_worker::store::read::cursor as read_cursor;
 use pubsearch_native_worker::store::replica::{RowImage, Stamp, Table};
-use pubsearch_native_worker::store::{Batch, Change, Store, read_cursor};
-use pubsearch_native_worker::turso::hrana::Value;
+use pubsearch_native_worker::store::{Batch, Change, Mark, Store};
+use rusqlite::types::Value;
 use serde_json::json;
 
 const COLLECTION: &str = "com.whtwnd.blog.entry";
@@ -34,7 +35,7 @@ fn delete(rkey: &str, rev: &str) -> Change {
 fn batch(changes: Vec<Change>) -> Batch {
     Batch {
         changes,
-        cursor: None,
+        marks: Vec::new(),
     }
 }
 
@@ -183,6 +184,13 @@ fn the_store_keeps_no_full_text_index_and_an_old_one_is_dropped() {
     assert_eq!(titles(&store), [("k1".into(), "alpha".into(), false)]);
 }
 
+fn jetstream_at(position: i64) -> Mark {
+    Mark::Cursor {
+        source: "jetstream".into(),
+        position,
+    }
+}
+
 #[test]
 fn cursor_commits_with_its_batch_and_never_regresses() {
     let dir = tempfile::tempdir().unwrap();
@@ -191,10 +199,10 @@ fn cursor_commits_with_its_batch_and_never_regresses() {
     let reader = store.reader().unwrap();
     assert_eq!(read_cursor(&reader, "jetstream").unwrap(), None);
     let mut with_cursor = batch(vec![document("k1", "a", "3l1")]);
-    with_cursor.cursor = Some(("jetstream".into(), 500));
+    with_cursor.marks = vec![jetstream_at(500)];
     let first = writer.apply(&with_cursor).unwrap();
     assert_eq!(read_cursor(&reader, "jetstream").unwrap(), Some(500));
-    with_cursor.cursor = Some(("jetstream".into(), 400));
+    with_cursor.marks = vec![jetstream_at(400)];
     let second = writer.apply(&with_cursor).unwrap();
     assert_eq!(
         read_cursor(&reader, "jetstream").unwrap(),
@@ -411,9 +419,8 @@ fn account_changes_still_apply_after_a_switch_from_jetstream_to_tap() {
     turso.execute_batch(&Table::Accounts.remote_ddl()).unwrap();
     for (active, version) in [(true, jetstream_time), (false, 5), (true, 4)] {
         let (sql, args) = support::account_image(did, active, version).upsert(Stamp::ServerClock);
-        let args = args.into_iter().map(rusqlite::types::Value::from);
         turso
-            .execute(&sql, rusqlite::params_from_iter(args))
+            .execute(sql, rusqlite::params_from_iter(args))
             .unwrap();
     }
     let upstream: (bool, i64) = turso
@@ -455,12 +462,12 @@ fn accounts_from_before_versions_stay_readable_and_lose_to_any_event() {
     assert_eq!(
         images[0].values,
         [
-            Value::from("did:plc:old"),
+            Value::Text("did:plc:old".into()),
             Value::Null,
-            Value::from(0),
-            Value::from("deactivated"),
-            Value::from(0),
-            Value::from(7),
+            Value::Integer(0),
+            Value::Text("deactivated".into()),
+            Value::Integer(0),
+            Value::Integer(7),
         ]
     );
     store
@@ -476,9 +483,77 @@ fn accounts_from_before_versions_stay_readable_and_lose_to_any_event() {
     assert_eq!(account(&store, "did:plc:old"), (true, None, 1));
 }
 
+fn queued_images(store: &Store) -> Vec<RowImage> {
+    let conn = store.reader().unwrap();
+    let mut statement = conn
+        .prepare("SELECT rows FROM upstream_queue ORDER BY id")
+        .unwrap();
+    let entries: Vec<String> = statement
+        .query_map([], |row| row.get(0))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    entries
+        .iter()
+        .flat_map(|rows| serde_json::from_str::<Vec<RowImage>>(rows).unwrap())
+        .collect()
+}
+
+#[test]
+fn images_queued_in_the_wire_format_by_an_older_build_are_rewritten_in_the_stores_own() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("store.db");
+    let store = Store::open(&path).unwrap();
+    let mut writer = store.writer().unwrap();
+    writer.enable_write_through();
+    writer
+        .apply(&batch(vec![
+            document("k1", "alpha", "3l1"),
+            delete("k2", "3l2"),
+            Change::Identity {
+                did: "did:plc:a".into(),
+                handle: Some("a.test".into()),
+                version: 9,
+            },
+        ]))
+        .unwrap();
+    drop(writer);
+    let queued = queued_images(&store);
+    assert_eq!(queued.len(), 3, "a document, a tombstone and an account");
+    assert!(
+        queued
+            .iter()
+            .any(|image| image.values.contains(&Value::Null))
+    );
+
+    // What a build before schema 8 queued: the same rows, each value in Hrana's tagged form.
+    let legacy: Vec<serde_json::Value> = queued
+        .iter()
+        .map(|image| {
+            let values: Vec<_> = image
+                .values
+                .iter()
+                .cloned()
+                .map(pubsearch_native_worker::turso::hrana::Value::from)
+                .collect();
+            json!({"table": image.table, "values": values})
+        })
+        .collect();
+    let legacy = serde_json::to_string(&legacy).unwrap();
+    assert!(legacy.contains(r#"{"type":"integer","value":"#));
+    let conn = rusqlite::Connection::open(&path).unwrap();
+    conn.execute("UPDATE upstream_queue SET rows = ?1", [&legacy])
+        .unwrap();
+    conn.pragma_update(None, "user_version", 7).unwrap();
+    drop(conn);
+
+    let store = Store::open(&path).unwrap();
+    assert_eq!(queued_images(&store), queued);
+}
+
 #[test]
 fn a_new_snapshot_is_due_after_a_change_it_would_show_and_only_then() {
-    use pubsearch_native_worker::store::{changed_since, newest_stamp};
+    use pubsearch_native_worker::store::read::{changed_since, newest_stamp};
     let dir = tempfile::tempdir().unwrap();
     let store = Store::open(dir.path().join("store.db")).unwrap();
     let mut writer = store.writer().unwrap();

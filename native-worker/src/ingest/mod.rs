@@ -16,6 +16,7 @@ use std::sync::Arc;
 use tokio::sync::mpsc;
 
 use crate::firehose::{Event, EventSink, Position, Refused};
+use crate::store::{Change, Mark};
 pub use classify::{MAX_AHEAD_OF_CLOCK_US, Skip, classify, is_from_the_future};
 pub use policy::{Policy, PolicyError};
 pub use stats::{IngestStats, StatsSnapshot};
@@ -45,10 +46,12 @@ impl Default for IngestConfig {
     }
 }
 
-/// One queued unit of work: a change (or nothing, for skipped events) and its stream position.
+/// One queued unit of work: a change or a mark (or neither, for skipped events) and its stream
+/// position.
 #[derive(Debug)]
 pub(crate) struct Item {
-    pub change: Option<crate::store::Change>,
+    pub change: Option<Change>,
+    pub mark: Option<Mark>,
     pub position: Position,
     pub time_us: Option<i64>,
 }
@@ -87,17 +90,32 @@ impl Sink {
         };
         let item = Item {
             change,
+            mark: None,
             position: event.position,
             time_us: event.time_us,
         };
         self.queue.send(item).await.is_ok()
     }
 
-    /// Queues a change that did not come from an event (backfill progress), in order with the rest.
-    pub async fn send_change(&self, change: crate::store::Change, position: Position) -> bool {
+    /// Queues a change that did not come from an event (a row synced down from Turso), in order
+    /// with the rest.
+    pub async fn send_change(&self, change: Change) -> bool {
         let item = Item {
             change: Some(change),
-            position,
+            mark: None,
+            position: Position::Untracked,
+            time_us: None,
+        };
+        self.queue.send(item).await.is_ok()
+    }
+
+    /// Queues bookkeeping (a sync watermark, backfill progress, a drained upstream queue) after
+    /// everything queued so far, so it commits with or after the rows it covers.
+    pub async fn send_mark(&self, mark: Mark) -> bool {
+        let item = Item {
+            change: None,
+            mark: Some(mark),
+            position: Position::Untracked,
             time_us: None,
         };
         self.queue.send(item).await.is_ok()
@@ -108,6 +126,7 @@ impl Sink {
     pub async fn skip_position(&self, position: Position) -> bool {
         let item = Item {
             change: None,
+            mark: None,
             position,
             time_us: None,
         };

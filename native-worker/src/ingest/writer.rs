@@ -8,7 +8,7 @@ use tokio::sync::mpsc;
 
 use super::{IngestConfig, IngestStats, Item, Policy, Sink};
 use crate::firehose::Position;
-use crate::store::{Batch, Store, StoreError};
+use crate::store::{Batch, Mark, Store, StoreError};
 
 /// The running writer. Dropping every [`Sink`] lets it drain, commit and stop; [`WriterHandle::join`]
 /// waits for that and reports a fatal store error if there was one.
@@ -41,13 +41,13 @@ pub fn spawn_writer(
             writer.replace_banned_dids(&policy.banned_dids())?;
             policy
         }
-        None => Policy::from_dids(crate::store::read_banned_dids(&store.reader()?)?),
+        None => Policy::from_dids(crate::store::read::banned_dids(&store.reader()?)?),
     };
     if config.write_through {
         writer.enable_write_through();
     }
     let stats = Arc::new(IngestStats::default());
-    if let Some(position) = crate::store::read_cursor(&store.reader()?, &config.cursor_source)? {
+    if let Some(position) = crate::store::read::cursor(&store.reader()?, &config.cursor_source)? {
         stats.set_durable_event_time_us(position);
     }
     let (queue, mut receiver) = mpsc::channel::<Item>(config.queue_capacity);
@@ -82,8 +82,14 @@ pub fn spawn_writer(
                     }
                     newest_time = newest_time.max(item.time_us);
                     batch.changes.extend(item.change);
+                    batch.marks.extend(item.mark);
                 }
-                batch.cursor = cursor.map(|position| (cursor_source.clone(), position));
+                if let Some(position) = cursor {
+                    batch.marks.push(Mark::Cursor {
+                        source: cursor_source.clone(),
+                        position,
+                    });
+                }
                 let started = Instant::now();
                 let span = tracing::info_span!("ingest.commit", changes = batch.changes.len());
                 let outcome = span

@@ -17,7 +17,7 @@ use pubsearch_shared::snapshot::{SnapshotDocument, SnapshotPublication, Snapshot
 use pubsearch_shared::{Platform, Timestamp, schema};
 use rusqlite::Connection;
 
-use crate::store::{Store, StoreError};
+use crate::store::{Store, StoreError, read};
 
 /// Page size of built snapshots: small pages keep the edge's per-query reads and cache small.
 pub const SNAPSHOT_PAGE_SIZE: u32 = 4096;
@@ -85,31 +85,6 @@ pub struct BuiltSnapshot {
     pub source_documents: Option<u64>,
 }
 
-/// Where the document aliased `d` passes policy at `:watermark`: live, searchable, author not
-/// banned or deactivated, publication (if any) discoverable, and the first copy of any
-/// cross-posted text among those that pass the same checks (so a banned or deactivated early
-/// copy cannot hide the legitimate one).
-pub(super) fn document_policy() -> String {
-    format!(
-        "{own} AND (d.content_hash IS NULL OR d.id = (
-             SELECT min(d2.id) FROM documents d2 WHERE d2.content_hash = d.content_hash AND {copy}))",
-        own = eligible("d"),
-        copy = eligible("d2"),
-    )
-}
-
-/// The per-row policy checks for the document aliased `doc`, dedup aside.
-fn eligible(doc: &str) -> String {
-    format!(
-        "{doc}.deleted = 0 AND {doc}.searchable = 1 AND {doc}.indexed_at <= :watermark
-         AND {doc}.did NOT IN (SELECT did FROM banned_dids)
-         AND NOT EXISTS (SELECT 1 FROM accounts a WHERE a.did = {doc}.did AND a.active = 0)
-         AND NOT EXISTS (SELECT 1 FROM publications hidden
-                         WHERE hidden.uri = {doc}.publication_uri AND hidden.deleted = 0
-                           AND hidden.discoverable = 0)"
-    )
-}
-
 /// Builds a snapshot of `store` into `out` (replaced if present) and returns it with its manifest.
 /// `progress` is called with the number of documents written so far.
 pub fn build(
@@ -123,28 +98,29 @@ pub fn build(
     let write = BuildError::write(out);
     let mut target = create_target(out)?;
     let mut source = store.reader()?;
-    let read = source.transaction().map_err(BuildError::Read)?;
-    let watermark = crate::store::newest_stamp(&read).map_err(BuildError::Read)?;
-    let source_documents = count_passing(&read, watermark).map_err(BuildError::Read)?;
+    let tx = source.transaction().map_err(BuildError::Read)?;
+    let watermark = read::newest_stamp(&tx).map_err(BuildError::Read)?;
+    let source_documents =
+        read::count_eligible_documents(&tx, watermark).map_err(BuildError::Read)?;
 
     let mut writer = SnapshotWriter::create(&mut target).map_err(&write)?;
 
-    for publication in read_publications(&read, watermark, None).map_err(BuildError::Read)? {
+    for publication in read_publications(&tx, watermark, None).map_err(BuildError::Read)? {
         writer.add_publication(&publication).map_err(&write)?;
     }
     // Newest first: snapshot ids follow this order, and search examines matches in id order
     // (ARCHITECTURE.md invariant 9).
-    let order = newest_first(&read, watermark).map_err(BuildError::Read)?;
+    let order = newest_first(&tx, watermark).map_err(BuildError::Read)?;
     let mut written = 0u64;
     for ids in order.chunks(PAGE_ROWS) {
-        for document in read_documents(&read, watermark, ids).map_err(BuildError::Read)? {
+        for document in read_documents(&tx, watermark, ids).map_err(BuildError::Read)? {
             writer.add_document(&document).map_err(&write)?;
         }
         written += ids.len() as u64;
         progress(written);
     }
     writer.finish(watermark).map_err(&write)?;
-    drop(read);
+    drop(tx);
     let manifest = seal(target, out, build_id, channel, watermark, None)?;
     let counts = manifest.counts;
     tracing::info!(
@@ -250,54 +226,41 @@ fn base_path_of(url: &str) -> Option<String> {
     Some(format!("{host}{}", parsed.path().trim_end_matches('/')))
 }
 
-/// The publications passing policy at `watermark` (of those with store ids `only`, if given).
+/// The publications passing policy at `watermark` (of those with store ids `only`, if given),
+/// as the snapshot holds them.
 pub(super) fn read_publications(
     conn: &Connection,
     watermark: i64,
     only: Option<&[i64]>,
 ) -> rusqlite::Result<Vec<SnapshotPublication>> {
-    let mut statement = conn.prepare_cached(
-        "SELECT p.uri, p.did, p.rkey, coalesce(p.platform, 'other'), p.name, p.description, p.base_path,
-                p.created_at, p.indexed_at, p.discoverable
-         FROM publications p
-         WHERE p.deleted = 0 AND p.indexed_at <= ?1
-           AND p.did NOT IN (SELECT did FROM banned_dids)
-           AND NOT EXISTS (SELECT 1 FROM accounts a WHERE a.did = p.did AND a.active = 0)
-           AND (?2 IS NULL OR p.id IN (SELECT value FROM json_each(?2)))
-         ORDER BY p.id",
-    )?;
-    let only = only.map(|ids| serde_json::to_string(ids).expect("integers serialise"));
-    let rows = statement.query_map((watermark, only), |row| {
-        Ok(SnapshotPublication {
-            uri: row.get(0)?,
-            did: row.get(1)?,
-            rkey: row.get(2)?,
-            platform: row.get::<_, String>(3)?.parse().unwrap_or(Platform::Other),
-            name: row.get(4)?,
-            description: row.get(5)?,
-            base_path: row.get(6)?,
-            created_at: parse_time(row.get(7)?),
-            indexed_at_us: row.get(8)?,
-            discoverable: row.get(9)?,
+    let rows = read::eligible_publications(conn, watermark, only)?;
+    Ok(rows
+        .into_iter()
+        .map(|p| SnapshotPublication {
+            platform: p
+                .platform
+                .and_then(|name| name.parse().ok())
+                .unwrap_or(Platform::Other),
+            created_at: parse_time(p.created_at),
+            indexed_at_us: p.indexed_at,
+            uri: p.uri,
+            did: p.did,
+            rkey: p.rkey,
+            name: p.name,
+            description: p.description,
+            base_path: p.base_path,
+            discoverable: p.discoverable,
         })
-    })?;
-    rows.collect()
+        .collect())
 }
 
 /// The store ids of the documents passing policy at `watermark`, newest `created_at` first (the
 /// date the snapshot gives each, see [`created_at`]), ties by store id.
 fn newest_first(conn: &Connection, watermark: i64) -> rusqlite::Result<Vec<i64>> {
-    let sql = format!(
-        "SELECT d.id, d.created_at, d.indexed_at FROM documents d WHERE {policy}",
-        policy = document_policy(),
-    );
-    let mut statement = conn.prepare(&sql)?;
-    let mut dated: Vec<(i64, i64)> = statement
-        .query_map(rusqlite::named_params! {":watermark": watermark}, |row| {
-            let created = created_at(row.get(1)?, row.get(2)?);
-            Ok((created.unix_millis(), row.get(0)?))
-        })?
-        .collect::<rusqlite::Result<_>>()?;
+    let mut dated: Vec<(i64, i64)> = read::eligible_document_dates(conn, watermark)?
+        .into_iter()
+        .map(|d| (created_at(d.created_at, d.indexed_at).unix_millis(), d.id))
+        .collect();
     dated.sort_unstable_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(&b.1)));
     Ok(dated.into_iter().map(|(_, id)| id).collect())
 }
@@ -308,81 +271,45 @@ pub(super) fn created_at(text: Option<String>, indexed_at_us: i64) -> Timestamp 
     parse_time(text).unwrap_or_else(|| micros_to_time(indexed_at_us))
 }
 
-/// The documents with store ids `ids`, in that order (each still checked against policy, in the
-/// same read transaction that listed them).
+/// The documents with store ids `ids` passing policy at `watermark`, in that order, as the
+/// snapshot holds them: the platform the record names, else its publication's, else its site's
+/// host; the publication's base path, else the site's.
 pub(super) fn read_documents(
     conn: &Connection,
     watermark: i64,
     ids: &[i64],
 ) -> rusqlite::Result<Vec<SnapshotDocument>> {
-    let sql = format!(
-        "SELECT d.id, d.uri, d.did, d.rkey, d.collection, d.platform, p.platform, d.site_url, p.base_path,
-                d.title, d.content, d.created_at, d.indexed_at, d.publication_uri, d.path, d.tags, d.cover_image
-         FROM documents d
-         LEFT JOIN publications p ON p.uri = d.publication_uri AND p.deleted = 0
-         WHERE d.id IN (SELECT value FROM json_each(:ids)) AND {policy}",
-        policy = document_policy(),
-    );
-    let ids_json = serde_json::to_string(ids).expect("integers serialise");
-    let mut statement = conn.prepare_cached(&sql)?;
-    let rows = statement.query_map(
-        rusqlite::named_params! {":ids": ids_json, ":watermark": watermark},
-        |row| {
-            let site_url: Option<String> = row.get(7)?;
-            let own_platform: Option<String> = row.get(5)?;
-            let publication_platform: Option<String> = row.get(6)?;
-            let platform = own_platform
-                .or(publication_platform)
+    let rows = read::eligible_documents(conn, watermark, ids)?;
+    Ok(rows
+        .into_iter()
+        .map(|d| SnapshotDocument {
+            platform: d
+                .platform
+                .or(d.publication_platform)
                 .and_then(|name| name.parse().ok())
-                .or_else(|| site_url.as_deref().map(Platform::from_host))
-                .unwrap_or(Platform::Other);
-            let publication_base: Option<String> = row.get(8)?;
-            let indexed_at_us: i64 = row.get(12)?;
-            let tags: String = row.get(15)?;
-            Ok((
-                row.get::<_, i64>(0)?,
-                SnapshotDocument {
-                    uri: row.get(1)?,
-                    did: row.get(2)?,
-                    rkey: row.get(3)?,
-                    collection: row.get(4)?,
-                    platform,
-                    base_path: publication_base
-                        .or_else(|| site_url.as_deref().and_then(base_path_of)),
-                    title: row.get(9)?,
-                    content: row.get(10)?,
-                    created_at: created_at(row.get(11)?, indexed_at_us),
-                    indexed_at_us,
-                    publication_uri: row.get(13)?,
-                    path: row.get(14)?,
-                    tags: serde_json::from_str(&tags).unwrap_or_default(),
-                    cover_image: row.get(16)?,
-                },
-            ))
-        },
-    )?;
-    let mut by_id: std::collections::HashMap<i64, SnapshotDocument> =
-        rows.collect::<rusqlite::Result<_>>()?;
-    Ok(ids.iter().filter_map(|id| by_id.remove(id)).collect())
+                .or_else(|| d.site_url.as_deref().map(Platform::from_host))
+                .unwrap_or(Platform::Other),
+            base_path: d
+                .publication_base_path
+                .or_else(|| d.site_url.as_deref().and_then(base_path_of)),
+            created_at: created_at(d.created_at, d.indexed_at),
+            indexed_at_us: d.indexed_at,
+            uri: d.uri,
+            did: d.did,
+            rkey: d.rkey,
+            collection: d.collection,
+            title: d.title,
+            content: d.content,
+            publication_uri: d.publication_uri,
+            path: d.path,
+            tags: d.tags,
+            cover_image: d.cover_image,
+        })
+        .collect())
 }
 
 /// How many store documents pass policy at `watermark`, as the store is now: what a snapshot
 /// at that watermark would contain exactly.
 pub fn expected_document_count(store: &Store, watermark: i64) -> Result<u64, BuildError> {
-    count_passing(&store.reader()?, watermark).map_err(BuildError::Read)
-}
-
-/// Counts the policy-passing documents at `watermark` in one query, independently of the
-/// paginated export, so verification can catch an export that lost or duplicated rows.
-fn count_passing(conn: &Connection, watermark: i64) -> rusqlite::Result<u64> {
-    let sql = format!(
-        "SELECT count(*) FROM documents d WHERE {}",
-        document_policy()
-    );
-    conn.query_row(
-        &sql,
-        rusqlite::named_params! {":watermark": watermark},
-        |row| row.get::<_, i64>(0),
-    )
-    .map(|n| n as u64)
+    read::count_eligible_documents(&store.reader()?, watermark).map_err(BuildError::Read)
 }

@@ -23,63 +23,11 @@ use std::time::Instant;
 use pubsearch_shared::delta::{self, MASK_DOCUMENT, MASK_PUBLICATION};
 use pubsearch_shared::manifest::Manifest;
 use pubsearch_shared::snapshot::SnapshotWriter;
-use rusqlite::{Connection, OpenFlags, OptionalExtension, named_params};
+use rusqlite::{Connection, OpenFlags, OptionalExtension};
 
 use super::build::{self, BuildError, BuiltSnapshot};
 use crate::store::Store;
-
-/// Changed store rows: `(store id, uri)` of documents and publications.
-struct Changed {
-    documents: Vec<(i64, String)>,
-    publications: Vec<(i64, String)>,
-    /// The banned list changed since the base.
-    policy: bool,
-}
-
-/// The store documents and publications a delta over a base at `since` must reconsider.
-fn changed_since(conn: &Connection, since: i64) -> rusqlite::Result<Changed> {
-    let documents = conn
-        .prepare(
-            "WITH changed(id) AS (
-                 SELECT id FROM documents WHERE indexed_at > :since
-                 UNION SELECT d.id FROM accounts AS a JOIN documents AS d ON d.did = a.did
-                       WHERE a.updated_at > :since
-                 UNION SELECT d.id FROM publications AS p
-                       JOIN documents AS d ON d.publication_uri = p.uri
-                       WHERE p.indexed_at > :since),
-             copies(id) AS (
-                 SELECT id FROM changed
-                 UNION SELECT other.id FROM documents AS d JOIN changed USING (id)
-                       JOIN documents AS other ON other.content_hash = d.content_hash
-                       WHERE d.content_hash IS NOT NULL)
-             SELECT d.id, d.uri FROM copies JOIN documents AS d USING (id) ORDER BY d.id",
-        )?
-        .query_map(named_params! {":since": since}, |row| {
-            Ok((row.get(0)?, row.get(1)?))
-        })?
-        .collect::<rusqlite::Result<_>>()?;
-    let publications = conn
-        .prepare(
-            "SELECT id, uri FROM publications WHERE indexed_at > :since
-             UNION SELECT p.id, p.uri FROM accounts AS a JOIN publications AS p ON p.did = a.did
-                   WHERE a.updated_at > :since
-             ORDER BY 1",
-        )?
-        .query_map(named_params! {":since": since}, |row| {
-            Ok((row.get(0)?, row.get(1)?))
-        })?
-        .collect::<rusqlite::Result<_>>()?;
-    let policy = conn.query_row(
-        "SELECT EXISTS (SELECT 1 FROM policy_changes WHERE changed_at > ?1)",
-        [since],
-        |row| row.get(0),
-    )?;
-    Ok(Changed {
-        documents,
-        publications,
-        policy,
-    })
-}
+use crate::store::read::{self, ChangedRows};
 
 /// The text hashes of the base's copies of `documents` (those it serves): their other copies
 /// may be the ones to serve now.
@@ -105,24 +53,6 @@ fn served_hashes(base_file: &Path, documents: &[(i64, String)]) -> rusqlite::Res
     Ok(hashes)
 }
 
-/// Adds the store documents carrying one of `hashes` to the changed documents.
-fn add_copies(conn: &Connection, changed: &mut Changed, hashes: &[String]) -> rusqlite::Result<()> {
-    let mut known: std::collections::HashSet<i64> =
-        changed.documents.iter().map(|(id, _)| *id).collect();
-    let mut statement =
-        conn.prepare_cached("SELECT id, uri FROM documents WHERE content_hash = ?1")?;
-    for hash in hashes {
-        let copies = statement.query_map([hash], |row| Ok((row.get(0)?, row.get(1)?)))?;
-        for copy in copies {
-            let (id, uri): (i64, String) = copy?;
-            if known.insert(id) {
-                changed.documents.push((id, uri));
-            }
-        }
-    }
-    Ok(())
-}
-
 /// Builds a delta of `store` over `base` (its snapshot file at `base_file`) into `out`.
 pub fn build(
     store: &Store,
@@ -135,44 +65,39 @@ pub fn build(
     let write = BuildError::write(out);
     let mut target = build::create_target(out)?;
     let mut source = store.reader()?;
-    let read = source.transaction().map_err(BuildError::Read)?;
-    let watermark = crate::store::newest_stamp(&read).map_err(BuildError::Read)?;
-    let mut changed = changed_since(&read, base.source_watermark_us).map_err(BuildError::Read)?;
+    let tx = source.transaction().map_err(BuildError::Read)?;
+    let watermark = read::newest_stamp(&tx).map_err(BuildError::Read)?;
+    let mut changed =
+        read::changed_rows(&tx, base.source_watermark_us).map_err(BuildError::Read)?;
     let base_read = |source| BuildError::Base {
         path: base_file.to_path_buf(),
         source,
     };
     let served_hashes = served_hashes(base_file, &changed.documents).map_err(base_read)?;
-    add_copies(&read, &mut changed, &served_hashes).map_err(BuildError::Read)?;
+    read::add_copies_of(&tx, &mut changed, &served_hashes).map_err(BuildError::Read)?;
 
     let mut writer = SnapshotWriter::create(&mut target).map_err(&write)?;
     let publication_ids: Vec<i64> = changed.publications.iter().map(|(id, _)| *id).collect();
-    let publications = build::read_publications(&read, watermark, Some(&publication_ids))
+    let publications = build::read_publications(&tx, watermark, Some(&publication_ids))
         .map_err(BuildError::Read)?;
     for publication in &publications {
         writer.add_publication(publication).map_err(&write)?;
     }
     let document_ids: Vec<i64> = changed.documents.iter().map(|(id, _)| *id).collect();
     let mut documents =
-        build::read_documents(&read, watermark, &document_ids).map_err(BuildError::Read)?;
+        build::read_documents(&tx, watermark, &document_ids).map_err(BuildError::Read)?;
     // Newest first, as in a base (ARCHITECTURE.md invariant 9).
     documents.sort_by(|a, b| b.created_at.cmp(&a.created_at).then(a.uri.cmp(&b.uri)));
     for document in &documents {
         writer.add_document(document).map_err(&write)?;
     }
     writer.finish(watermark).map_err(&write)?;
-    let banned: Vec<String> = if changed.policy {
-        read.prepare("SELECT did FROM banned_dids")
-            .and_then(|mut statement| {
-                statement
-                    .query_map([], |row| row.get(0))?
-                    .collect::<rusqlite::Result<_>>()
-            })
-            .map_err(BuildError::Read)?
+    let banned = if changed.banned_list {
+        read::banned_dids(&tx).map_err(BuildError::Read)?
     } else {
         Vec::new()
     };
-    drop(read);
+    drop(tx);
 
     mask(&target, base, base_file, &changed, &banned).map_err(&write)?;
     let manifest = build::seal(
@@ -204,7 +129,7 @@ fn mask(
     target: &Connection,
     base: &Manifest,
     base_file: &Path,
-    changed: &Changed,
+    changed: &ChangedRows,
     banned: &[String],
 ) -> rusqlite::Result<()> {
     delta::create_tables(target)?;

@@ -114,10 +114,7 @@ fn open_verified(built: &BuiltSnapshot) -> Result<Connection, GateError> {
 /// deactivated) or in a publication hidden from discovery.
 fn check_no_leaks(store: &Store, conn: &Connection) -> Result<(), GateError> {
     let source = store.reader().map_err(super::build::BuildError::from)?;
-    let excluded: Vec<String> = source
-        .prepare("SELECT did FROM banned_dids UNION SELECT did FROM accounts WHERE active = 0")?
-        .query_map([], |row| row.get(0))?
-        .collect::<Result<_, _>>()?;
+    let excluded = crate::store::read::excluded_dids(&source)?;
     let mut leaked = 0u64;
     let mut by_author = conn.prepare("SELECT count(*) FROM documents WHERE did = ?1")?;
     for did in &excluded {

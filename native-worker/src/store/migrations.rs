@@ -153,6 +153,23 @@ const MIGRATIONS: &[&str] = &[
     r#"
     DROP TABLE IF EXISTS documents_fts;
     "#,
+    // 8: queued row images hold the store's own values as plain JSON (`store::replica`), not
+    // the Hrana wire protocol's tagged ones (`{"type": "integer", "value": "5"}`): the store no
+    // longer knows Turso's protocol. No replicated column holds a blob.
+    r#"
+    UPDATE upstream_queue SET rows = (
+        SELECT json_group_array(json_object(
+            'table', image.value ->> '$.table',
+            'values', json((
+                SELECT json_group_array(
+                    CASE cell.value ->> '$.type'
+                        WHEN 'integer' THEN CAST(cell.value ->> '$.value' AS INTEGER)
+                        WHEN 'float' THEN cell.value ->> '$.value'
+                        WHEN 'text' THEN cell.value ->> '$.value'
+                    END)
+                FROM json_each(image.value -> '$.values') AS cell))))
+        FROM json_each(upstream_queue.rows) AS image);
+    "#,
 ];
 
 /// The schema version this build writes.

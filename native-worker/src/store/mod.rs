@@ -1,18 +1,24 @@
-//! The ingest store: a local SQLite file in WAL mode, the embedded default source of truth.
+//! The ingest store: a local SQLite file in WAL mode, the embedded default system of record.
 //!
-//! One [`StoreWriter`] owns the only write connection and applies a whole [`Batch`] of changes,
-//! plus the source cursor that batch reaches, in one transaction (ARCHITECTURE.md invariants 3, 5, 7):
-//! the cursor can never be ahead of the data it covers. Everything that reads opens its own
-//! read-only connection with [`Store::reader`] and never waits on the writer. The writer leaves
-//! WAL checkpoints to a thread of their own ([`checkpoint`]), so a commit costs only its own
-//! pages. The store keeps no full-text index: snapshots build their own (migration 7 dropped the
-//! one it kept, which nothing read and which was most of ingest's cost).
+//! One [`StoreWriter`] owns the only write connection and applies a whole [`Batch`] of record
+//! [`Change`]s, then its bookkeeping [`Mark`]s (the source cursor the batch reaches, backfill
+//! progress, the drained upstream queue), in one transaction (ARCHITECTURE.md invariants 3, 5,
+//! 7): a cursor can never be ahead of the data it covers. Everything that reads opens its own
+//! read-only connection with [`Store::reader`], never waits on the writer, and reads through
+//! [`read`], the only SQL over the store's tables outside the writer. The writer leaves WAL
+//! checkpoints to a thread of their own ([`checkpoint`]), so a commit costs only its own pages.
+//! The store keeps no full-text index: snapshots build their own (migration 7 dropped the one
+//! it kept, which nothing read and which was most of ingest's cost).
+//!
+//! Module map: [`migrations`] (the schema, versioned), [`writer`], [`replica`] (the replicated
+//! tables' columns, defined once, and whole-row images of them), [`read`], [`checkpoint`].
 //!
 //! Records are idempotent by revision: a change older than what is stored is ignored, deletes
 //! leave a tombstone that remembers the revision, so replays and redeliveries are harmless.
 
 mod checkpoint;
 mod migrations;
+pub mod read;
 pub mod replica;
 mod writer;
 
@@ -23,7 +29,7 @@ use rusqlite::{Connection, OpenFlags};
 
 pub use checkpoint::{BACKSTOP_PAGES, Checkpointer};
 pub use migrations::{CURRENT_VERSION, MigrationError};
-pub use writer::{Batch, BatchOutcome, Change, StoreWriter};
+pub use writer::{Batch, BatchOutcome, Change, Mark, StoreWriter};
 
 /// How long a connection waits for a lock before failing. The writer is alone, so this only
 /// covers checkpoints and external tools holding the file.
@@ -140,66 +146,4 @@ impl Store {
             .map_err(open)?;
         Ok(conn)
     }
-}
-
-/// The newest stamp of any change a snapshot reflects (0 for an empty store): documents,
-/// publications, accounts and the ban list. A snapshot's watermark, and what the next batch's
-/// stamp must pass so that "stamp <= watermark" cuts between commits. Each is indexed.
-pub fn newest_stamp(conn: &Connection) -> rusqlite::Result<i64> {
-    conn.prepare_cached(
-        "SELECT max(coalesce((SELECT max(indexed_at) FROM documents), 0),
-                    coalesce((SELECT max(indexed_at) FROM publications), 0),
-                    coalesce((SELECT max(updated_at) FROM accounts), 0),
-                    coalesce((SELECT max(changed_at) FROM policy_changes), 0))",
-    )?
-    .query_row([], |row| row.get(0))
-}
-
-/// Whether anything a snapshot cut at `watermark` shows has changed since: a document or
-/// publication, the ban list, or the account of an author with documents. Accounts without
-/// documents change all the time on the firehose and are left out, so they alone never make a
-/// new snapshot worth building.
-pub fn changed_since(conn: &Connection, watermark: i64) -> rusqlite::Result<bool> {
-    conn.prepare_cached(
-        "SELECT EXISTS (SELECT 1 FROM documents WHERE indexed_at > ?1)
-             OR EXISTS (SELECT 1 FROM publications WHERE indexed_at > ?1)
-             OR EXISTS (SELECT 1 FROM policy_changes WHERE changed_at > ?1)
-             OR EXISTS (SELECT 1 FROM accounts AS a WHERE a.updated_at > ?1
-                        AND EXISTS (SELECT 1 FROM documents AS d WHERE d.did = a.did))",
-    )?
-    .query_row([watermark], |row| row.get(0))
-}
-
-/// Reads a source's durable cursor, if it has one.
-pub fn read_cursor(conn: &Connection, source: &str) -> rusqlite::Result<Option<i64>> {
-    use rusqlite::OptionalExtension;
-    conn.query_row(
-        "SELECT position FROM cursors WHERE source = ?1",
-        [source],
-        |row| row.get(0),
-    )
-    .optional()
-}
-
-/// The banned-DID list last stored by [`StoreWriter::replace_banned_dids`].
-pub fn read_banned_dids(conn: &Connection) -> rusqlite::Result<Vec<String>> {
-    conn.prepare("SELECT did FROM banned_dids ORDER BY did")?
-        .query_map([], |row| row.get(0))?
-        .collect()
-}
-
-/// Where a backfill of `did`'s `collection` stands: `None` if never started, else
-/// `(cursor, done)`.
-pub fn read_backfill_progress(
-    conn: &Connection,
-    did: &str,
-    collection: &str,
-) -> rusqlite::Result<Option<(Option<String>, bool)>> {
-    use rusqlite::OptionalExtension;
-    conn.query_row(
-        "SELECT cursor, done FROM backfill_progress WHERE did = ?1 AND collection = ?2",
-        [did, collection],
-        |row| Ok((row.get(0)?, row.get(1)?)),
-    )
-    .optional()
 }

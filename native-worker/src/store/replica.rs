@@ -11,10 +11,14 @@
 //! cutting cleanly between local commits. The watermark is never a version: which copy is
 //! newer is the record's `rev`, or for accounts the `version` of the event that set the row.
 
+use std::sync::LazyLock;
+
+use pubsearch_shared::Timestamp;
 use rusqlite::Connection;
+use rusqlite::types::Value;
 use serde::{Deserialize, Serialize};
 
-use crate::turso::hrana::Value;
+use crate::extract::{Document, Publication};
 
 /// A replicated table.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -202,6 +206,57 @@ impl Table {
         )
     }
 
+    /// SQL upserting a whole row image, keeping the newer copy (`?` per column in order; with
+    /// [`Stamp::ServerClock`], none for the watermark, which the server stamps). Built once.
+    pub fn upsert_sql(self, stamp: Stamp) -> &'static str {
+        static SQL: LazyLock<Vec<((Table, bool), String)>> = LazyLock::new(|| {
+            Table::ALL
+                .iter()
+                .flat_map(|&table| [(table, true), (table, false)])
+                .map(|(table, server)| ((table, server), table.build_upsert_sql(server)))
+                .collect()
+        });
+        let key = (self, matches!(stamp, Stamp::ServerClock));
+        SQL.iter()
+            .find(|(of, _)| *of == key)
+            .map(|(_, sql)| sql.as_str())
+            .expect("every table has both upserts")
+    }
+
+    fn build_upsert_sql(self, server_clock: bool) -> String {
+        let columns = self.columns();
+        let placeholders: Vec<&str> = columns
+            .iter()
+            .map(|column| {
+                if server_clock && *column == self.watermark() {
+                    "CAST(unixepoch('subsec') * 1000000 AS INTEGER)"
+                } else {
+                    "?"
+                }
+            })
+            .collect();
+        let updates = columns[1..]
+            .iter()
+            .map(|column| format!("{column} = excluded.{column}"))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let stamp = if server_clock {
+            Stamp::ServerClock
+        } else {
+            Stamp::Local(0)
+        };
+        format!(
+            "INSERT INTO {name} ({columns}) VALUES ({placeholders})
+             ON CONFLICT({key}) DO UPDATE SET {updates}
+             WHERE {newer}",
+            name = self.name(),
+            columns = columns.join(", "),
+            placeholders = placeholders.join(", "),
+            key = self.key(),
+            newer = self.newer_than_stored(stamp),
+        )
+    }
+
     /// SQL selecting one row's image by key.
     pub fn select_sql(self) -> String {
         format!(
@@ -226,22 +281,31 @@ impl Table {
     }
 }
 
-/// One replicated row: every column of [`Table::columns`], in order.
+/// One replicated row: every column of [`Table::columns`], in order, as the store holds them
+/// (SQLite's own values; `turso/` converts them to and from its wire protocol). Queued for
+/// Turso as JSON, each value plain (see [`plain_values`]).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct RowImage {
     pub table: Table,
+    #[serde(with = "plain_values")]
     pub values: Vec<Value>,
 }
 
 impl RowImage {
     /// The row's key value.
     pub fn key(&self) -> Option<&str> {
-        self.values.first().and_then(Value::as_str)
+        match self.values.first() {
+            Some(Value::Text(key)) => Some(key),
+            _ => None,
+        }
     }
 
     /// The row's watermark value.
     pub fn watermark(&self) -> Option<i64> {
-        self.values.last().and_then(Value::as_i64)
+        match self.values.last() {
+            Some(Value::Integer(watermark)) => Some(*watermark),
+            _ => None,
+        }
     }
 
     /// Roughly how many bytes the row takes on the wire.
@@ -250,8 +314,8 @@ impl RowImage {
             .iter()
             .map(|value| {
                 16 + match value {
-                    Value::Text { value } => value.len(),
-                    Value::Blob { value } => value.len() * 4 / 3,
+                    Value::Text(text) => text.len(),
+                    Value::Blob(bytes) => bytes.len() * 4 / 3,
                     _ => 8,
                 }
             })
@@ -260,45 +324,72 @@ impl RowImage {
 
     /// An upsert that keeps the newer copy, with its arguments: the watermark column is
     /// stamped per `stamp`.
-    pub fn upsert(&self, stamp: Stamp) -> (String, Vec<Value>) {
-        let table = self.table;
-        let columns = table.columns();
-        let mut args = Vec::with_capacity(columns.len());
-        let placeholders: Vec<String> = columns
-            .iter()
-            .zip(&self.values)
-            .map(
-                |(column, value)| match (*column == table.watermark(), stamp) {
-                    (true, Stamp::ServerClock) => {
-                        "CAST(unixepoch('subsec') * 1000000 AS INTEGER)".to_string()
-                    }
-                    (true, Stamp::Local(at)) => {
-                        args.push(Value::from(at));
-                        "?".to_string()
-                    }
-                    (false, _) => {
-                        args.push(value.clone());
-                        "?".to_string()
-                    }
-                },
-            )
-            .collect();
-        let updates = columns[1..]
-            .iter()
-            .map(|column| format!("{column} = excluded.{column}"))
-            .collect::<Vec<_>>()
-            .join(", ");
-        let sql = format!(
-            "INSERT INTO {name} ({columns}) VALUES ({placeholders})
-             ON CONFLICT({key}) DO UPDATE SET {updates}
-             WHERE {newer}",
-            name = table.name(),
-            columns = columns.join(", "),
-            placeholders = placeholders.join(", "),
-            key = table.key(),
-            newer = table.newer_than_stored(stamp),
-        );
-        (sql, args)
+    pub fn upsert(&self, stamp: Stamp) -> (&'static str, Vec<Value>) {
+        let watermark = self.values.len() - 1;
+        let mut args = self.values.clone();
+        match stamp {
+            Stamp::ServerClock => {
+                args.truncate(watermark);
+            }
+            Stamp::Local(at) => args[watermark] = Value::Integer(at),
+        }
+        (self.table.upsert_sql(stamp), args)
+    }
+
+    /// A live document's image at revision `rev` (its watermark is stamped when applied).
+    pub fn of_document(d: &Document, rev: &str) -> Self {
+        let text = |value: &str| Value::Text(value.to_owned());
+        let optional = |value: Option<&str>| value.map_or(Value::Null, text);
+        let time = |value: Option<Timestamp>| optional(value.map(|t| t.to_rfc3339()).as_deref());
+        RowImage {
+            table: Table::Documents,
+            values: vec![
+                text(&d.uri),
+                text(&d.did),
+                text(&d.rkey),
+                text(&d.collection),
+                text(rev),
+                Value::Integer(0),
+                text(&d.title),
+                text(&d.content),
+                optional(d.description.as_deref()),
+                Value::Text(serde_json::to_string(&d.tags).expect("tags serialise")),
+                time(d.created_at),
+                time(d.updated_at),
+                optional(d.publication_uri.as_deref()),
+                optional(d.site_url.as_deref()),
+                optional(d.path.as_deref()),
+                optional(d.cover_image.as_deref()),
+                optional(d.platform.map(|p| p.as_str())),
+                Value::Integer(i64::from(d.searchable)),
+                optional(Some(d.content_hash.as_str()).filter(|hash| !hash.is_empty())),
+                Value::Integer(0),
+            ],
+        }
+    }
+
+    /// A live publication's image at revision `rev` (its watermark is stamped when applied).
+    pub fn of_publication(p: &Publication, rev: &str) -> Self {
+        let text = |value: &str| Value::Text(value.to_owned());
+        RowImage {
+            table: Table::Publications,
+            values: vec![
+                text(&p.uri),
+                text(&p.did),
+                text(&p.rkey),
+                text(&p.collection),
+                text(rev),
+                Value::Integer(0),
+                text(&p.name),
+                text(&p.description),
+                p.base_path.as_deref().map_or(Value::Null, text),
+                text(p.platform.as_str()),
+                Value::Integer(i64::from(p.discoverable)),
+                p.created_at
+                    .map_or(Value::Null, |t| Value::Text(t.to_rfc3339())),
+                Value::Integer(0),
+            ],
+        }
     }
 
     /// Reads the current image of `table`'s row `key` from a local connection.
@@ -308,7 +399,7 @@ impl RowImage {
         statement
             .query_row([key], |row| {
                 let values = (0..table.columns().len())
-                    .map(|index| row.get::<_, rusqlite::types::Value>(index).map(Value::from))
+                    .map(|index| row.get::<_, Value>(index))
                     .collect::<rusqlite::Result<Vec<_>>>()?;
                 Ok(RowImage { table, values })
             })
@@ -319,10 +410,62 @@ impl RowImage {
     /// changed anything.
     pub fn apply(&self, conn: &Connection, stamp: Stamp) -> rusqlite::Result<bool> {
         let (sql, args) = self.upsert(stamp);
-        let args = args.into_iter().map(rusqlite::types::Value::from);
         Ok(conn
-            .prepare_cached(&sql)?
+            .prepare_cached(sql)?
             .execute(rusqlite::params_from_iter(args))?
             > 0)
+    }
+}
+
+/// Row values as plain JSON in the upstream queue: `null`, integers, reals, strings, and a blob
+/// as an array of bytes (no replicated column holds one). Migration 8 rewrote images queued in
+/// the wire protocol's tagged form by earlier builds.
+mod plain_values {
+    use rusqlite::types::Value;
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    #[derive(Serialize)]
+    #[serde(untagged)]
+    enum Borrowed<'a> {
+        Null,
+        Integer(i64),
+        Real(f64),
+        Text(&'a str),
+        Blob(&'a [u8]),
+    }
+
+    /// Integers are tried before reals, so a whole number stays an integer.
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Owned {
+        Null,
+        Integer(i64),
+        Real(f64),
+        Text(String),
+        Blob(Vec<u8>),
+    }
+
+    pub fn serialize<S: Serializer>(values: &[Value], serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_seq(values.iter().map(|value| match value {
+            Value::Null => Borrowed::Null,
+            Value::Integer(integer) => Borrowed::Integer(*integer),
+            Value::Real(real) => Borrowed::Real(*real),
+            Value::Text(text) => Borrowed::Text(text),
+            Value::Blob(bytes) => Borrowed::Blob(bytes),
+        }))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Vec<Value>, D::Error> {
+        let values = Vec::<Owned>::deserialize(deserializer)?;
+        Ok(values
+            .into_iter()
+            .map(|value| match value {
+                Owned::Null => Value::Null,
+                Owned::Integer(integer) => Value::Integer(integer),
+                Owned::Real(real) => Value::Real(real),
+                Owned::Text(text) => Value::Text(text),
+                Owned::Blob(bytes) => Value::Blob(bytes),
+            })
+            .collect())
     }
 }

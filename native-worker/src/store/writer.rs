@@ -43,13 +43,19 @@ pub enum Change {
     },
     /// A row replicated from Turso (sync down): applied if newer, never queued back up.
     Replica(RowImage),
-    /// A position in some source other than the firehose (Turso sync watermarks), queued after
-    /// the rows it covers so it commits with or after them.
+}
+
+/// Bookkeeping that commits with the records it covers: never counted as applied or stale,
+/// never replicated. Marks apply after the batch's changes, in the same transaction, so a mark
+/// queued after the rows it covers commits with or after them (ARCHITECTURE.md invariant 7).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Mark {
+    /// A source's position (a firehose cursor, a Turso sync watermark); it only moves forward.
     Cursor { source: String, position: i64 },
     /// Turso has every queued upstream batch up to and including this id.
     UpstreamDrained { through_id: i64 },
     /// A backfill page is durable: resume `did`'s `collection` from `cursor` (or skip it once
-    /// `done`). Queued after the page's records, so it commits with or after them.
+    /// `done`).
     BackfillProgress {
         did: String,
         collection: String,
@@ -59,12 +65,13 @@ pub enum Change {
     },
 }
 
-/// Changes committed together, and the source position they bring the store up to.
+/// Changes committed together, and the marks (source positions, progress) they bring the
+/// store up to.
 #[derive(Debug, Clone, Default)]
 pub struct Batch {
     pub changes: Vec<Change>,
-    /// `(source, position)`: stored in the same transaction as the changes.
-    pub cursor: Option<(String, i64)>,
+    /// Applied after `changes`, in the same transaction.
+    pub marks: Vec<Mark>,
 }
 
 /// What a committed batch did.
@@ -113,13 +120,7 @@ impl StoreWriter {
         };
         let mut upstream = Vec::new();
         for change in &batch.changes {
-            let changed = apply_change(&tx, change, indexed_at)?;
-            if matches!(
-                change,
-                Change::Cursor { .. } | Change::UpstreamDrained { .. }
-            ) {
-                // Bookkeeping, not data: neither applied nor stale.
-            } else if changed {
+            if apply_change(&tx, change, indexed_at)? {
                 outcome.applied += 1;
                 // Rows that came down from Turso are never queued back up.
                 if self.write_through && !matches!(change, Change::Replica(_)) {
@@ -132,8 +133,8 @@ impl StoreWriter {
         if !upstream.is_empty() {
             queue_upstream(&tx, upstream, indexed_at)?;
         }
-        if let Some((source, position)) = &batch.cursor {
-            advance_cursor(&tx, source, *position)?;
+        for mark in &batch.marks {
+            apply_mark(&tx, mark)?;
         }
         tx.commit()?;
         self.checkpointer.nudge();
@@ -147,7 +148,7 @@ impl StoreWriter {
             .conn
             .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
         let stored: std::collections::BTreeSet<String> =
-            super::read_banned_dids(&tx)?.into_iter().collect();
+            super::read::banned_dids(&tx)?.into_iter().collect();
         let wanted: std::collections::BTreeSet<String> = dids.iter().cloned().collect();
         if stored == wanted {
             return Ok(());
@@ -173,7 +174,9 @@ impl StoreWriter {
 /// process (a backfill writes too) and past this writer's `last`, so "stamp <= watermark" cuts
 /// between commits.
 fn next_stamp(tx: &Connection, last: i64) -> rusqlite::Result<i64> {
-    Ok(now_us().max(super::newest_stamp(tx)? + 1).max(last + 1))
+    Ok(now_us()
+        .max(super::read::newest_stamp(tx)? + 1)
+        .max(last + 1))
 }
 
 /// Moves a source's cursor forward (never back: a replay may end behind it). Returns rows changed.
@@ -186,7 +189,7 @@ fn advance_cursor(tx: &Connection, source: &str, position: i64) -> rusqlite::Res
 }
 
 /// The replicated row (table and key) a change writes, if any: what write-through queues for
-/// Turso and what the full-text index re-reads.
+/// Turso.
 fn written_row(change: &Change) -> Option<(Table, String)> {
     match change {
         Change::Replica(image) => image.key().map(|key| (image.table, key.to_owned())),
@@ -210,7 +213,6 @@ fn written_row(change: &Change) -> Option<(Table, String)> {
         Change::Account { did, .. } | Change::Identity { did, .. } => {
             Some((Table::Accounts, did.clone()))
         }
-        _ => None,
     }
 }
 
@@ -262,73 +264,13 @@ static SET_ACCOUNT_HANDLE: LazyLock<String> = LazyLock::new(|| {
 fn apply_change(tx: &Connection, change: &Change, indexed_at: i64) -> rusqlite::Result<bool> {
     let changed = match change {
         Change::Replica(image) => return image.apply(tx, Stamp::Local(indexed_at)),
-        Change::Cursor { source, position } => advance_cursor(tx, source, *position)?,
-        Change::UpstreamDrained { through_id } => tx
-            .prepare_cached("DELETE FROM upstream_queue WHERE id <= ?1")?
-            .execute([through_id])?,
-        Change::Document { document: d, rev } => tx
-            .prepare_cached(
-                "INSERT INTO documents (uri, did, rkey, collection, rev, deleted, title, content, description,
-                                        tags, created_at, updated_at, publication_uri, site_url, path,
-                                        cover_image, platform, searchable, content_hash, indexed_at)
-                 VALUES (?1, ?2, ?3, ?4, ?5, 0, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19)
-                 ON CONFLICT(uri) DO UPDATE SET
-                     rev = excluded.rev, deleted = 0, title = excluded.title, content = excluded.content,
-                     description = excluded.description, tags = excluded.tags,
-                     created_at = excluded.created_at, updated_at = excluded.updated_at,
-                     publication_uri = excluded.publication_uri, site_url = excluded.site_url,
-                     path = excluded.path, cover_image = excluded.cover_image, platform = excluded.platform,
-                     searchable = excluded.searchable, content_hash = excluded.content_hash,
-                     indexed_at = excluded.indexed_at
-                 WHERE excluded.rev > documents.rev",
-            )?
-            .execute(params![
-                d.uri,
-                d.did,
-                d.rkey,
-                d.collection,
-                rev,
-                d.title,
-                d.content,
-                d.description,
-                serde_json::to_string(&d.tags).expect("tags serialise"),
-                d.created_at.map(|t| t.to_rfc3339()),
-                d.updated_at.map(|t| t.to_rfc3339()),
-                d.publication_uri,
-                d.site_url,
-                d.path,
-                d.cover_image,
-                d.platform.map(|p| p.as_str()),
-                d.searchable,
-                Some(&d.content_hash).filter(|hash| !hash.is_empty()),
-                indexed_at,
-            ])?,
-        Change::Publication { publication: p, rev } => tx
-            .prepare_cached(
-                "INSERT INTO publications (uri, did, rkey, collection, rev, deleted, name, description,
-                                           base_path, platform, discoverable, created_at, indexed_at)
-                 VALUES (?1, ?2, ?3, ?4, ?5, 0, ?6, ?7, ?8, ?9, ?10, ?11, ?12)
-                 ON CONFLICT(uri) DO UPDATE SET
-                     rev = excluded.rev, deleted = 0, name = excluded.name, description = excluded.description,
-                     base_path = excluded.base_path, platform = excluded.platform,
-                     discoverable = excluded.discoverable, created_at = excluded.created_at,
-                     indexed_at = excluded.indexed_at
-                 WHERE excluded.rev > publications.rev",
-            )?
-            .execute(params![
-                p.uri,
-                p.did,
-                p.rkey,
-                p.collection,
-                rev,
-                p.name,
-                p.description,
-                p.base_path,
-                p.platform.as_str(),
-                p.discoverable,
-                p.created_at.map(|t| t.to_rfc3339()),
-                indexed_at,
-            ])?,
+        // Whole rows, in the one column order the store and Turso share (`replica::Table`).
+        Change::Document { document, rev } => {
+            return RowImage::of_document(document, rev).apply(tx, Stamp::Local(indexed_at));
+        }
+        Change::Publication { publication, rev } => {
+            return RowImage::of_publication(publication, rev).apply(tx, Stamp::Local(indexed_at));
+        }
         Change::Delete {
             did,
             collection,
@@ -362,19 +304,6 @@ fn apply_change(tx: &Connection, change: &Change, indexed_at: i64) -> rusqlite::
         } => tx
             .prepare_cached(&SET_ACCOUNT_STATUS)?
             .execute(params![did, active, status, version, indexed_at])?,
-        Change::BackfillProgress {
-            did,
-            collection,
-            cursor,
-            done,
-            records,
-        } => tx
-            .prepare_cached(
-                "INSERT INTO backfill_progress (did, collection, cursor, done, records) VALUES (?1, ?2, ?3, ?4, ?5)
-                 ON CONFLICT(did, collection) DO UPDATE SET cursor = excluded.cursor, done = excluded.done,
-                                                           records = records + excluded.records",
-            )?
-            .execute(params![did, collection, cursor, done, *records as i64])?,
         Change::Identity {
             did,
             handle,
@@ -384,4 +313,31 @@ fn apply_change(tx: &Connection, change: &Change, indexed_at: i64) -> rusqlite::
             .execute(params![did, handle, version, indexed_at])?,
     };
     Ok(changed > 0)
+}
+
+fn apply_mark(tx: &Connection, mark: &Mark) -> rusqlite::Result<()> {
+    match mark {
+        Mark::Cursor { source, position } => {
+            advance_cursor(tx, source, *position)?;
+        }
+        Mark::UpstreamDrained { through_id } => {
+            tx.prepare_cached("DELETE FROM upstream_queue WHERE id <= ?1")?
+                .execute([through_id])?;
+        }
+        Mark::BackfillProgress {
+            did,
+            collection,
+            cursor,
+            done,
+            records,
+        } => {
+            tx.prepare_cached(
+                "INSERT INTO backfill_progress (did, collection, cursor, done, records) VALUES (?1, ?2, ?3, ?4, ?5)
+                 ON CONFLICT(did, collection) DO UPDATE SET cursor = excluded.cursor, done = excluded.done,
+                                                           records = records + excluded.records",
+            )?
+            .execute(params![did, collection, cursor, done, *records as i64])?;
+        }
+    }
+    Ok(())
 }

@@ -13,11 +13,12 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
 use super::client::{Retry, TursoClient, TursoError};
+use rusqlite::types::Value as SqlValue;
+
 use super::hrana::{Stmt, Value};
-use crate::firehose::Position;
 use crate::ingest::Sink;
 use crate::store::replica::{RowImage, Table};
-use crate::store::{Change, Store, StoreError};
+use crate::store::{Change, Mark, Store, StoreError};
 
 /// Tuning for sync down.
 #[derive(Debug, Clone)]
@@ -50,7 +51,7 @@ pub fn cursor_source(table: Table) -> String {
 
 fn stored_watermark(store: &Store, table: Table) -> Result<i64, StoreError> {
     let conn = store.reader()?;
-    Ok(crate::store::read_cursor(&conn, &cursor_source(table))?.unwrap_or(0))
+    Ok(crate::store::read::cursor(&conn, &cursor_source(table))?.unwrap_or(0))
 }
 
 /// Pages one table from `watermark` onwards into the sink. Returns rows read, or `None` if the
@@ -77,6 +78,7 @@ async fn sync_table(
         let page = client.execute(stmt, Retry::Idempotent).await?;
         let count = page.rows.len();
         for values in page.rows {
+            let values = values.into_iter().map(SqlValue::from).collect();
             let image = RowImage { table, values };
             let (Some(key), Some(watermark)) = (image.key(), image.watermark()) else {
                 return Err(TursoError::Protocol(format!(
@@ -85,20 +87,17 @@ async fn sync_table(
                 )));
             };
             after = (watermark, key.to_string());
-            if !sink
-                .send_change(Change::Replica(image), Position::Untracked)
-                .await
-            {
+            if !sink.send_change(Change::Replica(image)).await {
                 return Ok(None);
             }
         }
         read += count as u64;
         if count > 0 {
-            let cursor = Change::Cursor {
+            let cursor = Mark::Cursor {
                 source: cursor_source(table),
                 position: after.0,
             };
-            if !sink.send_change(cursor, Position::Untracked).await {
+            if !sink.send_mark(cursor).await {
                 return Ok(None);
             }
         }

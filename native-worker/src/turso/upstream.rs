@@ -12,15 +12,13 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::Duration;
 
-use rusqlite::params;
 use tokio_util::sync::CancellationToken;
 
 use super::client::{Retry, TursoClient, TursoError};
 use super::hrana::{Batch, Stmt, StreamRequest, StreamResult, Value};
-use crate::firehose::Position;
 use crate::ingest::Sink;
 use crate::store::replica::{RowImage, Stamp, Table};
-use crate::store::{Change, Store};
+use crate::store::{Mark, Store};
 
 /// Tuning for the drainer.
 #[derive(Debug, Clone)]
@@ -161,22 +159,13 @@ impl Backlog {
 
     /// Reads more entries until about `target` rows are buffered.
     fn refill(&mut self, conn: &rusqlite::Connection, target: usize) -> anyhow::Result<()> {
-        let mut statement = conn.prepare_cached(
-            "SELECT id, rows FROM upstream_queue WHERE id > ?1 ORDER BY id LIMIT 64",
-        )?;
         while self.rows() < target {
-            let mut rows = statement.query(params![self.loaded_through])?;
-            let mut read = 0;
-            while let Some(row) = rows.next()? {
-                let id: i64 = row.get(0)?;
-                let images: Vec<RowImage> = serde_json::from_str(&row.get::<_, String>(1)?)?;
-                self.loaded_through = id;
-                self.entries.push_back((id, images));
-                read += 1;
-            }
-            if read == 0 {
+            let entries = crate::store::read::upstream_entries(conn, self.loaded_through, 64)?;
+            let Some((last, _)) = entries.last() else {
                 break;
-            }
+            };
+            self.loaded_through = *last;
+            self.entries.extend(entries);
         }
         Ok(())
     }
@@ -226,7 +215,7 @@ impl Backlog {
 pub async fn send(client: &TursoClient, images: &[RowImage]) -> Result<(), TursoError> {
     let statements = images.iter().map(|image| {
         let (sql, args) = image.upsert(Stamp::ServerClock);
-        Stmt::new(sql, args).without_rows()
+        Stmt::new(sql, args.into_iter().map(Value::from)).without_rows()
     });
     let batch = Batch::transaction(statements);
     let commit = batch.steps.len() - 2;
@@ -295,8 +284,8 @@ pub async fn drain(
                     stats.rows.fetch_add(chunk.images.len() as u64, Relaxed);
                     backoff = Duration::from_millis(250);
                     if let Some(through_id) = backlog.advance(&chunk) {
-                        let drained = Change::UpstreamDrained { through_id };
-                        if !sink.send_change(drained, Position::Untracked).await {
+                        let drained = Mark::UpstreamDrained { through_id };
+                        if !sink.send_mark(drained).await {
                             return;
                         }
                     }
@@ -330,12 +319,15 @@ pub async fn drain(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::turso::hrana::Value;
+    use rusqlite::types::Value as SqlValue;
 
     fn image(key: &str, bytes: usize) -> RowImage {
         RowImage {
             table: Table::Accounts,
-            values: vec![Value::from(key), Value::from("x".repeat(bytes))],
+            values: vec![
+                SqlValue::Text(key.into()),
+                SqlValue::Text("x".repeat(bytes)),
+            ],
         }
     }
 

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use pubsearch_native_worker::ingest::StatsSnapshot;
 use pubsearch_native_worker::run::{self, RunOptions, Source};
 use pubsearch_native_worker::store::replica::{RowImage, Table};
-use pubsearch_native_worker::turso::hrana::Value;
+use rusqlite::types::Value;
 use rusqlite::{Connection, OpenFlags};
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
@@ -191,12 +191,12 @@ pub fn account_image(did: &str, active: bool, version: i64) -> RowImage {
     RowImage {
         table: Table::Accounts,
         values: vec![
-            Value::from(did),
+            Value::Text(did.into()),
             Value::Null,
-            Value::from(i64::from(active)),
+            Value::Integer(i64::from(active)),
             Value::Null,
-            Value::from(version),
-            Value::from(1),
+            Value::Integer(version),
+            Value::Integer(1),
         ],
     }
 }
