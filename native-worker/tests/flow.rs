@@ -8,8 +8,8 @@ use std::time::{Duration, Instant};
 
 use futures_util::future::{Either, join_all, select};
 use pubsearch_native_worker::flow::{
-    Engine, EngineOptions, Event, FlowError, OrchestrationContext, Registry, RetryPolicy, Status,
-    db,
+    Engine, EngineOptions, Event, FlowError, OrchestrationContext, OutsideClient, Registry,
+    RetryPolicy, Status,
 };
 
 const WAIT: Duration = Duration::from_secs(20);
@@ -494,15 +494,6 @@ async fn list_paginates_purge_removes_finished_and_a_second_engine_is_refused() 
 }
 
 /// What `flow cancel` leaves in the inbox.
-fn cancel_from_the_cli() -> pubsearch_native_worker::flow::history::Message {
-    pubsearch_native_worker::flow::history::Message {
-        execution: None,
-        event: Event::CancelRequested {
-            reason: "cancelled from the CLI".into(),
-        },
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn another_process_cancels_through_the_inbox() {
     let dir = tempfile::tempdir().unwrap();
@@ -512,7 +503,9 @@ async fn another_process_cancels_through_the_inbox() {
         .unwrap();
     let client = engine.client();
     client.start("approval", "remote", &()).await.unwrap();
-    db::post_to_inbox(&path, "remote", &cancel_from_the_cli()).unwrap();
+    OutsideClient::new(&path)
+        .cancel("remote", "cancelled from the CLI".into())
+        .unwrap();
     let info = client.wait("remote", WAIT).await.unwrap();
     assert_eq!(info.status, Status::Cancelled);
     assert_eq!(info.error.as_deref(), Some("cancelled from the CLI"));
@@ -590,7 +583,9 @@ async fn a_stored_record_that_no_longer_decodes_ends_its_instance_not_the_engine
         [],
     )
     .unwrap();
-    db::post_to_inbox(&path, "healthy", &cancel_from_the_cli()).unwrap();
+    OutsideClient::new(&path)
+        .cancel("healthy", "cancelled from the CLI".into())
+        .unwrap();
     let healthy = client.wait("healthy", WAIT).await.unwrap();
     assert_eq!(healthy.error.as_deref(), Some("cancelled from the CLI"));
     engine.shutdown().await;

@@ -13,7 +13,8 @@ use std::time::{Duration, Instant};
 
 use futures_util::future::join_all;
 use pubsearch_native_worker::flow::{
-    Engine, EngineOptions, Event, OrchestrationContext, Registry, RetryPolicy, Status, db,
+    Engine, EngineOptions, Event, OrchestrationContext, OutsideClient, Registry, RetryPolicy,
+    Status,
 };
 use rand::{Rng, SeedableRng};
 use rusqlite::{Connection, params};
@@ -130,13 +131,19 @@ fn child_runtime() -> tokio::runtime::Runtime {
         .unwrap()
 }
 
+/// The directory a child process works in, from `variable`; run without it (`--ignored` by
+/// hand), the child fails rather than passing without doing anything.
+fn child_dir(variable: &str, parent: &str) -> String {
+    std::env::var(variable).unwrap_or_else(|_| {
+        panic!("this is the child process of the test {parent}, which sets {variable}; run that test instead")
+    })
+}
+
 /// The child process: start every instance (idempotently) and wait for all of them.
 #[test]
 #[ignore = "run by flow_crash_recovery as its child process"]
 fn crash_child() {
-    let Ok(dir) = std::env::var("FLOW_CRASH_CHILD") else {
-        return;
-    };
+    let dir = child_dir("FLOW_CRASH_CHILD", "flow_crash_recovery");
     let dir = PathBuf::from(dir);
     child_runtime().block_on(async {
         let options = EngineOptions {
@@ -218,12 +225,12 @@ fn flow_crash_recovery() {
         started.elapsed()
     );
 
-    let flow = Connection::open(dir.path().join("flow.db")).unwrap();
+    let flow = OutsideClient::new(&dir.path().join("flow.db"));
     let executions = executions(&ledger(&dir.path().join("ledger.db")));
     let mut reexecuted = 0;
     for i in 0..INSTANCES {
         let id = format!("job-{i:03}");
-        let info = db::instance(&flow, &id).unwrap().expect("instance exists");
+        let (info, history) = flow.history(&id).unwrap().expect("instance exists");
         assert_eq!(info.status, Status::Completed, "{info:?}");
         let output: Output = serde_json::from_str(info.output.as_deref().unwrap()).unwrap();
         // Each chained step added exactly one; each fanned step contributed exactly one.
@@ -239,7 +246,6 @@ fn flow_crash_recovery() {
             reexecuted += ran.len() - 1;
         }
         // One scheduling and one answer per step: nothing was applied twice.
-        let history = db::history(&flow, &id, info.execution).unwrap();
         let mut answered = std::collections::HashSet::new();
         for event in &history {
             if let Event::ActivityCompleted { seq, .. } = event {
@@ -248,7 +254,9 @@ fn flow_crash_recovery() {
         }
         assert_eq!(answered.len() as u64, CHAIN + FAN);
     }
-    let leftover: i64 = flow
+    // The engine's private queue table, read as any SQLite tool would.
+    let leftover: i64 = Connection::open(dir.path().join("flow.db"))
+        .unwrap()
         .query_row("SELECT count(*) FROM flow_work", [], |row| row.get(0))
         .unwrap();
     assert_eq!(leftover, 0, "work left behind after everything completed");
@@ -283,9 +291,10 @@ fn executions(conn: &Connection) -> HashMap<(String, u64), Vec<String>> {
 #[test]
 #[ignore = "run by an_activity_that_crashes_the_worker_fails_after_its_attempts as its child process"]
 fn poison_child() {
-    let Ok(dir) = std::env::var("FLOW_POISON_CHILD") else {
-        return;
-    };
+    let dir = child_dir(
+        "FLOW_POISON_CHILD",
+        "an_activity_that_crashes_the_worker_fails_after_its_attempts",
+    );
     child_runtime().block_on(async {
         let mut registry = Registry::new();
         registry
@@ -333,8 +342,8 @@ fn an_activity_that_crashes_the_worker_fails_after_its_attempts() {
     assert!(finished, "the worker kept crashing on the same activity");
     // Each allowed attempt, plus at most one crash before the first attempt's mark was durable.
     assert!((3..=4).contains(&crashes), "{crashes} crashes");
-    let flow = Connection::open(dir.path().join("flow.db")).unwrap();
-    let info = db::instance(&flow, "poison").unwrap().unwrap();
+    let flow = OutsideClient::new(&dir.path().join("flow.db"));
+    let info = flow.status("poison").unwrap().unwrap();
     assert_eq!(info.status, Status::Failed);
     let error = info.error.unwrap();
     assert!(

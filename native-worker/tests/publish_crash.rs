@@ -8,7 +8,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use pubsearch_native_worker::flow::{self, Engine, EngineOptions, Event, Registry, Status, db};
+use pubsearch_native_worker::flow::{
+    self, Engine, EngineOptions, Event, OutsideClient, Registry, Status,
+};
 use pubsearch_native_worker::publish::build::BuiltSnapshot;
 use pubsearch_native_worker::publish::objects::ObjectTarget;
 use pubsearch_native_worker::publish::{self, PublishOptions, verify, workflow};
@@ -44,7 +46,7 @@ async fn ingest(data: &Path, records: usize) {
 /// Polls the flow database until the running publish reports a status starting with `step`,
 /// then kills the process. Returns the instance id and its status text at the kill.
 fn kill_at_step(child: &mut Child, data: &Path, step: &str, linger: Duration) -> (String, String) {
-    let flow_db = data.join("flow.db");
+    let flow = OutsideClient::new(&data.join("flow.db"));
     let deadline = Instant::now() + Duration::from_secs(120);
     loop {
         assert!(
@@ -54,8 +56,7 @@ fn kill_at_step(child: &mut Child, data: &Path, step: &str, linger: Duration) ->
         if let Some(status) = child.try_wait().unwrap() {
             panic!("publish finished ({status}) before it could be interrupted at `{step}`");
         }
-        if let Ok(conn) = db::open_read(&flow_db)
-            && let Ok(page) = db::list(&conn, Some(Status::Running), None, 10)
+        if let Ok(page) = flow.list(Some(Status::Running), None, 10)
             && let Some(info) = page.instances.first()
             && let Some(custom) = info.custom_status.as_deref()
             && custom.starts_with(step)
@@ -70,9 +71,11 @@ fn kill_at_step(child: &mut Child, data: &Path, step: &str, linger: Duration) ->
 }
 
 fn recorded_build(data: &Path, instance: &str) -> BuiltSnapshot {
-    let conn = db::open_read(&data.join("flow.db")).unwrap();
-    db::history(&conn, instance, 0)
+    let (_, history) = OutsideClient::new(&data.join("flow.db"))
+        .history(instance)
         .unwrap()
+        .expect("the publish instance exists");
+    history
         .into_iter()
         .find_map(|event| match event {
             Event::ActivityCompleted { seq: 2, output } => serde_json::from_str(&output).ok(),
@@ -127,7 +130,8 @@ async fn a_publish_killed_during_upload_resumes_with_its_recorded_build() {
     assert_eq!(manifest, built.manifest, "killed at `{at}`");
     assert_eq!(pointer(&published), Some(manifest.pointer()));
     verify::verify_artifact_file(&artifact(&published, &manifest), &manifest).unwrap();
-    let info = db::instance(&db::open_read(&data.join("flow.db")).unwrap(), &instance)
+    let info = OutsideClient::new(&data.join("flow.db"))
+        .status(&instance)
         .unwrap()
         .unwrap();
     assert_eq!(info.status, Status::Completed);

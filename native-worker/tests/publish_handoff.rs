@@ -7,7 +7,7 @@ mod support;
 use std::path::Path;
 use std::time::Duration;
 
-use pubsearch_native_worker::flow::{self, Engine, EngineOptions, Registry, Status, db};
+use pubsearch_native_worker::flow::{self, Engine, EngineOptions, Registry, Status};
 use pubsearch_native_worker::publish::objects::ObjectTarget;
 use pubsearch_native_worker::publish::{self, PublishOptions, workflow};
 use pubsearch_native_worker::run::store_path;
@@ -43,10 +43,8 @@ async fn engine_that_never_builds(data: &Path, store: &Store) -> Engine {
 
 /// The publish instances in `data`'s flow database that have reached their build step.
 fn building(data: &Path) -> Vec<String> {
-    let Ok(conn) = db::open_read(&flow::flow_path(data)) else {
-        return Vec::new();
-    };
-    db::list(&conn, Some(Status::Running), None, 100)
+    flow::OutsideClient::new(&flow::flow_path(data))
+        .list(Some(Status::Running), None, 100)
         .map(|page| page.instances)
         .unwrap_or_default()
         .into_iter()
@@ -82,8 +80,8 @@ async fn ingested(data: &Path) -> Store {
 }
 
 fn publish_instances(data: &Path) -> usize {
-    let conn = db::open_read(&flow::flow_path(data)).unwrap();
-    db::list(&conn, None, None, 100)
+    flow::OutsideClient::new(&flow::flow_path(data))
+        .list(None, None, 100)
         .unwrap()
         .instances
         .iter()

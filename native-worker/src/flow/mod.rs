@@ -24,7 +24,7 @@
 mod activity;
 mod client;
 mod context;
-pub mod db;
+mod db;
 mod engine;
 pub mod history;
 mod outside;
