@@ -1,21 +1,27 @@
 //! pubsearch's native worker, as a library the `native-worker` binary, its tests and its benches
 //! share.
 //!
-//! Data flows one way through these modules, each the single owner of its stage:
+//! Data flows one way, sources → extract → store → snapshot/delta → publish, and the modules
+//! form one order in which each imports only those before it (ARCHITECTURE.md, "Module order";
+//! checked by `tests/layering.rs`):
 //!
-//! - [`firehose`]: Jetstream, tap and replay consumers decoding frames into events.
-//! - [`extract`]: a record → a normalised document or publication, or why not.
-//! - [`ingest`]: events → extraction and policy → a bounded queue → one batching writer thread.
-//! - [`store`]: the local WAL SQLite source of truth; one writer, read-only readers.
-//! - [`backfill`]: copies whole repos from their PDS through the same pipeline.
-//! - [`flow`]: durable orchestrations on WAL SQLite for the long jobs (snapshot publishing).
-//! - [`turso`]: Hrana client, write-through of ingest batches, and sync down by watermark.
 //! - [`clock`]: the wall clock in Unix µs.
 //! - [`latency`]: lock-free latency histograms behind `/stats`.
+//! - [`telemetry`]: stderr logs and non-blocking OTLP trace export.
+//! - [`extract`]: a record → a normalised document or publication, or why not.
+//! - [`firehose`]: Jetstream, tap and replay consumers decoding frames into events, delivered
+//!   through the source interface [`firehose::EventSink`].
+//! - [`corpus`]: a deterministic synthetic firehose corpus for tests and benchmarks.
+//! - [`store`]: the local WAL SQLite system of record: one writer applying record changes and
+//!   bookkeeping marks, row images shared with Turso, a typed read API, read-only readers.
+//! - [`ingest`]: events → extraction and policy → a bounded queue → one batching writer thread
+//!   (implements [`firehose::EventSink`]).
+//! - [`turso`]: Hrana client, write-through of ingest batches, and sync down by watermark.
+//! - [`backfill`]: copies whole repos from their PDS through the same pipeline.
+//! - [`flow`]: durable orchestrations on WAL SQLite for the long jobs (snapshot publishing).
+//! - [`publish`]: snapshot and delta build → verify → upload → pointer, as a `flow` workflow.
 //! - [`admin`]: the local `/health` and `/stats` endpoint.
 //! - [`run`]: the `run` job wiring the above together.
-//! - [`corpus`]: a deterministic synthetic firehose corpus for tests and benchmarks.
-//! - [`telemetry`]: stderr logs and non-blocking OTLP trace export.
 //! - [`cli`]: the command line; one subcommand per job, embedded defaults everywhere.
 
 pub mod admin;
