@@ -635,3 +635,76 @@ async fn shutdown_lets_a_running_attempt_finish_and_record_its_result() {
     assert_eq!(calls.load(Ordering::SeqCst), 1, "the attempt ran once");
     engine.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn waits_leave_nothing_behind_however_they_end() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = engine(&dir, waiting_registry()).await;
+    let client = engine.client();
+    client.start("approval", "pending", &()).await.unwrap();
+    // Past two of the wait's one-second polls, on an instance that does not finish.
+    let waited = client.wait("pending", Duration::from_millis(2_500)).await;
+    assert!(
+        matches!(waited, Err(FlowError::Timeout { .. })),
+        "{waited:?}"
+    );
+    assert_eq!(client.waiting(), 0, "a timed-out wait left watches behind");
+
+    let finishing = tokio::spawn({
+        let client = client.clone();
+        async move { client.wait("pending", WAIT).await }
+    });
+    assert!(support_wait(|| client.waiting() == 1).await);
+    for approval in ["a", "b"] {
+        client
+            .raise_event("pending", "approve", &approval)
+            .await
+            .unwrap();
+    }
+    assert_eq!(finishing.await.unwrap().unwrap().status, Status::Completed);
+    assert_eq!(client.waiting(), 0, "a finished wait left watches behind");
+    engine.shutdown().await;
+}
+
+/// Polls `condition` for up to 10 s.
+async fn support_wait(condition: impl Fn() -> bool) -> bool {
+    for _ in 0..1_000 {
+        if condition() {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    false
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_engine_purges_finished_instances_past_their_retention_and_keeps_the_rest() {
+    assert_eq!(
+        EngineOptions::default().retention,
+        Some(Duration::from_secs(7 * 24 * 3600)),
+        "a week by default"
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let options = EngineOptions {
+        retention: Some(Duration::from_millis(300)),
+        retention_sweep: Duration::from_millis(100),
+        ..options()
+    };
+    let engine = Engine::start(dir.path().join("flow.db"), waiting_registry(), options)
+        .await
+        .unwrap();
+    let client = engine.client();
+    client.start("fan_out", "finished", &3u64).await.unwrap();
+    client.start("approval", "running", &()).await.unwrap();
+    assert_eq!(
+        client.wait("finished", WAIT).await.unwrap().status,
+        Status::Completed
+    );
+    assert!(
+        support_wait(|| client.status("finished").unwrap().is_none()).await,
+        "the finished instance was never purged"
+    );
+    let running = client.status("running").unwrap().expect("kept");
+    assert_eq!(running.status, Status::Running);
+    engine.shutdown().await;
+}

@@ -351,3 +351,101 @@ fn an_activity_that_crashes_the_worker_fails_after_its_attempts() {
         "{error}"
     );
 }
+
+/// The repeatable child: an activity safe to repeat that kills the process on its first
+/// `FLOW_REPEATABLE_CRASHES` runs (counted in a file), then succeeds; one attempt allowed.
+#[test]
+#[ignore = "run by repeatable_activities_survive_interruptions_within_their_bound as its child process"]
+fn repeatable_child() {
+    let dir = PathBuf::from(child_dir(
+        "FLOW_REPEATABLE_CHILD",
+        "repeatable_activities_survive_interruptions_within_their_bound",
+    ));
+    let crashes: usize = std::env::var("FLOW_REPEATABLE_CRASHES")
+        .unwrap()
+        .parse()
+        .unwrap();
+    child_runtime().block_on(async {
+        let runs = dir.join("runs");
+        let mut registry = Registry::new();
+        registry
+            .repeatable_activity("rebuild", move |_, ()| {
+                let runs = runs.clone();
+                async move {
+                    let before = std::fs::read_to_string(&runs).unwrap_or_default().len();
+                    std::fs::write(&runs, "x".repeat(before + 1)).unwrap();
+                    if before < crashes {
+                        std::process::abort();
+                    }
+                    Ok(before)
+                }
+            })
+            .orchestration("rebuilds", 1, |ctx: OrchestrationContext, ()| async move {
+                let once = RetryPolicy::fixed(1, Duration::from_millis(10));
+                ctx.activity_with_retry::<_, usize>("rebuild", &(), once)
+                    .await
+            });
+        let engine = Engine::start(dir.join("flow.db"), registry, EngineOptions::default())
+            .await
+            .unwrap();
+        let client = engine.client();
+        client.start("rebuilds", "rebuild", &()).await.unwrap();
+        client
+            .wait("rebuild", Duration::from_secs(30))
+            .await
+            .unwrap();
+        engine.shutdown().await;
+    });
+}
+
+/// Runs the repeatable child until it exits cleanly; returns how many times it crashed.
+fn run_repeatable(dir: &Path, crashes: usize) -> usize {
+    for crashed in 0..10 {
+        let status = Command::new(std::env::current_exe().unwrap())
+            .args([
+                "--exact",
+                "repeatable_child",
+                "--ignored",
+                "--test-threads=1",
+            ])
+            .env("FLOW_REPEATABLE_CHILD", dir)
+            .env("FLOW_REPEATABLE_CRASHES", crashes.to_string())
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .status()
+            .unwrap();
+        if status.success() {
+            return crashed;
+        }
+    }
+    panic!("the worker kept crashing");
+}
+
+#[test]
+fn repeatable_activities_survive_interruptions_within_their_bound() {
+    use pubsearch_native_worker::flow::FREE_INTERRUPTIONS;
+    // Interrupted twice, then done: with one attempt allowed, it still completes.
+    let dir = tempfile::tempdir().unwrap();
+    let crashes = run_repeatable(dir.path(), 2);
+    assert_eq!(crashes, 2);
+    let info = OutsideClient::new(&dir.path().join("flow.db"))
+        .status("rebuild")
+        .unwrap()
+        .unwrap();
+    assert_eq!(info.status, Status::Completed, "{:?}", info.error);
+    assert_eq!(info.output.as_deref(), Some("2"));
+
+    // Killing the worker every time: it fails once the free interruptions are spent.
+    let dir = tempfile::tempdir().unwrap();
+    let crashes = run_repeatable(dir.path(), usize::MAX);
+    assert!(
+        (FREE_INTERRUPTIONS as usize + 1..=FREE_INTERRUPTIONS as usize + 2).contains(&crashes),
+        "{crashes} crashes"
+    );
+    let info = OutsideClient::new(&dir.path().join("flow.db"))
+        .status("rebuild")
+        .unwrap()
+        .unwrap();
+    assert_eq!(info.status, Status::Failed);
+    assert!(info.error.unwrap().contains("interrupted"));
+}

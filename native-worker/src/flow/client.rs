@@ -83,6 +83,7 @@ impl FlowClient {
                 parent: None,
                 now_ms: now_ms(),
                 start: start.clone(),
+                if_taken: None,
             }])
             .await?;
         let created = report.created.first().copied().unwrap_or(false);
@@ -155,8 +156,10 @@ impl FlowClient {
     /// nothing in this process would finish the instance any more.
     pub async fn wait(&self, instance: &str, timeout: Duration) -> Result<InstanceInfo, FlowError> {
         let deadline = tokio::time::Instant::now() + timeout;
+        // One watch for the whole wait (renewed only once it fired), removed when the wait
+        // ends however it ends, so waiting on an instance that never finishes leaks nothing.
+        let mut watch = self.shared.watch(instance);
         loop {
-            let finished = self.shared.watch(instance);
             let info = self
                 .status(instance)?
                 .ok_or_else(|| FlowError::NotFound(instance.to_string()))?;
@@ -166,7 +169,7 @@ impl FlowClient {
             // The watch fires on this process's commits; the short poll covers other writers.
             let poll = tokio::time::Instant::now() + Duration::from_secs(1);
             tokio::select! {
-                _ = finished => {}
+                _ = &mut watch => watch = self.shared.watch(instance),
                 () = self.shared.shutdown.cancelled() => return Err(FlowError::Stopped),
                 () = tokio::time::sleep_until(deadline.min(poll)) => {
                     if tokio::time::Instant::now() >= deadline {
@@ -178,6 +181,12 @@ impl FlowClient {
                 }
             }
         }
+    }
+
+    /// Waits registered with this engine and not yet answered: a wait that ended, however it
+    /// ended, leaves none behind.
+    pub fn waiting(&self) -> usize {
+        self.shared.waiter_count()
     }
 
     /// A page of instances in id order.

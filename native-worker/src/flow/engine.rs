@@ -20,7 +20,7 @@ use tokio_util::sync::CancellationToken;
 use super::FlowError;
 use super::client::FlowClient;
 use super::db;
-use super::history::{Event, Message, ParentRef, Work, WorkItem};
+use super::history::{ActivityWork, Event, Message, Work, WorkItem};
 use super::registry::Registry;
 use super::turn::{self, IdSource, Live, TurnOutput};
 use super::writer::{self, CommitReport, WriteOp, Writer, WriterStats};
@@ -44,7 +44,15 @@ pub struct EngineOptions {
     /// results before abandoning them, so the next engine on the file (another process taking
     /// over) does not run them a second time beside the first.
     pub shutdown_grace: Duration,
+    /// Finished instances older than this are purged with their history, at start and then
+    /// every `retention_sweep`, so the database does not grow forever. `None` keeps them all.
+    pub retention: Option<Duration>,
+    /// How often the retention purge runs.
+    pub retention_sweep: Duration,
 }
+
+/// The default [`EngineOptions::retention`]: a week of finished instances stays inspectable.
+pub const DEFAULT_RETENTION: Duration = Duration::from_secs(7 * 24 * 3600);
 
 impl Default for EngineOptions {
     fn default() -> Self {
@@ -55,6 +63,8 @@ impl Default for EngineOptions {
             inbox_poll: Duration::from_secs(1),
             durable: true,
             shutdown_grace: Duration::from_secs(30),
+            retention: Some(DEFAULT_RETENTION),
+            retention_sweep: Duration::from_secs(3600),
         }
     }
 }
@@ -199,14 +209,24 @@ impl Shared {
         self.shutdown.cancel();
     }
 
-    /// Registers interest in `instance` reaching a terminal state.
-    pub(crate) fn watch(&self, instance: &str) -> oneshot::Receiver<()> {
+    /// Registers interest in `instance` reaching a terminal state, until the returned watch is
+    /// dropped.
+    pub(crate) fn watch(self: &Arc<Self>, instance: &str) -> Watch {
         let (notify, wait) = oneshot::channel();
         lock(&self.waiters)
             .entry(instance.to_string())
             .or_default()
             .push(notify);
-        wait
+        Watch {
+            wait,
+            instance: instance.to_string(),
+            shared: Arc::clone(self),
+        }
+    }
+
+    /// Waiters registered now (every instance).
+    pub(crate) fn waiter_count(&self) -> usize {
+        lock(&self.waiters).values().map(Vec::len).sum()
     }
 
     async fn run_turn(self: Arc<Self>, id: String) {
@@ -261,11 +281,15 @@ impl Shared {
                 for item in dispatch {
                     shared.dispatch(item);
                 }
-                for ((start, parent), created) in child_starts.into_iter().zip(report.created) {
+                for (child, created) in child_starts.into_iter().zip(report.created) {
                     if created {
-                        shared.dispatch(start);
+                        shared.dispatch(child.start);
                     } else {
-                        shared.child_id_taken(&start, &parent);
+                        // The parent's step fails rather than adopt someone else's instance;
+                        // the answer committed with the turn.
+                        tracing::warn!(child = %child.start.instance, parent = %child.taken.instance,
+                                       "child instance id already in use");
+                        shared.dispatch(child.taken);
                     }
                 }
                 if terminal.is_some() {
@@ -276,23 +300,6 @@ impl Shared {
                 shared.release(id, live);
             }),
         );
-    }
-
-    /// A child instance id was already in use: the parent's step fails rather than adopt
-    /// someone else's instance.
-    fn child_id_taken(self: &Arc<Self>, start: &WorkItem, parent: &ParentRef) {
-        tracing::warn!(child = %start.instance, parent = %parent.instance, "child instance id already in use");
-        let item = turn::message_item(
-            &**self,
-            &parent.instance,
-            Some(parent.execution),
-            Event::ChildFailed {
-                seq: parent.seq,
-                error: format!("instance id `{}` is already in use", start.instance),
-            },
-            0,
-        );
-        self.commit_and_dispatch(vec![WriteOp::InsertWork(item.clone())], vec![item]);
     }
 
     /// The turn is durable: park the live instance and run the next turn if messages came in.
@@ -355,6 +362,7 @@ impl Shared {
                         parent: None,
                         now_ms: now_ms(),
                         start: item.clone(),
+                        if_taken: None,
                     });
                     starts.push(item);
                 }
@@ -447,6 +455,21 @@ impl Engine {
                 lock(&shared.suspects).insert(item.id);
             }
             match &item.work {
+                Work::Activity(work)
+                    if interrupted
+                        && shared.registry.is_repeatable(&work.name)
+                        && work.interruptions < super::registry::FREE_INTERRUPTIONS =>
+                {
+                    // Safe to repeat: the same attempt runs again and does not count.
+                    tracing::warn!(instance = %item.instance, activity = %work.name, attempt = work.attempt, "activity attempt was interrupted by the worker stopping; running it again");
+                    let mut again = item.clone();
+                    again.work = Work::Activity(ActivityWork {
+                        interruptions: work.interruptions + 1,
+                        ..work.clone()
+                    });
+                    ops.push(WriteOp::InsertWork(again.clone()));
+                    after_commit.push(again);
+                }
                 Work::Activity(work) if interrupted => {
                     // The previous process died during this attempt: it counts as failed, so an
                     // activity that crashes the worker cannot run forever.
@@ -475,6 +498,7 @@ impl Engine {
             tokio::spawn(dispatch_turns(Arc::clone(&shared), ready_rx)),
             tokio::spawn(dispatch_activities(Arc::clone(&shared), activities_rx)),
             tokio::spawn(poll_inbox(Arc::clone(&shared))),
+            tokio::spawn(purge_finished(Arc::clone(&shared))),
         ];
         Ok(Engine {
             shared,
@@ -577,6 +601,59 @@ async fn poll_inbox(shared: Arc<Shared>) {
         }
         if let Err(error) = shared.drain_inbox().await {
             tracing::warn!(%error, "reading the flow inbox failed");
+        }
+    }
+}
+
+/// Purges finished instances past [`EngineOptions::retention`], now and every sweep.
+async fn purge_finished(shared: Arc<Shared>) {
+    let Some(retention) = shared.options.retention else {
+        return;
+    };
+    let mut interval = tokio::time::interval(shared.options.retention_sweep);
+    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let client = FlowClient::new(Arc::clone(&shared));
+    loop {
+        tokio::select! {
+            _ = interval.tick() => {}
+            () = shared.shutdown.cancelled() => return,
+        }
+        match client.purge(retention) {
+            Ok(0) => {}
+            Ok(purged) => tracing::info!(purged, ?retention, "purged finished flow instances"),
+            Err(error) => tracing::warn!(%error, "purging finished flow instances failed"),
+        }
+    }
+}
+
+/// A registered interest in one instance finishing (see [`Shared::watch`]); a future that
+/// resolves when it does. Dropping it unregisters it.
+pub(crate) struct Watch {
+    wait: oneshot::Receiver<()>,
+    instance: String,
+    shared: Arc<Shared>,
+}
+
+impl std::future::Future for Watch {
+    type Output = ();
+
+    fn poll(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<()> {
+        std::pin::Pin::new(&mut self.wait).poll(cx).map(|_| ())
+    }
+}
+
+impl Drop for Watch {
+    fn drop(&mut self) {
+        self.wait.close();
+        let mut waiters = lock(&self.shared.waiters);
+        if let Some(senders) = waiters.get_mut(&self.instance) {
+            senders.retain(|sender| !sender.is_closed());
+            if senders.is_empty() {
+                waiters.remove(&self.instance);
+            }
         }
     }
 }

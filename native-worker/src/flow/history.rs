@@ -117,6 +117,14 @@ pub struct ActivityWork {
     /// 1 for the first attempt.
     pub attempt: u32,
     pub retry: RetryPolicy,
+    /// Times this attempt of a repeatable activity was interrupted by the worker stopping and
+    /// run again without counting (see [`super::Registry::repeatable_activity`]).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub interruptions: u32,
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
 }
 
 /// A durable unit of pending work: a message waiting for its instance, or an activity.

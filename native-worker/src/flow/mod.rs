@@ -38,10 +38,10 @@ use std::path::PathBuf;
 pub use client::FlowClient;
 pub use context::{ContinueAsNew, OrchestrationContext, StepFuture};
 pub use db::{InstanceInfo, InstancePage, flow_path};
-pub use engine::{Engine, EngineOptions, EngineStats};
+pub use engine::{DEFAULT_RETENTION, Engine, EngineOptions, EngineStats};
 pub use history::{Event, Status};
 pub use outside::OutsideClient;
-pub use registry::{ActivityContext, Registry};
+pub use registry::{ActivityContext, FREE_INTERRUPTIONS, Registry};
 pub use retry::{Backoff, RetryPolicy};
 
 /// Locks state shared with orchestration code, which may have panicked while holding it: the

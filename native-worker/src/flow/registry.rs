@@ -35,7 +35,13 @@ pub struct ActivityContext {
 pub struct Registry {
     orchestrations: HashMap<String, BTreeMap<u32, OrchestrationFn>>,
     activities: HashMap<String, ActivityFn>,
+    repeatable: std::collections::HashSet<String>,
 }
+
+/// How many times an attempt of a repeatable activity may be interrupted (the worker stopping
+/// while it runs) and run again without counting as an attempt. Bounded, so an activity that
+/// crashes the worker itself still fails in the end.
+pub const FREE_INTERRUPTIONS: u32 = 3;
 
 impl Registry {
     pub fn new() -> Self {
@@ -70,6 +76,28 @@ impl Registry {
         let erased: ActivityFn = erase(run);
         self.activities.insert(name.to_string(), erased);
         self
+    }
+
+    /// Registers activity `name` as safe to repeat: running it twice has the effect of running
+    /// it once (it writes only files it names itself, or idempotent upserts). An attempt
+    /// interrupted by the worker stopping is run again without counting as an attempt, up to
+    /// [`FREE_INTERRUPTIONS`] times; errors it returns count as usual. Activities registered
+    /// with [`Registry::activity`] count every interruption, so one that kills the worker
+    /// cannot run forever.
+    pub fn repeatable_activity<I, O, F, Fut>(&mut self, name: &str, run: F) -> &mut Self
+    where
+        I: DeserializeOwned + Send + 'static,
+        O: Serialize + 'static,
+        F: Fn(ActivityContext, I) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<O, String>> + Send + 'static,
+    {
+        self.repeatable.insert(name.to_string());
+        self.activity(name, run)
+    }
+
+    /// Whether an interrupted attempt of `name` is run again without counting.
+    pub(crate) fn is_repeatable(&self, name: &str) -> bool {
+        self.repeatable.contains(name)
     }
 
     pub(crate) fn latest_version(&self, name: &str) -> Option<u32> {

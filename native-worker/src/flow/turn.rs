@@ -45,15 +45,21 @@ pub(crate) trait IdSource {
     fn next_id(&self) -> i64;
 }
 
+/// A child instance the turn creates: its start message, dispatched if the commit created it,
+/// or else the answer failing the parent's step (committed in its place, `WriteOp::CreateInstance`).
+pub(crate) struct ChildStart {
+    pub start: WorkItem,
+    pub taken: WorkItem,
+}
+
 /// What a turn produced: the ops to commit and what to hand on once they are durable.
 #[derive(Default)]
 pub(crate) struct TurnOutput {
     pub ops: Vec<WriteOp>,
     /// Messages and activities to dispatch after the commit.
     pub dispatch: Vec<WorkItem>,
-    /// Start messages of child instances, dispatched only if the commit created the child,
-    /// with the parent step to fail otherwise.
-    pub child_starts: Vec<(WorkItem, ParentRef)>,
+    /// Child instances created by the turn.
+    pub child_starts: Vec<ChildStart>,
     /// The instance reached a terminal state; waiters are told after the commit.
     pub terminal: Option<Status>,
 }
@@ -297,6 +303,7 @@ fn collect_steps(live: &mut Live, registry: &Registry, ids: &dyn IdSource, out: 
                         input,
                         attempt: 1,
                         retry,
+                        interruptions: 0,
                     }),
                 };
                 out.ops.push(WriteOp::InsertWork(item.clone()));
@@ -337,7 +344,18 @@ fn collect_steps(live: &mut Live, registry: &Registry, ids: &dyn IdSource, out: 
                         },
                         0,
                     );
+                    let taken = message_item(
+                        ids,
+                        &live.id,
+                        Some(live.execution),
+                        Event::ChildFailed {
+                            seq,
+                            error: format!("instance id `{instance}` is already in use"),
+                        },
+                        0,
+                    );
                     out.ops.push(WriteOp::CreateInstance {
+                        if_taken: Some(Box::new(taken.clone())),
                         id: instance,
                         name,
                         version,
@@ -348,7 +366,7 @@ fn collect_steps(live: &mut Live, registry: &Registry, ids: &dyn IdSource, out: 
                         now_ms: now_ms(),
                         start: start.clone(),
                     });
-                    out.child_starts.push((start, parent));
+                    out.child_starts.push(ChildStart { start, taken });
                 }
                 None => {
                     let item = message_item(

@@ -27,6 +27,10 @@ pub(crate) enum WriteOp {
         parent: Option<String>,
         now_ms: i64,
         start: WorkItem,
+        /// For a child: the message failing the parent's step, recorded instead of `start` in
+        /// the same transaction when the id is already taken, so no crash can come between the
+        /// parent's turn and its answer.
+        if_taken: Option<Box<WorkItem>>,
     },
     UpdateInstance {
         id: String,
@@ -237,6 +241,7 @@ fn apply_op(conn: &Connection, op: &WriteOp) -> rusqlite::Result<Option<bool>> {
             parent,
             now_ms,
             start,
+            if_taken,
         } => {
             let created = conn
                 .prepare_cached(
@@ -246,8 +251,10 @@ fn apply_op(conn: &Connection, op: &WriteOp) -> rusqlite::Result<Option<bool>> {
                 )?
                 .execute(params![id, name, version, input, parent, now_ms])?
                 == 1;
-            if created {
-                insert_work(conn, start)?;
+            match (created, if_taken) {
+                (true, _) => insert_work(conn, start)?,
+                (false, Some(answer)) => insert_work(conn, answer)?,
+                (false, None) => {}
             }
             return Ok(Some(created));
         }
@@ -318,4 +325,101 @@ fn apply_op(conn: &Connection, op: &WriteOp) -> rusqlite::Result<Option<bool>> {
         }
     }
     Ok(None)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::flow::history::{Event, Message, Work};
+
+    fn message(id: i64, instance: &str, event: Event) -> WorkItem {
+        WorkItem {
+            id,
+            instance: instance.into(),
+            visible_at_ms: 0,
+            work: Work::Message(Message {
+                execution: Some(0),
+                event,
+            }),
+        }
+    }
+
+    fn create(id: &str, start: WorkItem, if_taken: Option<WorkItem>) -> WriteOp {
+        let if_taken = if_taken.map(Box::new);
+        WriteOp::CreateInstance {
+            id: id.into(),
+            name: "job".into(),
+            version: 1,
+            input: "null".into(),
+            parent: None,
+            now_ms: 0,
+            start,
+            if_taken,
+        }
+    }
+
+    fn submission(ops: Vec<WriteOp>) -> Submission {
+        Submission {
+            ops,
+            on_commit: Box::new(|_| {}),
+        }
+    }
+
+    fn queued_for(conn: &Connection, instance: &str) -> Vec<i64> {
+        conn.prepare("SELECT id FROM flow_work WHERE instance = ?1 ORDER BY id")
+            .unwrap()
+            .query_map([instance], |row| row.get(0))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap()
+    }
+
+    #[test]
+    fn a_taken_child_id_answers_the_parent_in_the_same_transaction() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut conn = crate::flow::db::open_write(&dir.path().join("flow.db"), false).unwrap();
+        let started = |id| {
+            message(
+                id,
+                "child",
+                Event::EventRaised {
+                    name: "go".into(),
+                    data: "null".into(),
+                },
+            )
+        };
+        let first = apply(
+            &mut conn,
+            &[submission(vec![create("child", started(1), None)])],
+        )
+        .unwrap();
+        assert_eq!(first[0].created, [true]);
+
+        // The parent's turn: one submission, one transaction. Nothing may be left for a second
+        // commit, which a crash could prevent.
+        let answer = message(
+            3,
+            "parent",
+            Event::ChildFailed {
+                seq: 0,
+                error: "instance id `child` is already in use".into(),
+            },
+        );
+        let turn = apply(
+            &mut conn,
+            &[submission(vec![create("child", started(2), Some(answer))])],
+        )
+        .unwrap();
+        assert_eq!(turn[0].created, [false]);
+        assert_eq!(
+            queued_for(&conn, "parent"),
+            [3],
+            "the parent's answer is durable"
+        );
+        assert_eq!(
+            queued_for(&conn, "child"),
+            [1],
+            "the taken instance is left alone"
+        );
+    }
 }

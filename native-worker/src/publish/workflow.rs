@@ -5,6 +5,13 @@
 //! upload skips an artifact already present at the right size, and the pointer is written only
 //! after the upload step has completed, so no reader ever follows it to a partial build. A gate
 //! that fails ends the workflow `Failed` with its reason and publishes nothing.
+//!
+//! Interruptions: an attempt cut short by the worker stopping (a kill, a crash) counts as a
+//! failed attempt, except for the steps safe to repeat — `snapshot.build`, `snapshot.live`,
+//! `snapshot.verify`, `snapshot.upload`, `delta.build` and `delta.verify` write only files named
+//! by their build id, read, or PUT the same bytes again — which run again without counting, up
+//! to `flow::FREE_INTERRUPTIONS` times (`flow::Registry::repeatable_activity`). Pointer moves and
+//! retention count every interruption.
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -410,7 +417,7 @@ pub fn register(registry: &mut Registry, store: Store, work_dir: PathBuf) {
     let (delta_dir, retain_dir) = (work_dir.clone(), work_dir.clone());
     registry
         .orchestration(ORCHESTRATION, 1, publish)
-        .activity("snapshot.build", move |_, step: BuildStep| {
+        .repeatable_activity("snapshot.build", move |_, step: BuildStep| {
             let (store, out) = (
                 build_store.clone(),
                 work_dir.join(format!("{}.db", step.build_id)),
@@ -424,21 +431,21 @@ pub fn register(registry: &mut Registry, store: Store, work_dir: PathBuf) {
                 .map_err(|error| error.to_string())
             })
         })
-        .activity("snapshot.live", |_, step: TargetStep<String>| async move {
+        .repeatable_activity("snapshot.live", |_, step: TargetStep<String>| async move {
             let target = step.target.open().map_err(|error| error.to_string())?;
             target
                 .current(&step.input)
                 .await
                 .map_err(|error| error.to_string())
         })
-        .activity("snapshot.verify", move |_, step: VerifyStep| {
+        .repeatable_activity("snapshot.verify", move |_, step: VerifyStep| {
             let store = store.clone();
             blocking(span("snapshot.verify", &step.traceparent), move || {
                 verify::verify_build(&store, &step.built, step.live.as_ref(), step.force)
                     .map_err(|error| error.to_string())
             })
         })
-        .activity(
+        .repeatable_activity(
             "snapshot.upload",
             |_, step: TargetStep<BuiltSnapshot>| async move {
                 let target = step.target.open().map_err(|error| error.to_string())?;
@@ -500,7 +507,7 @@ pub fn register(registry: &mut Registry, store: Store, work_dir: PathBuf) {
                     .map_err(|error| error.to_string())
             }
         })
-        .activity("delta.build", move |_, step: TargetStep<DeltaBuildStep>| {
+        .repeatable_activity("delta.build", move |_, step: TargetStep<DeltaBuildStep>| {
             let (store, work_dir) = (delta_store.clone(), delta_dir.clone());
             async move {
                 let target = step.target.open().map_err(|error| error.to_string())?;
@@ -527,7 +534,7 @@ pub fn register(registry: &mut Registry, store: Store, work_dir: PathBuf) {
                 .await
             }
         })
-        .activity("delta.verify", move |_, step: DeltaVerifyStep| {
+        .repeatable_activity("delta.verify", move |_, step: DeltaVerifyStep| {
             let store = verify_delta_store.clone();
             blocking(span("delta.verify", &step.traceparent), move || {
                 verify::verify_delta(&store, &step.built, &step.base_build_id)
