@@ -41,6 +41,10 @@ pub struct BackfillConfig {
     /// Attempts per request for retryable failures (connect errors, timeouts, 5xx, 429).
     pub max_attempts: u32,
     pub backoff: Backoff,
+    /// Queue every backfilled row for Turso, as live ingest does on a Turso-backed worker
+    /// (`upstream_queue`, sent by the worker's write-through), so a backfill reaches Turso
+    /// without waiting for anything else.
+    pub write_through: bool,
 }
 
 impl Default for BackfillConfig {
@@ -52,6 +56,7 @@ impl Default for BackfillConfig {
             request_timeout: Duration::from_secs(30),
             max_attempts: 5,
             backoff: Backoff::new(Duration::from_millis(200), Duration::from_secs(10)),
+            write_through: false,
         }
     }
 }
@@ -143,6 +148,7 @@ pub async fn backfill(
         .map_err(BackfillError::Client)?;
     let ingest_config = IngestConfig {
         cursor_source: "backfill".into(),
+        write_through: config.write_through,
         ..IngestConfig::default()
     };
     let (sink, writer) = ingest::spawn_writer(store, &ingest_config, policy, None)?;

@@ -415,3 +415,50 @@ fn the_command_fails_when_a_repo_was_not_backfilled_and_refuses_a_bad_pds() {
     assert_eq!(output.status.code(), Some(2), "{stderr}");
     assert!(stderr.contains("not an http(s) address"), "{stderr}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backfill_on_a_turso_backed_worker_reaches_turso_through_the_upstream_queue() {
+    use pubsearch_native_worker::run::{self, RunOptions, Source};
+    use pubsearch_native_worker::turso::{Replication, TursoConfig};
+    use support::hrana_server::{HranaServer, connect};
+
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let store = Store::open(run::store_path(&data)).unwrap();
+    let (base, _server) = start(pds_with(&[("did:plc:ann", 30), ("did:plc:bob", 12)])).await;
+    let config = BackfillConfig {
+        write_through: true,
+        ..config(&base)
+    };
+    let report = backfill::backfill(
+        &store,
+        &["did:plc:ann".to_owned(), "did:plc:bob".to_owned()],
+        &config,
+        None,
+    )
+    .await
+    .unwrap();
+    assert_eq!(report.records, 44);
+    let local = count(&store, "SELECT count(*) FROM documents");
+    assert_eq!(local, 42);
+    assert!(count(&store, "SELECT count(*) FROM upstream_queue") > 0);
+
+    // The worker's write-through sends the queue like live ingest's (a replay of nothing:
+    // the run ends after one last flush).
+    let remote = dir.path().join("turso.db");
+    let turso = HranaServer::start(&remote, None).await;
+    let empty = dir.path().join("empty.ndjson");
+    std::fs::write(&empty, "").unwrap();
+    let mut options = RunOptions::new(&data, Source::Replay(empty));
+    options.turso = Some(Replication::new(
+        TursoConfig::new(&turso.url(), None).unwrap(),
+    ));
+    run::run(options, tokio_util::sync::CancellationToken::new())
+        .await
+        .unwrap();
+    let sent: i64 = connect(&remote)
+        .query_row("SELECT count(*) FROM documents", [], |row| row.get(0))
+        .unwrap();
+    assert_eq!(sent, local, "every backfilled document reached Turso");
+    assert_eq!(count(&store, "SELECT count(*) FROM upstream_queue"), 0);
+}

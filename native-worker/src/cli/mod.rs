@@ -54,6 +54,10 @@ enum Command {
         /// it the stored list applies.
         #[arg(long, env = "PUBSEARCH_BANNED_DIDS", value_name = "FILE")]
         banned_dids: Option<PathBuf>,
+        /// The worker's Turso database: with it, backfilled rows are queued for Turso like live
+        /// ingest's, and `run` (with the same TURSO_URL) sends them.
+        #[arg(long, env = "TURSO_URL", value_name = "URL")]
+        turso_url: Option<String>,
     },
     /// Write a deterministic synthetic Jetstream corpus (NDJSON) for tests and benchmarks.
     GenCorpus {
@@ -263,7 +267,16 @@ impl Cli {
                 plc_url,
                 data_dir,
                 banned_dids,
-            } => backfill(dids, dids_file, pds, plc_url, &data_dir, banned_dids),
+                turso_url,
+            } => backfill(
+                dids,
+                dids_file,
+                pds,
+                plc_url,
+                &data_dir,
+                banned_dids,
+                turso_url.is_some(),
+            ),
             Command::GenCorpus {
                 records,
                 seed,
@@ -338,6 +351,7 @@ fn backfill(
     plc_url: Url,
     data_dir: &std::path::Path,
     banned_dids: Option<PathBuf>,
+    write_through: bool,
 ) -> Result<()> {
     use crate::backfill::{BackfillConfig, backfill};
     if let Some(file) = dids_file {
@@ -362,6 +376,7 @@ fn backfill(
     let config = BackfillConfig {
         pds,
         plc_url,
+        write_through,
         ..BackfillConfig::default()
     };
     let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
@@ -375,6 +390,11 @@ fn backfill(
         failed = report.failed_repos.len(),
         "backfill finished"
     );
+    if write_through {
+        tracing::info!(
+            "backfilled rows are queued for Turso; `run` with the same TURSO_URL sends them"
+        );
+    }
     for (did, reason) in &report.failed_repos {
         eprintln!("not backfilled: {did}: {reason}");
     }
