@@ -12,6 +12,8 @@ use super::Skip;
 #[derive(Debug, Default)]
 pub struct IngestStats {
     events: AtomicU64,
+    /// Events that carried a source time (Jetstream's do; tap's do not).
+    timed_events: AtomicU64,
     banned: AtomicU64,
     unwanted: AtomicU64,
     malformed: AtomicU64,
@@ -26,6 +28,8 @@ pub struct IngestStats {
     max_commit_micros: AtomicU64,
     newest_event_time_us: AtomicI64,
     durable_event_time_us: AtomicI64,
+    /// Wall-clock time of the last commit (Unix µs; 0 before the first).
+    last_commit_at_us: AtomicI64,
     commit_latency: LatencyHistogram,
 }
 
@@ -49,8 +53,13 @@ pub struct StatsSnapshot {
     pub newest_event_time_us: i64,
     /// Source time of the newest event that is durable in the store.
     pub durable_event_time_us: i64,
-    /// How far the durable store is behind wall-clock time, in ms (0 before the first commit).
-    pub lag_ms: i64,
+    /// How far the durable store is behind the source, in ms: wall-clock time minus the source
+    /// time of the newest durable event. `null` when the source's events carry no time (tap),
+    /// or before anything with a time is durable.
+    pub lag_ms: Option<i64>,
+    /// Wall-clock ms since the last commit made anything durable (`null` before the first):
+    /// what can be known under any source, tap included.
+    pub since_last_commit_ms: Option<i64>,
     /// Time per batch commit (one transaction, FTS maintenance and fsync included).
     pub commit_latency: LatencySummary,
 }
@@ -59,6 +68,7 @@ impl IngestStats {
     pub(super) fn record_event(&self, time_us: Option<i64>) {
         self.events.fetch_add(1, Relaxed);
         if let Some(time_us) = time_us {
+            self.timed_events.fetch_add(1, Relaxed);
             self.newest_event_time_us.fetch_max(time_us, Relaxed);
         }
     }
@@ -102,6 +112,8 @@ impl IngestStats {
         self.last_commit_micros.store(micros, Relaxed);
         self.max_commit_micros.fetch_max(micros, Relaxed);
         self.commit_latency.record(micros);
+        self.last_commit_at_us
+            .store(crate::clock::now_us(), Relaxed);
         if let Some(time_us) = durable_time_us {
             self.durable_event_time_us.fetch_max(time_us, Relaxed);
         }
@@ -121,8 +133,13 @@ impl IngestStats {
     pub fn snapshot(&self) -> StatsSnapshot {
         let durable = self.durable_event_time_us.load(Relaxed);
         let now_us = crate::clock::now_us();
+        let events = self.events.load(Relaxed);
+        // Events arrived and none carried a time: the source is untimed (tap), and a durable
+        // time seeded from an earlier source's cursor says nothing about it.
+        let untimed = events > 0 && self.timed_events.load(Relaxed) == 0;
+        let last_commit = self.last_commit_at_us.load(Relaxed);
         StatsSnapshot {
-            events: self.events.load(Relaxed),
+            events,
             banned: self.banned.load(Relaxed),
             unwanted: self.unwanted.load(Relaxed),
             malformed: self.malformed.load(Relaxed),
@@ -137,12 +154,35 @@ impl IngestStats {
             max_commit_micros: self.max_commit_micros.load(Relaxed),
             newest_event_time_us: self.newest_event_time_us.load(Relaxed),
             durable_event_time_us: durable,
-            lag_ms: if durable > 0 {
-                (now_us - durable).max(0) / 1000
-            } else {
-                0
-            },
+            lag_ms: (durable > 0 && !untimed).then(|| (now_us - durable).max(0) / 1000),
+            since_last_commit_ms: (last_commit > 0).then(|| (now_us - last_commit).max(0) / 1000),
             commit_latency: self.commit_latency.summary(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lag_is_reported_only_for_sources_whose_events_carry_a_time() {
+        let hour_ago = crate::clock::now_us() - 3_600_000_000;
+        // Jetstream: lag is how far the durable event time is behind the clock.
+        let timed = IngestStats::default();
+        assert_eq!(timed.snapshot().lag_ms, None, "nothing durable yet");
+        timed.record_event(Some(hour_ago));
+        timed.record_commit(1, 1, 0, 10, Some(hour_ago));
+        let lag = timed.snapshot().lag_ms.unwrap();
+        assert!((3_600_000..3_700_000).contains(&lag), "{lag}");
+
+        // Tap: no event time, even with a durable time seeded from an earlier Jetstream cursor.
+        let untimed = IngestStats::default();
+        untimed.set_durable_event_time_us(hour_ago);
+        untimed.record_event(None);
+        untimed.record_commit(1, 1, 0, 10, None);
+        let snapshot = untimed.snapshot();
+        assert_eq!(snapshot.lag_ms, None);
+        assert!(snapshot.since_last_commit_ms.unwrap() < 60_000);
     }
 }
