@@ -6,6 +6,7 @@
 //! checked by `tests/layering.rs`):
 //!
 //! - [`clock`]: the wall clock in Unix µs.
+//! - [`lockfile`]: exclusive ownership of a data file by one process, naming its holder.
 //! - [`latency`]: lock-free latency histograms behind `/stats`.
 //! - [`telemetry`]: stderr logs and non-blocking OTLP trace export.
 //! - [`extract`]: a record → a normalised document or publication, or why not.
@@ -34,6 +35,7 @@ pub mod firehose;
 pub mod flow;
 pub mod ingest;
 pub mod latency;
+pub mod lockfile;
 pub mod publish;
 pub mod run;
 pub mod store;

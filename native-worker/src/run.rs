@@ -98,8 +98,25 @@ pub fn store_path(data_dir: &std::path::Path) -> PathBuf {
     data_dir.join("store.db")
 }
 
+/// The lock a running worker holds on its data directory (see [`crate::lockfile`]).
+pub fn worker_lock_path(data_dir: &std::path::Path) -> PathBuf {
+    data_dir.join("worker.lock")
+}
+
 /// Runs ingest until Ctrl-C, `shutdown`, or the end of a replay; returns the final counters.
 pub async fn run(options: RunOptions, shutdown: CancellationToken) -> Result<StatsSnapshot> {
+    // One worker per data directory: a second is refused, told which process holds it, before
+    // it touches anything (a backfill or a one-off publish may still run beside the worker).
+    std::fs::create_dir_all(&options.data_dir)
+        .with_context(|| format!("creating {}", options.data_dir.display()))?;
+    let _worker = crate::lockfile::LockFile::acquire(&worker_lock_path(&options.data_dir))
+        .map_err(|error| {
+            anyhow::anyhow!(
+                "another worker owns the data directory {}: {error}; stop it, or give this one \
+                 another --data-dir",
+                options.data_dir.display()
+            )
+        })?;
     let store = Store::open(store_path(&options.data_dir))?;
     // First of all that can clash with another worker, so a second one fails before it starts
     // anything.

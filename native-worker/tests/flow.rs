@@ -482,7 +482,11 @@ async fn list_paginates_purge_removes_finished_and_a_second_engine_is_refused() 
     assert_eq!(running.instances.len(), 1);
 
     match Engine::start(dir.path().join("flow.db"), registry(), options()).await {
-        Err(FlowError::Locked(_)) => {}
+        Err(error @ FlowError::Locked { .. }) => {
+            let message = error.to_string();
+            let holder = format!("pid {} (", std::process::id());
+            assert!(message.contains(&holder), "names the holder: {message}");
+        }
         Err(other) => panic!("expected Locked, got {other}"),
         Ok(_) => panic!("a second engine started on the same database"),
     }

@@ -389,3 +389,45 @@ async fn admin_endpoint_reports_health_and_progress() {
     shutdown.cancel();
     worker.await.unwrap().unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_worker_on_the_same_data_directory_is_refused_naming_the_first() {
+    let server = JetstreamServer::start(support::jetstream_events(200), Faults::default()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let jetstream = || Source::Jetstream(server.url().parse().unwrap());
+    let shutdown = CancellationToken::new();
+    let first = tokio::spawn(run::run(options(dir.path(), jetstream()), shutdown.clone()));
+    let store = store_path(dir.path());
+    assert!(
+        support::wait_for(Duration::from_secs(30), || support::cursor(&store)
+            .is_some())
+        .await,
+        "the first worker never ingested"
+    );
+
+    let refused = run::run(options(dir.path(), jetstream()), CancellationToken::new())
+        .await
+        .expect_err("a second worker started on the same data directory");
+    let message = format!("{refused:#}");
+    assert!(
+        message.contains("another worker owns the data directory"),
+        "{message}"
+    );
+    assert!(
+        message.contains(&format!("pid {} (", std::process::id())),
+        "names the holder: {message}"
+    );
+
+    shutdown.cancel();
+    first.await.unwrap().unwrap();
+    // Once the first has stopped, the directory is free again.
+    let shutdown = CancellationToken::new();
+    let again = tokio::spawn(run::run(options(dir.path(), jetstream()), shutdown.clone()));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        !again.is_finished(),
+        "the directory stayed locked after its worker stopped"
+    );
+    shutdown.cancel();
+    again.await.unwrap().unwrap();
+}

@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 /// Every top-level module, each after everything it may import.
 const ORDER: &[&str] = &[
     "clock",
+    "lockfile",
     "latency",
     "telemetry",
     "extract",

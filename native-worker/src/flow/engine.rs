@@ -7,7 +7,6 @@
 //! next turn waits until the previous one's commit is durable, so state never runs ahead of disk.
 
 use std::collections::HashMap;
-use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
@@ -25,6 +24,7 @@ use super::registry::Registry;
 use super::turn::{self, IdSource, Live, TurnOutput};
 use super::writer::{self, CommitReport, WriteOp, Writer, WriterStats};
 use super::{lock, now_ms};
+use crate::lockfile::{LockError, LockFile};
 
 /// How the engine runs.
 #[derive(Debug, Clone)]
@@ -403,7 +403,7 @@ fn evict(slots: &mut HashMap<String, Slot>, capacity: usize) {
 pub struct Engine {
     shared: Arc<Shared>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
-    _lock: File,
+    _lock: LockFile,
 }
 
 impl Engine {
@@ -416,14 +416,14 @@ impl Engine {
     ) -> Result<Engine, FlowError> {
         let path = path.as_ref().to_path_buf();
         let conn = db::open_write(&path, options.durable)?;
-        let lock_path = path.with_extension("lock");
-        let lock_file = File::create(&lock_path).map_err(|source| FlowError::Io {
-            path: lock_path.clone(),
-            source,
-        })?;
-        if lock_file.try_lock().is_err() {
-            return Err(FlowError::Locked(path));
-        }
+        let lock_file =
+            LockFile::acquire(&path.with_extension("lock")).map_err(|error| match error {
+                LockError::Held { holder, .. } => FlowError::Locked {
+                    path: path.clone(),
+                    holder,
+                },
+                LockError::Io { path, source } => FlowError::Io { path, source },
+            })?;
         let pending = db::pending_work(&conn)?;
         let next_work_id = db::max_work_id(&conn)?;
         let stats = Arc::new(EngineStats::default());

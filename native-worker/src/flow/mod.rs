@@ -70,8 +70,8 @@ pub enum FlowError {
         #[source]
         source: std::io::Error,
     },
-    #[error("another process is running the flow engine on {0}")]
-    Locked(PathBuf),
+    #[error("another process is running the flow engine on {path}: {holder}")]
+    Locked { path: PathBuf, holder: String },
     #[error("flow database error: {0}")]
     Sqlite(#[from] rusqlite::Error),
     #[error("flow record does not decode: {0}")]

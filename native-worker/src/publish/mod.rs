@@ -107,7 +107,7 @@ async fn publish_request(
                     engine.shutdown().await;
                     return result;
                 }
-                Err(FlowError::Locked(_)) => {
+                Err(FlowError::Locked { .. }) => {
                     let instance = match &handed_over {
                         Some(instance) => instance.clone(),
                         None => {
