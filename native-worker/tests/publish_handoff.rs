@@ -164,3 +164,87 @@ async fn a_publish_left_unfinished_by_the_engine_it_was_handed_to_is_finished_by
         "the handed-over publish was finished, not redone"
     );
 }
+
+/// Two `publish` commands asking a worker for the same publish within its inbox poll: the
+/// second finds the first's start still waiting in the inbox and joins it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn publishes_asked_of_a_worker_within_one_inbox_poll_are_one_publish() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let store = ingested(&data).await;
+    let target = ObjectTarget::local(&data.join("snapshots")).unwrap();
+    let mut registry = Registry::new();
+    workflow::register(&mut registry, store.clone(), publish::work_dir(&data));
+    let slow_inbox = EngineOptions {
+        inbox_poll: Duration::from_secs(3600),
+        ..EngineOptions::default()
+    };
+    let worker = Engine::start(flow::flow_path(&data), registry, slow_inbox)
+        .await
+        .unwrap();
+    // Past the engine's first inbox poll (at start); the next is an hour away, so what is
+    // asked now waits in the inbox, as within any one poll.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    let flow_db = flow::flow_path(&data);
+    let request = workflow::PublishRequest::new(target.spec().clone(), &options(false));
+    let (first, second) = tokio::join!(
+        workflow::hand_over(&flow_db, &request),
+        workflow::hand_over(&flow_db, &request)
+    );
+    assert_eq!(
+        first.unwrap(),
+        second.unwrap(),
+        "two publishes of one channel were started"
+    );
+    assert_eq!(worker.client().pending_starts().unwrap().len(), 1);
+    // A forced publish is another request: it does not join.
+    let forced = workflow::PublishRequest::new(target.spec().clone(), &options(true));
+    let third = workflow::hand_over(&flow_db, &forced).await.unwrap();
+    let pending: Vec<String> = worker
+        .client()
+        .pending_starts()
+        .unwrap()
+        .into_iter()
+        .map(|start| start.instance)
+        .collect();
+    assert_eq!(pending.len(), 2, "{pending:?} {third}");
+    assert_eq!(pending[1], third);
+    worker.shutdown().await;
+}
+
+/// A build that hangs fails its attempts at the step's time limit, so the publish ends (and a
+/// later one starts afresh) instead of holding the channel for every later publish to join.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hung_build_times_out_instead_of_holding_the_channel() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let store = ingested(&data).await;
+    let target = ObjectTarget::local(&data.join("snapshots")).unwrap();
+    let engine = engine_that_never_builds(&data, &store).await;
+    let mut request = workflow::PublishRequest::new(target.spec().clone(), &options(false));
+    request.timeouts.build_ms = 200;
+    let outcome = tokio::time::timeout(
+        Duration::from_secs(60),
+        workflow::publish_and_wait(&engine.client(), &request, Duration::from_secs(60)),
+    )
+    .await
+    .expect("the publish waited on its hung build");
+    let error = outcome.expect_err("a publish whose build hangs cannot succeed");
+    assert!(error.to_string().contains("timed out"), "{error}");
+    assert!(
+        building(&data).is_empty(),
+        "nothing is left holding the channel"
+    );
+    engine.shutdown().await;
+
+    // The next publish starts its own and succeeds.
+    let manifest = publish::publish_once(&store, &data, &target, &options(false))
+        .await
+        .unwrap();
+    assert_eq!(
+        target.current("prod").await.unwrap(),
+        Some(manifest.pointer())
+    );
+    assert_eq!(publish_instances(&data), 2);
+}

@@ -189,6 +189,16 @@ impl FlowClient {
         self.shared.waiter_count()
     }
 
+    /// The flow database this client's engine owns.
+    pub fn path(&self) -> &std::path::Path {
+        &self.shared.path
+    }
+
+    /// Starts other processes left in the inbox that this engine has not applied yet.
+    pub fn pending_starts(&self) -> Result<Vec<db::PendingStart>, FlowError> {
+        self.shared.read(db::pending_starts)
+    }
+
     /// A page of instances in id order.
     pub fn list(
         &self,

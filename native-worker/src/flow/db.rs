@@ -274,6 +274,33 @@ pub(crate) fn inbox(
     Ok(messages)
 }
 
+/// A start another process asked for that the engine has not applied yet.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PendingStart {
+    pub instance: String,
+    pub name: String,
+    pub input: String,
+}
+
+/// Inbox messages read when looking for pending starts: the owning engine drains the inbox
+/// every second, so more than this waiting means no engine is running to apply them.
+const MAX_PENDING_STARTS: usize = 10_000;
+
+/// The starts waiting in the inbox, oldest first.
+pub(crate) fn pending_starts(conn: &Connection) -> Result<Vec<PendingStart>, FlowError> {
+    Ok(inbox(conn, MAX_PENDING_STARTS)?
+        .into_iter()
+        .filter_map(|(_, instance, message)| match message.event {
+            Event::Started { name, input, .. } => Some(PendingStart {
+                instance,
+                name,
+                input,
+            }),
+            _ => None,
+        })
+        .collect())
+}
+
 /// Leaves a message for the engine from another process (the CLI). The running engine picks
 /// it up within its inbox poll interval; a stopped one on its next start.
 pub fn post_to_inbox(path: &Path, instance: &str, message: &Message) -> Result<(), FlowError> {

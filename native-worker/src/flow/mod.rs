@@ -37,7 +37,7 @@ use std::path::PathBuf;
 
 pub use client::FlowClient;
 pub use context::{ContinueAsNew, OrchestrationContext, StepFuture};
-pub use db::{InstanceInfo, InstancePage, flow_path};
+pub use db::{InstanceInfo, InstancePage, PendingStart, flow_path};
 pub use engine::{DEFAULT_RETENTION, Engine, EngineOptions, EngineStats};
 pub use history::{Event, Status};
 pub use outside::OutsideClient;

@@ -9,7 +9,7 @@ use std::time::Duration;
 use serde::Serialize;
 
 use super::FlowError;
-use super::db::{self, InstanceInfo, InstancePage};
+use super::db::{self, InstanceInfo, InstancePage, PendingStart};
 use super::history::{Event, Message, Status};
 
 /// Starts, cancels, lists and waits on the instances of a flow database from outside its engine.
@@ -70,6 +70,11 @@ impl OutsideClient {
         limit: usize,
     ) -> Result<InstancePage, FlowError> {
         db::list(&db::open_read(&self.path)?, status, after, limit)
+    }
+
+    /// Starts left in the inbox that the owning engine has not applied yet.
+    pub fn pending_starts(&self) -> Result<Vec<PendingStart>, FlowError> {
+        db::pending_starts(&db::open_read(&self.path)?)
     }
 
     /// Waits up to `timeout` for `instance` to finish.

@@ -112,7 +112,7 @@ async fn publish_request(
                         Some(instance) => instance.clone(),
                         None => {
                             tracing::info!(db = %flow_db.display(), "a running worker owns the workflows; asking it to publish");
-                            handed_over.insert(workflow::hand_over(&flow_db, &request)?).clone()
+                            handed_over.insert(workflow::hand_over(&flow_db, &request).await?).clone()
                         }
                     };
                     if let Some(manifest) =

@@ -24,8 +24,9 @@ use super::objects::{ObjectError, Requester, TargetSpec};
 use super::{PublishOptions, verify};
 use crate::flow::{
     FlowClient, FlowError, InstanceInfo, InstancePage, OrchestrationContext, OutsideClient,
-    Registry, RetryPolicy, Status,
+    PendingStart, Registry, RetryPolicy, Status,
 };
+use crate::lockfile::{LockError, LockFile};
 use crate::store::Store;
 
 /// The orchestration's registered name.
@@ -52,6 +53,61 @@ pub struct PublishRequest {
     /// "Deltas").
     #[serde(default)]
     pub catch_up: bool,
+    /// Per-attempt limits of the steps (recorded with the request, so a resumed publish keeps
+    /// them).
+    #[serde(default)]
+    pub timeouts: StepTimeouts,
+}
+
+/// How long one attempt of each kind of publish step may take before it counts as failed (and
+/// is retried per its policy). Without limits a hung step would hold the channel's publish for
+/// good, and every later publish would join it and wait. Generous: they bound hangs, not work
+/// (a build of a million documents takes minutes here).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StepTimeouts {
+    /// `snapshot.build`, `delta.build` (a delta's includes fetching its base).
+    pub build_ms: u64,
+    /// `snapshot.verify`, `delta.verify`.
+    pub verify_ms: u64,
+    /// Object store work: `snapshot.live`, `snapshot.upload`, the pointer moves.
+    pub io_ms: u64,
+    /// Retention of old builds and deltas.
+    pub housekeeping_ms: u64,
+}
+
+impl Default for StepTimeouts {
+    fn default() -> Self {
+        const MINUTE: u64 = 60_000;
+        StepTimeouts {
+            build_ms: 30 * MINUTE,
+            verify_ms: 15 * MINUTE,
+            io_ms: 30 * MINUTE,
+            housekeeping_ms: 10 * MINUTE,
+        }
+    }
+}
+
+/// The retry policy of each kind of step.
+struct Policies {
+    build: RetryPolicy,
+    verify: RetryPolicy,
+    io: RetryPolicy,
+    housekeeping: RetryPolicy,
+}
+
+impl StepTimeouts {
+    fn policies(&self) -> Policies {
+        let limit = Duration::from_millis;
+        Policies {
+            build: RetryPolicy::exponential(2, Duration::from_secs(1), Duration::from_secs(5))
+                .with_timeout(limit(self.build_ms)),
+            // The gates are deterministic: a failed one is final, not retried.
+            verify: RetryPolicy::no_retry().with_timeout(limit(self.verify_ms)),
+            io: RetryPolicy::exponential(5, Duration::from_secs(1), Duration::from_secs(30))
+                .with_timeout(limit(self.io_ms)),
+            housekeeping: RetryPolicy::default().with_timeout(limit(self.housekeeping_ms)),
+        }
+    }
 }
 
 impl PublishRequest {
@@ -65,6 +121,7 @@ impl PublishRequest {
             requester: Requester::Operator,
             delta: false,
             catch_up: false,
+            timeouts: StepTimeouts::default(),
         }
     }
 
@@ -97,6 +154,7 @@ impl PublishRequest {
             requester,
             delta,
             catch_up,
+            timeouts: _,
         } = running;
         (target, channel, force, keep, requester, delta, catch_up)
             == (
@@ -224,20 +282,19 @@ async fn publish(ctx: OrchestrationContext, request: PublishRequest) -> Result<M
         channel: request.channel.clone(),
         traceparent: request.traceparent.clone(),
     };
-    let retry_build = RetryPolicy::exponential(2, Duration::from_secs(1), Duration::from_secs(5));
+    let policies = request.timeouts.policies();
     let built: BuiltSnapshot = ctx
-        .activity_with_retry("snapshot.build", &building, retry_build)
+        .activity_with_retry("snapshot.build", &building, policies.build)
         .await?;
     ctx.set_custom_status(format!(
         "verifying {build_id} ({} documents)",
         built.manifest.counts.documents
     ));
-    let retry_io = RetryPolicy::exponential(5, Duration::from_secs(1), Duration::from_secs(30));
     let live: Option<Manifest> = ctx
         .activity_with_retry(
             "snapshot.live",
             &request.step(request.channel.clone()),
-            retry_io,
+            policies.io,
         )
         .await?;
     let verifying = VerifyStep {
@@ -246,8 +303,7 @@ async fn publish(ctx: OrchestrationContext, request: PublishRequest) -> Result<M
         force: request.force,
         traceparent: request.traceparent.clone(),
     };
-    // The gates are deterministic: a failed one is final, not retried.
-    ctx.activity_with_retry::<_, ()>("snapshot.verify", &verifying, RetryPolicy::no_retry())
+    ctx.activity_with_retry::<_, ()>("snapshot.verify", &verifying, policies.verify)
         .await
         .map_err(|error| {
             format!("build {build_id} failed verification; nothing was published: {error}")
@@ -256,7 +312,7 @@ async fn publish(ctx: OrchestrationContext, request: PublishRequest) -> Result<M
         "uploading {build_id} ({} bytes)",
         built.manifest.byte_size
     ));
-    ctx.activity_with_retry::<_, ()>("snapshot.upload", &request.step(built.clone()), retry_io)
+    ctx.activity_with_retry::<_, ()>("snapshot.upload", &request.step(built.clone()), policies.io)
         .await?;
     let mut pointer = built.manifest.clone();
     if request.catch_up {
@@ -273,7 +329,7 @@ async fn publish(ctx: OrchestrationContext, request: PublishRequest) -> Result<M
     // A refusal (the live build is newer) is final, so it comes back as a result, not an error
     // to retry.
     let refused: Option<String> = ctx
-        .activity_with_retry("snapshot.pointer", &pointing, retry_io)
+        .activity_with_retry("snapshot.pointer", &pointing, policies.io)
         .await?;
     if let Some(reason) = refused {
         return Err(format!("build {build_id} was not published: {reason}"));
@@ -286,7 +342,7 @@ async fn publish(ctx: OrchestrationContext, request: PublishRequest) -> Result<M
     });
     // Housekeeping: a failure here leaves old builds behind but does not undo the publish.
     match ctx
-        .activity::<_, usize>("snapshot.retain", &retaining)
+        .activity_with_retry::<_, usize>("snapshot.retain", &retaining, policies.housekeeping)
         .await
     {
         Ok(removed) => ctx.set_custom_status(format!(
@@ -305,12 +361,12 @@ async fn publish_delta(
     request: PublishRequest,
 ) -> Result<Manifest, String> {
     let build_id = build_id(ctx.now_ms(), &ctx.new_uuid());
-    let retry_io = RetryPolicy::exponential(5, Duration::from_secs(1), Duration::from_secs(30));
+    let policies = request.timeouts.policies();
     let live: Option<Manifest> = ctx
         .activity_with_retry(
             "snapshot.live",
             &request.step(request.channel.clone()),
-            retry_io,
+            policies.io,
         )
         .await?;
     let Some(base) = live else {
@@ -325,7 +381,7 @@ async fn publish_delta(
         .activity_with_retry(
             "delta.pointer",
             &request.step(built.manifest.clone()),
-            retry_io,
+            policies.io,
         )
         .await?;
     if let Some(reason) = refused {
@@ -337,7 +393,10 @@ async fn publish_delta(
         local_file: built.path.clone(),
         keep_as_base: false,
     });
-    if let Err(error) = ctx.activity::<_, usize>("delta.retain", &retaining).await {
+    if let Err(error) = ctx
+        .activity_with_retry::<_, usize>("delta.retain", &retaining, policies.housekeeping)
+        .await
+    {
         ctx.set_custom_status(format!(
             "published delta {build_id}; retention failed: {error}"
         ));
@@ -353,26 +412,25 @@ async fn build_delta(
     build_id: String,
 ) -> Result<BuiltSnapshot, String> {
     ctx.set_custom_status(format!("building delta {build_id} over {}", base.build_id));
-    let retry_build = RetryPolicy::exponential(2, Duration::from_secs(1), Duration::from_secs(5));
-    let retry_io = RetryPolicy::exponential(5, Duration::from_secs(1), Duration::from_secs(30));
+    let policies = request.timeouts.policies();
     let building = request.step(DeltaBuildStep {
         build_id: build_id.clone(),
         base: base.clone(),
     });
     let built: BuiltSnapshot = ctx
-        .activity_with_retry("delta.build", &building, retry_build)
+        .activity_with_retry("delta.build", &building, policies.build)
         .await?;
     let verifying = DeltaVerifyStep {
         built: built.clone(),
         base_build_id: base.build_id.clone(),
         traceparent: request.traceparent.clone(),
     };
-    ctx.activity_with_retry::<_, ()>("delta.verify", &verifying, RetryPolicy::no_retry())
+    ctx.activity_with_retry::<_, ()>("delta.verify", &verifying, policies.verify)
         .await
         .map_err(|error| {
             format!("delta {build_id} failed verification; nothing was published: {error}")
         })?;
-    ctx.activity_with_retry::<_, ()>("snapshot.upload", &request.step(built.clone()), retry_io)
+    ctx.activity_with_retry::<_, ()>("snapshot.upload", &request.step(built.clone()), policies.io)
         .await?;
     Ok(built)
 }
@@ -588,22 +646,34 @@ pub enum PublishError {
     },
 }
 
-/// A running publish (interrupted or under way) that serves `request`, if there is one. A
-/// running publish of the same channel to another target or with other options does not: it
-/// would report its own result as this one's.
+/// A publish under way (running, interrupted, or asked for and not started yet) that serves
+/// `request`, if there is one. A publish of the same channel to another target or with other
+/// options does not: it would report its own result as this one's.
 fn running_publish(
     running: impl Fn(Option<&str>) -> Result<InstancePage, FlowError>,
+    pending: Vec<PendingStart>,
     request: &PublishRequest,
 ) -> Result<Option<String>, FlowError> {
+    let serves = |name: &str, input: &str| {
+        name == ORCHESTRATION
+            && serde_json::from_str::<PublishRequest>(input)
+                .is_ok_and(|running| request.is_served_by(&running))
+    };
+    if let Some(start) = pending
+        .iter()
+        .find(|start| serves(&start.name, &start.input))
+    {
+        return Ok(Some(start.instance.clone()));
+    }
     let mut after = None;
     loop {
         let page = running(after.as_deref())?;
-        for info in &page.instances {
-            let serves = serde_json::from_str::<PublishRequest>(&info.input)
-                .is_ok_and(|running| request.is_served_by(&running));
-            if info.name == ORCHESTRATION && serves {
-                return Ok(Some(info.id.clone()));
-            }
+        if let Some(info) = page
+            .instances
+            .iter()
+            .find(|info| serves(&info.name, &info.input))
+        {
+            return Ok(Some(info.id.clone()));
         }
         match page.next {
             Some(next) => after = Some(next),
@@ -654,8 +724,10 @@ pub async fn publish_and_wait(
     request: &PublishRequest,
     timeout: Duration,
 ) -> Result<Manifest, PublishError> {
+    let claim = claim_publishing(client.path()).await?;
     let running = running_publish(
         |after| client.list(Some(Status::Running), after, 500),
+        client.pending_starts()?,
         request,
     )?;
     let instance = match running {
@@ -669,21 +741,57 @@ pub async fn publish_and_wait(
             instance
         }
     };
+    drop(claim);
     outcome(client.wait(&instance, timeout).await?)
 }
 
 /// Hands `request` to the engine that owns `flow_db` (through its inbox), or joins a running
 /// publish that serves it; returns the instance to wait for.
-pub fn hand_over(flow_db: &std::path::Path, request: &PublishRequest) -> Result<String, FlowError> {
+pub async fn hand_over(
+    flow_db: &std::path::Path,
+    request: &PublishRequest,
+) -> Result<String, FlowError> {
+    let _claim = claim_publishing(flow_db).await?;
     let flows = OutsideClient::new(flow_db);
     let running = |after: Option<&str>| flows.list(Some(Status::Running), after, 500);
-    if let Some(instance) = running_publish(running, request)? {
+    if let Some(instance) = running_publish(running, flows.pending_starts()?, request)? {
         return Ok(instance);
     }
     let instance = new_instance_id(request);
     flows.start(&instance, ORCHESTRATION, 1, request)?;
     Ok(instance)
 }
+
+/// Serialises "is a publish serving this request under way? if not, start one" across every
+/// process using `flow_db` (the worker's scheduler, `publish` commands), so a channel's publish
+/// is single-flight: the second asker finds the first's start, pending or running, and joins it.
+/// Held for the check and the start only, never while a publish runs.
+async fn claim_publishing(flow_db: &std::path::Path) -> Result<LockFile, FlowError> {
+    let path = flow_db.with_extension("publish.lock");
+    let deadline = tokio::time::Instant::now() + CLAIM_TIMEOUT;
+    loop {
+        match LockFile::acquire(&path) {
+            Ok(claim) => return Ok(claim),
+            Err(LockError::Held { holder, .. }) if tokio::time::Instant::now() >= deadline => {
+                return Err(FlowError::Io {
+                    path,
+                    source: std::io::Error::new(
+                        std::io::ErrorKind::WouldBlock,
+                        format!("still held by {holder} after {CLAIM_TIMEOUT:?}"),
+                    ),
+                });
+            }
+            Err(LockError::Held { .. }) => {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            Err(LockError::Io { path, source }) => return Err(FlowError::Io { path, source }),
+        }
+    }
+}
+
+/// How long [`claim_publishing`] waits for another process's check-and-start (milliseconds of
+/// work) before giving up.
+const CLAIM_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Waits up to `timeout` for a handed-over publish, from outside the engine that runs it;
 /// `Ok(None)` if it is still unfinished then.
