@@ -118,6 +118,9 @@ pub async fn run(options: RunOptions, shutdown: CancellationToken) -> Result<Sta
             )
         })?;
     let store = Store::open(store_path(&options.data_dir))?;
+    let checked = std::time::Instant::now();
+    store.check()?;
+    tracing::info!(store = %store.path().display(), seconds = format!("{:.2}", checked.elapsed().as_secs_f64()), "store checked");
     // First of all that can clash with another worker, so a second one fails before it starts
     // anything.
     let admin_listener = match options.admin_addr {

@@ -58,6 +58,16 @@ pub enum StoreError {
     Migration(#[from] MigrationError),
     #[error("store write failed: {0}")]
     Write(#[from] rusqlite::Error),
+    #[error(
+        "the store {path} is damaged ({}); it cannot be trusted to ingest or publish from. \
+         Recover it as the README's \"Recovering a damaged store\" says: move it aside, then \
+         rebuild it from Turso or by backfill",
+        problems.join("; ")
+    )]
+    Damaged {
+        path: PathBuf,
+        problems: Vec<String>,
+    },
 }
 
 /// A handle on the store file; cheap to clone, opens connections on demand.
@@ -80,6 +90,34 @@ impl Store {
         let mut conn = store.open_write_connection()?;
         migrations::migrate(&mut conn)?;
         Ok(store)
+    }
+
+    /// Checks every page of the store (`PRAGMA quick_check`: B-tree structure, record formats,
+    /// NOT NULL and UNIQUE constraints), so damage is found before anything is read from it,
+    /// never as a wrong answer later. Reads the whole file: seconds per GB.
+    pub fn check(&self) -> Result<(), StoreError> {
+        let damaged = |problems| StoreError::Damaged {
+            path: self.path.clone(),
+            problems,
+        };
+        let conn = self.reader()?;
+        let problems: Vec<String> =
+            match conn
+                .prepare("PRAGMA quick_check(20)")
+                .and_then(|mut statement| {
+                    statement
+                        .query_map([], |row| row.get::<_, String>(0))?
+                        .collect::<rusqlite::Result<_>>()
+                }) {
+                Ok(lines) => lines,
+                // Damage bad enough that the check itself cannot run is damage too.
+                Err(error) => vec![error.to_string()],
+            };
+        if problems.len() == 1 && problems[0] == "ok" {
+            Ok(())
+        } else {
+            Err(damaged(problems))
+        }
     }
 
     /// The store file.
