@@ -52,7 +52,8 @@ pub struct RunOptions {
     /// Where `/health` and `/stats` listen; `None` disables the endpoint.
     pub admin_addr: Option<SocketAddr>,
     /// The bearer token the admin endpoint requires (needed to bind a non-loopback address).
-    pub admin_token: Option<String>,
+    /// Redacted in `Debug`.
+    pub admin_token: Option<secrecy::SecretString>,
     pub progress_every: Duration,
     pub ingest: IngestConfig,
     /// Build and publish a snapshot this often while ingesting; `None` disables it.
@@ -118,13 +119,17 @@ pub async fn run(options: RunOptions, shutdown: CancellationToken) -> Result<Sta
             )
         })?;
     let store = Store::open(store_path(&options.data_dir))?;
+    let admin_token = options
+        .admin_token
+        .as_ref()
+        .map(|token| secrecy::ExposeSecret::expose_secret(token).to_owned());
     let checked = std::time::Instant::now();
     store.check()?;
     tracing::info!(store = %store.path().display(), seconds = format!("{:.2}", checked.elapsed().as_secs_f64()), "store checked");
     // First of all that can clash with another worker, so a second one fails before it starts
     // anything.
     let admin_listener = match options.admin_addr {
-        Some(addr) => Some(admin::bind(addr, options.admin_token.as_deref()).await?),
+        Some(addr) => Some(admin::bind(addr, admin_token.as_deref()).await?),
         None => None,
     };
     let policy = options
@@ -201,7 +206,7 @@ pub async fn run(options: RunOptions, shutdown: CancellationToken) -> Result<Sta
             started: Instant::now(),
             requests: Default::default(),
             live_build: Arc::clone(&live_build),
-            token: options.admin_token.as_deref().map(Arc::from),
+            token: admin_token.as_deref().map(Arc::from),
             upstream: options.turso.as_ref().map(|turso| Arc::clone(&turso.stats)),
         };
         tokio::spawn(admin::serve(listener, state, background.clone()));

@@ -332,7 +332,7 @@ fn run_ingest(args: RunArgs) -> Result<()> {
         source,
         banned_dids: args.banned_dids,
         admin_addr: args.admin_addr.0,
-        admin_token: args.admin_token,
+        admin_token: args.admin_token.map(secrecy::SecretString::from),
         progress_every: Duration::from_secs(args.progress_secs.max(1)),
         ingest: IngestConfig {
             max_batch: args.max_batch,

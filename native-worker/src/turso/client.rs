@@ -6,6 +6,7 @@
 //! a request that never reached the server is always retried, one that may have run only when
 //! the caller says the work is idempotent ([`Retry::Idempotent`]).
 
+use secrecy::{ExposeSecret, SecretString};
 use std::time::Duration;
 
 use url::Url;
@@ -78,7 +79,8 @@ pub enum Retry {
 pub struct TursoConfig {
     /// The database URL: `libsql://…` (HTTPS), `https://…` or `http://…` (loopback tests).
     pub url: Url,
-    pub auth_token: Option<String>,
+    /// Redacted in `Debug`, so no log or error can carry it.
+    pub auth_token: Option<SecretString>,
     /// Limit on each HTTP request.
     pub timeout: Duration,
     /// Attempts per call, including the first.
@@ -104,7 +106,9 @@ impl TursoConfig {
         }
         Ok(TursoConfig {
             url: parsed,
-            auth_token: auth_token.filter(|token| !token.is_empty()),
+            auth_token: auth_token
+                .filter(|token| !token.is_empty())
+                .map(SecretString::from),
             timeout: Duration::from_secs(10),
             attempts: 4,
             backoff: Duration::from_millis(200),
@@ -162,7 +166,7 @@ impl TursoClient {
             .timeout(self.config.timeout)
             .json(request);
         if let Some(token) = &self.config.auth_token {
-            http = http.bearer_auth(token);
+            http = http.bearer_auth(token.expose_secret());
         }
         let response = http.send().await.map_err(|error| self.transport(error))?;
         let status = response.status();
