@@ -229,6 +229,16 @@ pub(crate) fn pending_work(conn: &Connection) -> Result<Vec<(WorkItem, bool)>, F
     Ok(items)
 }
 
+/// The newest instance update (Unix ms; 0 if none): the clock's floor for this database
+/// ([`crate::clock::raise_floor`]).
+pub(crate) fn newest_update_ms(conn: &Connection) -> Result<i64, FlowError> {
+    Ok(conn.query_row(
+        "SELECT coalesce(max(updated_ms), 0) FROM flow_instances",
+        [],
+        |row| row.get(0),
+    )?)
+}
+
 pub(crate) fn max_work_id(conn: &Connection) -> Result<i64, FlowError> {
     Ok(
         conn.query_row("SELECT coalesce(max(id), 0) FROM flow_work", [], |row| {

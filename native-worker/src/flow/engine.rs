@@ -424,6 +424,8 @@ impl Engine {
                 },
                 LockError::Io { path, source } => FlowError::Io { path, source },
             })?;
+        // Times this database recorded stay in the past, whatever the system clock says.
+        crate::clock::raise_floor(db::newest_update_ms(&conn)?.saturating_mul(1_000));
         let pending = db::pending_work(&conn)?;
         let next_work_id = db::max_work_id(&conn)?;
         let stats = Arc::new(EngineStats::default());

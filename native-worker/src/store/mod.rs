@@ -89,6 +89,8 @@ impl Store {
         let store = Store { path };
         let mut conn = store.open_write_connection()?;
         migrations::migrate(&mut conn)?;
+        // Stamps this store recorded stay in the past, whatever the system clock says.
+        crate::clock::raise_floor(read::newest_stamp(&conn)?);
         Ok(store)
     }
 
