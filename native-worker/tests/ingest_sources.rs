@@ -431,3 +431,115 @@ async fn a_second_worker_on_the_same_data_directory_is_refused_naming_the_first(
     shutdown.cancel();
     again.await.unwrap().unwrap();
 }
+
+/// Mounts a tmpfs of `size` at `dir` (root only); `false` where mounting is not allowed.
+fn mount_tmpfs(dir: &std::path::Path, size: &str) -> bool {
+    std::process::Command::new("mount")
+        .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+        .arg(dir)
+        .stderr(std::process::Stdio::null())
+        .status()
+        .is_ok_and(|status| status.success())
+}
+
+fn resize_tmpfs(dir: &std::path::Path, size: &str) {
+    let status = std::process::Command::new("mount")
+        .args(["-o", &format!("remount,size={size}")])
+        .arg(dir)
+        .status()
+        .unwrap();
+    assert!(status.success());
+}
+
+/// Unmounts on drop, so a failing assertion leaves no mount behind.
+struct Mounted(std::path::PathBuf);
+
+impl Drop for Mounted {
+    fn drop(&mut self) {
+        // Lazily: a worker still holding files open (a failed test) must not keep it mounted.
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(&self.0)
+            .status();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_on_a_full_disk_pauses_and_resumes_when_space_returns_losing_nothing() {
+    const EVENTS: usize = 4_000;
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    std::fs::create_dir_all(&data).unwrap();
+    if !mount_tmpfs(&data, "700k") {
+        use std::io::Write;
+        let _ = writeln!(
+            std::io::stderr(),
+            "\nSKIPPED the full-disk worker test: mounting a tmpfs needs root \
+             (the store-level full-disk test in tests/store.rs still ran)\n"
+        );
+        return;
+    }
+    let _mounted = Mounted(data.clone());
+    let events = support::jetstream_events(EVENTS);
+    let server = JetstreamServer::start(events.clone(), Faults::default()).await;
+    let addr = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let mut options = options(&data, Source::Jetstream(server.url().parse().unwrap()));
+    options.admin_addr = Some(addr);
+    let shutdown = CancellationToken::new();
+    let worker = tokio::spawn(run::run(options, shutdown.clone()));
+
+    // The disk fills: commits are refused and retried, the worker stays up.
+    let store_full = || async {
+        let stats: serde_json::Value = reqwest::get(format!("http://{addr}/stats"))
+            .await
+            .ok()?
+            .json()
+            .await
+            .ok()?;
+        stats["ingest"]["store_full"].as_u64()
+    };
+    let mut paused = false;
+    for _ in 0..300 {
+        if store_full().await.unwrap_or(0) > 0 {
+            paused = true;
+            break;
+        }
+        if worker.is_finished() {
+            panic!(
+                "the worker stopped on a full disk: {:?}",
+                worker.await.unwrap()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(paused, "the disk never filled");
+    assert_ne!(
+        support::cursor(&store_path(&data)),
+        Some(support::last_time_us(EVENTS))
+    );
+
+    // Space returns: ingest goes on by itself and nothing is missing.
+    resize_tmpfs(&data, "64m");
+    assert!(
+        support::wait_for(Duration::from_secs(60), || support::cursor(&store_path(
+            &data
+        )) == Some(
+            support::last_time_us(EVENTS)
+        ))
+        .await,
+        "ingest did not resume"
+    );
+    shutdown.cancel();
+    worker.await.unwrap().unwrap();
+    pubsearch_native_worker::store::Store::open(store_path(&data))
+        .unwrap()
+        .check()
+        .unwrap();
+    assert_eq!(
+        support::dump(&store_path(&data)),
+        reference_dump(&events).await
+    );
+}

@@ -606,3 +606,58 @@ fn a_new_snapshot_is_due_after_a_change_it_would_show_and_only_then() {
     assert!(later.indexed_at > built);
     assert!(changed_since(&reader, built).unwrap());
 }
+
+#[test]
+fn a_full_disk_refuses_the_whole_batch_and_the_same_batch_commits_once_space_returns() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path().join("store.db")).unwrap();
+    let mut writer = store.writer().unwrap();
+    let mut first = batch(vec![document("k0", "before the disk filled", "3l0")]);
+    first.marks = vec![jetstream_at(100)];
+    writer.apply(&first).unwrap();
+    let used: i64 = store
+        .reader()
+        .unwrap()
+        .query_row(
+            "SELECT page_count * page_size FROM pragma_page_count, pragma_page_size",
+            [],
+            |row| row.get(0),
+        )
+        .unwrap();
+
+    // A batch far larger than the room left: 200 documents of ~8 KB against 64 KB free.
+    writer.limit_size(Some(used as u64 + 64 * 1024)).unwrap();
+    let body = "words of a long post ".repeat(400);
+    let mut big = batch(
+        (1..=200)
+            .map(|i| document(&format!("k{i}"), &format!("{i} {body}"), "3l1"))
+            .collect(),
+    );
+    big.marks = vec![jetstream_at(200)];
+    let error = writer
+        .apply(&big)
+        .expect_err("the batch fit on a full disk");
+    assert_eq!(
+        error.sqlite_error_code(),
+        Some(rusqlite::ErrorCode::DiskFull),
+        "{error}"
+    );
+    assert!(error.to_string().contains("full"), "{error}");
+    // Nothing of it landed, the cursor stayed with the data, and the file is sound.
+    assert_eq!(titles(&store).len(), 1);
+    assert_eq!(
+        read_cursor(&store.reader().unwrap(), "jetstream").unwrap(),
+        Some(100)
+    );
+    store.check().expect("the store is sound after a full disk");
+
+    // Space returns: the very same batch commits.
+    writer.limit_size(None).unwrap();
+    writer.apply(&big).unwrap();
+    assert_eq!(titles(&store).len(), 201);
+    assert_eq!(
+        read_cursor(&store.reader().unwrap(), "jetstream").unwrap(),
+        Some(200)
+    );
+    store.check().unwrap();
+}

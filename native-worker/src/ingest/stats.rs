@@ -20,6 +20,7 @@ pub struct IngestStats {
     undecodable_frames: AtomicU64,
     oversized_frames: AtomicU64,
     reconnects: AtomicU64,
+    store_full: AtomicU64,
     batches: AtomicU64,
     applied: AtomicU64,
     stale: AtomicU64,
@@ -43,6 +44,8 @@ pub struct StatsSnapshot {
     pub undecodable_frames: u64,
     pub oversized_frames: u64,
     pub reconnects: u64,
+    /// Commits refused because the store's disk was full, and retried (ingest pauses).
+    pub store_full: u64,
     pub batches: u64,
     pub applied: u64,
     pub stale: u64,
@@ -90,6 +93,11 @@ impl IngestStats {
     /// Counts a frame skipped for its size.
     pub fn record_oversized_frame(&self) {
         self.oversized_frames.fetch_add(1, Relaxed);
+    }
+
+    /// Counts a commit refused for a full disk.
+    pub fn record_store_full(&self) {
+        self.store_full.fetch_add(1, Relaxed);
     }
 
     /// Counts a reconnect to the source.
@@ -146,6 +154,7 @@ impl IngestStats {
             undecodable_frames: self.undecodable_frames.load(Relaxed),
             oversized_frames: self.oversized_frames.load(Relaxed),
             reconnects: self.reconnects.load(Relaxed),
+            store_full: self.store_full.load(Relaxed),
             batches: self.batches.load(Relaxed),
             applied: self.applied.load(Relaxed),
             stale: self.stale.load(Relaxed),

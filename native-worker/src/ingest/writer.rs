@@ -2,13 +2,13 @@
 
 use std::sync::Arc;
 use std::thread::JoinHandle;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc;
 
 use super::{IngestConfig, IngestStats, Item, Policy, Sink};
 use crate::firehose::Position;
-use crate::store::{Batch, Mark, Store, StoreError};
+use crate::store::{Batch, BatchOutcome, Mark, Store, StoreError, StoreWriter};
 
 /// The running writer. Dropping every [`Sink`] lets it drain, commit and stop; [`WriterHandle::join`]
 /// waits for that and reports a fatal store error if there was one.
@@ -93,7 +93,7 @@ pub fn spawn_writer(
                 let started = Instant::now();
                 let span = tracing::info_span!("ingest.commit", changes = batch.changes.len());
                 let outcome = span
-                    .in_scope(|| writer.apply(&batch))
+                    .in_scope(|| commit(&mut writer, &batch, &stats, &receiver))
                     .inspect_err(|error| {
                         tracing::error!(%error, "ingest commit failed; stopping the writer");
                     })?;
@@ -116,3 +116,35 @@ pub fn spawn_writer(
         .expect("spawning the ingest writer thread");
     Ok((sink, WriterHandle { thread }))
 }
+
+/// Commits `batch`. While the disk is full (SQLite's `SQLITE_FULL`, or the store's size limit),
+/// waits and tries the same batch again: it is not lost, its cursor stays behind it, and the
+/// full queue holds the sources back meanwhile. Ingest resumes by itself once space returns.
+/// Any other failure, or shutdown while still full, ends the writer (the cursor is behind the
+/// uncommitted batch, so the next start fetches it again).
+fn commit(
+    writer: &mut StoreWriter,
+    batch: &Batch,
+    stats: &IngestStats,
+    queue: &mpsc::Receiver<super::Item>,
+) -> Result<BatchOutcome, StoreError> {
+    let mut wait = Duration::from_millis(100);
+    loop {
+        match writer.apply(batch) {
+            Err(error)
+                if error.sqlite_error_code() == Some(rusqlite::ErrorCode::DiskFull)
+                    && !queue.is_closed() =>
+            {
+                stats.record_store_full();
+                tracing::error!(%error, retry_in = ?wait, changes = batch.changes.len(),
+                                "the store's disk is full; ingest is paused until space returns");
+                std::thread::sleep(wait);
+                wait = (wait * 2).min(MAX_FULL_WAIT);
+            }
+            result => return Ok(result?),
+        }
+    }
+}
+
+/// The longest pause between attempts to commit on a full disk.
+const MAX_FULL_WAIT: Duration = Duration::from_secs(5);

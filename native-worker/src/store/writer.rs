@@ -103,6 +103,18 @@ impl StoreWriter {
         }
     }
 
+    /// Caps the store file near `bytes` (SQLite's `max_page_count`; `None` lifts the cap):
+    /// past it a commit fails with `SQLITE_FULL` and changes nothing, exactly as on a full disk.
+    /// The cap never shrinks the file, only stops it growing.
+    pub fn limit_size(&mut self, bytes: Option<u64>) -> rusqlite::Result<()> {
+        let page_size: i64 = self
+            .conn
+            .query_row("PRAGMA page_size", [], |row| row.get(0))?;
+        let pages = bytes.map_or(u32::MAX as i64 - 1, |bytes| bytes as i64 / page_size);
+        self.conn
+            .query_row(&format!("PRAGMA max_page_count = {pages}"), [], |_| Ok(()))
+    }
+
     /// Queues, with every batch, images of the rows it changed for Turso (`upstream_queue`).
     pub fn enable_write_through(&mut self) {
         self.write_through = true;
