@@ -432,54 +432,15 @@ async fn a_second_worker_on_the_same_data_directory_is_refused_naming_the_first(
     again.await.unwrap().unwrap();
 }
 
-/// Mounts a tmpfs of `size` at `dir` (root only); `false` where mounting is not allowed.
-fn mount_tmpfs(dir: &std::path::Path, size: &str) -> bool {
-    std::process::Command::new("mount")
-        .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
-        .arg(dir)
-        .stderr(std::process::Stdio::null())
-        .status()
-        .is_ok_and(|status| status.success())
-}
-
-fn resize_tmpfs(dir: &std::path::Path, size: &str) {
-    let status = std::process::Command::new("mount")
-        .args(["-o", &format!("remount,size={size}")])
-        .arg(dir)
-        .status()
-        .unwrap();
-    assert!(status.success());
-}
-
-/// Unmounts on drop, so a failing assertion leaves no mount behind.
-struct Mounted(std::path::PathBuf);
-
-impl Drop for Mounted {
-    fn drop(&mut self) {
-        // Lazily: a worker still holding files open (a failed test) must not keep it mounted.
-        let _ = std::process::Command::new("umount")
-            .arg("-l")
-            .arg(&self.0)
-            .status();
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_worker_on_a_full_disk_pauses_and_resumes_when_space_returns_losing_nothing() {
     const EVENTS: usize = 4_000;
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
     std::fs::create_dir_all(&data).unwrap();
-    if !mount_tmpfs(&data, "700k") {
-        use std::io::Write;
-        let _ = writeln!(
-            std::io::stderr(),
-            "\nSKIPPED the full-disk worker test: mounting a tmpfs needs root \
-             (the store-level full-disk test in tests/store.rs still ran)\n"
-        );
+    let Some(_mounted) = support::SmallDisk::mount(&data, "700k") else {
         return;
-    }
-    let _mounted = Mounted(data.clone());
+    };
     let events = support::jetstream_events(EVENTS);
     let server = JetstreamServer::start(events.clone(), Faults::default()).await;
     let addr = std::net::TcpListener::bind("127.0.0.1:0")
@@ -522,7 +483,7 @@ async fn a_worker_on_a_full_disk_pauses_and_resumes_when_space_returns_losing_no
     );
 
     // Space returns: ingest goes on by itself and nothing is missing.
-    resize_tmpfs(&data, "64m");
+    _mounted.resize("64m");
     assert!(
         support::wait_for(Duration::from_secs(60), || support::cursor(&store_path(
             &data

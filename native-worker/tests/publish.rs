@@ -643,3 +643,38 @@ fn a_publish_recorded_before_requesters_existed_respects_holds() {
     let resumed: PublishRequest = serde_json::from_value(recorded).unwrap();
     assert_eq!(resumed.requester, Requester::Schedule);
 }
+
+/// The build's disk fills mid-build: the publish fails with a clear error and publishes
+/// nothing, the store is untouched, and once space returns the next publish goes through.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_build_that_fills_its_disk_fails_cleanly_and_the_next_one_publishes() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = ingested_store(dir.path(), 2_000).await;
+    let work = dir.path().join("work");
+    let builds = publish::work_dir(&work);
+    std::fs::create_dir_all(&builds).unwrap();
+    let Some(disk) = support::SmallDisk::mount(&builds, "64k") else {
+        return;
+    };
+    let target = ObjectTarget::local(&dir.path().join("published")).unwrap();
+    let error = publish::publish_once(&store, &work, &target, &options(5))
+        .await
+        .expect_err("a build fitted in 64 KB");
+    let message = error.to_string();
+    assert!(message.contains("full"), "says why: {message}");
+    assert_eq!(
+        target.current("prod").await.unwrap(),
+        None,
+        "nothing was published"
+    );
+    store.check().expect("the store is untouched");
+
+    disk.resize("64m");
+    let manifest = publish::publish_once(&store, &work, &target, &options(5))
+        .await
+        .unwrap();
+    assert_eq!(
+        target.current("prod").await.unwrap(),
+        Some(manifest.pointer())
+    );
+}
