@@ -41,6 +41,9 @@ pub struct BackfillConfig {
     /// Attempts per request for retryable failures (connect errors, timeouts, 5xx, 429).
     pub max_attempts: u32,
     pub backoff: Backoff,
+    /// Largest response body read from a PDS or the PLC directory; a larger one fails its repo
+    /// (not retried) instead of being held in memory.
+    pub max_response_bytes: usize,
     /// Queue every backfilled row for Turso, as live ingest does on a Turso-backed worker
     /// (`upstream_queue`, sent by the worker's write-through), so a backfill reaches Turso
     /// without waiting for anything else.
@@ -57,6 +60,7 @@ impl Default for BackfillConfig {
             max_attempts: 5,
             backoff: Backoff::new(Duration::from_millis(200), Duration::from_secs(10)),
             write_through: false,
+            max_response_bytes: MAX_RESPONSE_BYTES,
         }
     }
 }
@@ -347,6 +351,32 @@ fn did_web_document_url(identifier: &str) -> Result<Url, String> {
     }
 }
 
+/// The default [`BackfillConfig::max_response_bytes`]: a `listRecords` page is 100 records,
+/// well under a megabyte in practice; 100 records at the firehose's whole frame limit would be
+/// 200 MB, so this bounds memory without refusing any page a PDS really serves.
+pub const MAX_RESPONSE_BYTES: usize = 32 * 1024 * 1024;
+
+/// Reads a response body, giving up past `limit` bytes (`Ok(None)`).
+async fn body_within(
+    mut response: reqwest::Response,
+    limit: usize,
+) -> Result<Option<Vec<u8>>, reqwest::Error> {
+    if response
+        .content_length()
+        .is_some_and(|length| length > limit as u64)
+    {
+        return Ok(None);
+    }
+    let mut body = Vec::new();
+    while let Some(chunk) = response.chunk().await? {
+        if body.len() + chunk.len() > limit {
+            return Ok(None);
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(Some(body))
+}
+
 /// Longest `Retry-After` a rate-limited request waits before its next attempt.
 const MAX_RETRY_AFTER: Duration = Duration::from_secs(60);
 
@@ -367,14 +397,23 @@ async fn get_json<T: for<'de> Deserialize<'de>>(
         attempt += 1;
         let mut retry_after = None;
         let (retryable, reason) = match client.get(url.clone()).send().await {
-            Ok(response) if response.status().is_success() => match response.bytes().await {
-                Ok(body) => {
-                    return serde_json::from_slice(&body)
-                        .map_err(|error| failed(format!("unreadable response: {error}"), attempt));
+            Ok(response) if response.status().is_success() => {
+                match body_within(response, config.max_response_bytes).await {
+                    Ok(Some(body)) => {
+                        return serde_json::from_slice(&body).map_err(|error| {
+                            failed(format!("unreadable response: {error}"), attempt)
+                        });
+                    }
+                    Ok(None) => {
+                        return Err(failed(
+                            format!("response over the {} byte limit", config.max_response_bytes),
+                            attempt,
+                        ));
+                    }
+                    Err(error) => (true, format!("response cut off: {error}")),
                 }
-                Err(error) => (true, format!("response cut off: {error}")),
-            },
-            Ok(response) => {
+            }
+            Ok(mut response) => {
                 let status = response.status();
                 let retryable = status.is_server_error() || status.as_u16() == 429;
                 retry_after = response
@@ -383,13 +422,9 @@ async fn get_json<T: for<'de> Deserialize<'de>>(
                     .and_then(|value| value.to_str().ok())
                     .and_then(|value| value.trim().parse::<u64>().ok())
                     .map(|seconds| Duration::from_secs(seconds).min(MAX_RETRY_AFTER));
-                let body: String = response
-                    .text()
-                    .await
-                    .unwrap_or_default()
-                    .chars()
-                    .take(200)
-                    .collect();
+                // The start of an error body is enough to say why, and all that is read.
+                let start = response.chunk().await.ok().flatten().unwrap_or_default();
+                let body: String = String::from_utf8_lossy(&start).chars().take(200).collect();
                 (retryable, format!("HTTP {status}: {body}"))
             }
             Err(error) => (

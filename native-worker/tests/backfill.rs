@@ -462,3 +462,48 @@ async fn a_backfill_on_a_turso_backed_worker_reaches_turso_through_the_upstream_
     assert_eq!(sent, local, "every backfilled document reached Turso");
     assert_eq!(count(&store, "SELECT count(*) FROM upstream_queue"), 0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_page_over_the_response_limit_fails_its_repo_and_the_rest_are_copied() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path().join("store.db")).unwrap();
+    let mut pds = pds_with(&[("did:plc:small", 5)]);
+    let long = "a very long post ".repeat(200);
+    let huge: Vec<Value> = (0..60)
+        .map(|i| {
+            json!({"uri": format!("at://did:plc:huge/com.whtwnd.blog.entry/3k{i:08}"), "cid": "bafy",
+                   "value": {"$type": "com.whtwnd.blog.entry", "title": format!("Huge {i}"),
+                             "content": long, "visibility": "public"}})
+        })
+        .collect();
+    let mut records = (*pds.records).clone();
+    records.insert(
+        ("did:plc:huge".into(), "com.whtwnd.blog.entry".into()),
+        huge,
+    );
+    pds.records = Arc::new(records);
+    let (base, _server) = start(pds).await;
+    let config = BackfillConfig {
+        max_response_bytes: 64 * 1024,
+        ..config(&base)
+    };
+    let report = backfill::backfill(
+        &store,
+        &["did:plc:huge".to_owned(), "did:plc:small".to_owned()],
+        &config,
+        None,
+    )
+    .await
+    .unwrap();
+    assert_eq!(report.failed_repos.len(), 1, "{:?}", report.failed_repos);
+    let (did, reason) = &report.failed_repos[0];
+    assert_eq!(did, "did:plc:huge");
+    assert!(reason.contains("over the 65536 byte limit"), "{reason}");
+    assert_eq!(
+        count(
+            &store,
+            "SELECT count(*) FROM documents WHERE did = 'did:plc:small'"
+        ),
+        5
+    );
+}
