@@ -10,6 +10,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use axum::extract::State;
+use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use axum::routing::get;
 use axum::{Json, Router};
@@ -61,7 +62,7 @@ pub async fn serve(
                         && !authorized(&request, &token)
                     {
                         let body = Json(json!({"error": "missing or wrong admin token"}));
-                        return (axum::http::StatusCode::UNAUTHORIZED, body).into_response();
+                        return (StatusCode::UNAUTHORIZED, body).into_response();
                     }
                     next.run(request).await
                 }
@@ -111,12 +112,28 @@ pub async fn bind(addr: SocketAddr, token: Option<&str>) -> anyhow::Result<TcpLi
 }
 
 #[tracing::instrument(name = "admin.request", skip_all, fields(path = "/health"))]
-async fn health(State(state): State<AdminState>) -> Json<Value> {
-    Json(json!({
-        "status": "ok",
-        "source": state.source,
-        "uptime_seconds": state.started.elapsed().as_secs(),
-    }))
+async fn health(State(state): State<AdminState>) -> (StatusCode, Json<Value>) {
+    if let Some(since) = state.stats.store_full_since_us() {
+        // Up, but not ingesting: monitoring should hear of it (a restart will not fix it).
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({
+                "status": "degraded",
+                "reason": "the store's disk is full; ingest is paused until space returns",
+                "paused_since_us": since,
+                "source": state.source,
+                "uptime_seconds": state.started.elapsed().as_secs(),
+            })),
+        );
+    }
+    (
+        StatusCode::OK,
+        Json(json!({
+            "status": "ok",
+            "source": state.source,
+            "uptime_seconds": state.started.elapsed().as_secs(),
+        })),
+    )
 }
 
 #[tracing::instrument(name = "admin.request", skip_all, fields(path = "/stats"))]

@@ -477,6 +477,10 @@ async fn a_worker_on_a_full_disk_pauses_and_resumes_when_space_returns_losing_no
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert!(paused, "the disk never filled");
+    let health = reqwest::get(format!("http://{addr}/health")).await.unwrap();
+    assert_eq!(health.status(), 503, "paused ingest is reported, not ok");
+    let health: serde_json::Value = health.json().await.unwrap();
+    assert_eq!(health["status"], "degraded");
     assert_ne!(
         support::cursor(&store_path(&data)),
         Some(support::last_time_us(EVENTS))
@@ -493,6 +497,8 @@ async fn a_worker_on_a_full_disk_pauses_and_resumes_when_space_returns_losing_no
         .await,
         "ingest did not resume"
     );
+    let health = reqwest::get(format!("http://{addr}/health")).await.unwrap();
+    assert_eq!(health.status(), 200, "healthy again once space returned");
     shutdown.cancel();
     worker.await.unwrap().unwrap();
     pubsearch_native_worker::store::Store::open(store_path(&data))

@@ -21,6 +21,8 @@ pub struct IngestStats {
     oversized_frames: AtomicU64,
     reconnects: AtomicU64,
     store_full: AtomicU64,
+    /// When the current run of refused commits began (Unix µs; 0 while commits succeed).
+    store_full_since_us: AtomicI64,
     batches: AtomicU64,
     applied: AtomicU64,
     stale: AtomicU64,
@@ -98,6 +100,14 @@ impl IngestStats {
     /// Counts a commit refused for a full disk.
     pub fn record_store_full(&self) {
         self.store_full.fetch_add(1, Relaxed);
+        let _ =
+            self.store_full_since_us
+                .compare_exchange(0, crate::clock::now_us(), Relaxed, Relaxed);
+    }
+
+    /// Since when ingest has been paused on a full disk, if it is now.
+    pub fn store_full_since_us(&self) -> Option<i64> {
+        Some(self.store_full_since_us.load(Relaxed)).filter(|since| *since > 0)
     }
 
     /// Counts a reconnect to the source.
@@ -114,6 +124,7 @@ impl IngestStats {
         durable_time_us: Option<i64>,
     ) {
         self.batches.fetch_add(1, Relaxed);
+        self.store_full_since_us.store(0, Relaxed);
         self.applied.fetch_add(applied as u64, Relaxed);
         self.stale.fetch_add(stale as u64, Relaxed);
         self.last_batch_size.store(size as u64, Relaxed);
