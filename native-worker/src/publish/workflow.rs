@@ -768,25 +768,18 @@ pub async fn hand_over(
 /// Held for the check and the start only, never while a publish runs.
 async fn claim_publishing(flow_db: &std::path::Path) -> Result<LockFile, FlowError> {
     let path = flow_db.with_extension("publish.lock");
-    let deadline = tokio::time::Instant::now() + CLAIM_TIMEOUT;
-    loop {
-        match LockFile::acquire(&path) {
-            Ok(claim) => return Ok(claim),
-            Err(LockError::Held { holder, .. }) if tokio::time::Instant::now() >= deadline => {
-                return Err(FlowError::Io {
-                    path,
-                    source: std::io::Error::new(
-                        std::io::ErrorKind::WouldBlock,
-                        format!("still held by {holder} after {CLAIM_TIMEOUT:?}"),
-                    ),
-                });
-            }
-            Err(LockError::Held { .. }) => {
-                tokio::time::sleep(Duration::from_millis(10)).await;
-            }
-            Err(LockError::Io { path, source }) => return Err(FlowError::Io { path, source }),
-        }
-    }
+    LockFile::acquire_within(&path, CLAIM_TIMEOUT)
+        .await
+        .map_err(|error| match error {
+            LockError::Held { path, holder } => FlowError::Io {
+                path,
+                source: std::io::Error::new(
+                    std::io::ErrorKind::WouldBlock,
+                    format!("still held by {holder} after {CLAIM_TIMEOUT:?}"),
+                ),
+            },
+            LockError::Io { path, source } => FlowError::Io { path, source },
+        })
 }
 
 /// How long [`claim_publishing`] waits for another process's check-and-start (milliseconds of

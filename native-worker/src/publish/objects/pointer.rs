@@ -7,6 +7,7 @@ use pubsearch_shared::manifest::{self, Manifest};
 use pubsearch_shared::timestamp::Timestamp;
 
 use super::{ObjectError, ObjectTarget};
+use crate::lockfile::{LockError, LockFile};
 use crate::publish::operations::{Op, count};
 
 /// Where a rollback records that it holds `channel` (see [`ObjectTarget::rollback`]).
@@ -135,7 +136,7 @@ impl ObjectTarget {
     /// On a local directory, waits (up to [`POINTER_LOCK_WAIT`]) for and takes the exclusive lock
     /// every pointer writer takes there, released when the returned file drops; elsewhere,
     /// nothing to take.
-    async fn lock_pointers(&self) -> Result<Option<std::fs::File>, ObjectError> {
+    async fn lock_pointers(&self) -> Result<Option<LockFile>, ObjectError> {
         let Some(path) = &self.pointer_lock else {
             return Ok(None);
         };
@@ -143,29 +144,13 @@ impl ObjectTarget {
             path: path.display().to_string(),
             source,
         };
-        let file = std::fs::OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(path)
-            .map_err(failed)?;
-        let deadline = tokio::time::Instant::now() + POINTER_LOCK_WAIT;
-        loop {
-            match file.try_lock() {
-                Ok(()) => return Ok(Some(file)),
-                Err(std::fs::TryLockError::WouldBlock)
-                    if tokio::time::Instant::now() < deadline =>
-                {
-                    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-                }
-                Err(std::fs::TryLockError::WouldBlock) => {
-                    return Err(failed(std::io::Error::new(
-                        std::io::ErrorKind::TimedOut,
-                        format!("another publisher held it for {POINTER_LOCK_WAIT:?}"),
-                    )));
-                }
-                Err(std::fs::TryLockError::Error(error)) => return Err(failed(error)),
-            }
+        match LockFile::acquire_within(path, POINTER_LOCK_WAIT).await {
+            Ok(lock) => Ok(Some(lock)),
+            Err(LockError::Held { holder, .. }) => Err(failed(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                format!("another publisher ({holder}) held it for {POINTER_LOCK_WAIT:?}"),
+            ))),
+            Err(LockError::Io { source, .. }) => Err(failed(source)),
         }
     }
 
