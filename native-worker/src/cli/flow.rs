@@ -23,6 +23,9 @@ pub(super) struct FlowArgs {
         default_value = "data"
     )]
     data_dir: PathBuf,
+    /// The workflows of `backfill --all` (`backfill-flow.db`) instead of the worker's.
+    #[arg(long, global = true)]
+    backfill: bool,
 }
 
 #[derive(Debug, Subcommand)]
@@ -53,19 +56,28 @@ enum FlowAction {
     },
 }
 
-fn existing_db(data_dir: &Path) -> Result<PathBuf> {
-    let path = flow::flow_path(data_dir);
+fn existing_db(data_dir: &Path, backfill: bool) -> Result<PathBuf> {
+    let (path, creator) = match backfill {
+        false => (
+            flow::flow_path(data_dir),
+            "the worker creates it on its first `run`",
+        ),
+        true => (
+            crate::backfill::workflow::flow_path(data_dir),
+            "`backfill --all` creates it",
+        ),
+    };
     if !path.exists() {
-        bail!(
-            "no flow database at {} (the worker creates it on its first `run`)",
-            path.display()
-        );
+        bail!("no flow database at {} ({creator})", path.display());
     }
     Ok(path)
 }
 
 pub(super) fn run(args: FlowArgs) -> Result<()> {
-    let flows = flow::OutsideClient::new(&existing_db(&args.data_dir)?);
+    let flows = flow::OutsideClient::new(&existing_db(&args.data_dir, args.backfill)?);
+    if !args.backfill && crate::backfill::workflow::flow_path(&args.data_dir).exists() {
+        eprintln!("(backfill --all keeps its workflows apart: `flow --backfill …`)");
+    }
     match args.action {
         FlowAction::List {
             status,

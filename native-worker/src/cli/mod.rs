@@ -1,5 +1,6 @@
 //! Command-line interface: one subcommand per job, all with embedded defaults.
 
+mod backfill;
 mod flow;
 
 use std::io::Write;
@@ -32,33 +33,9 @@ pub struct Cli {
 enum Command {
     /// Ingest the firehose into the local store (embedded defaults: public Jetstream, ./data).
     Run(Box<RunArgs>),
-    /// Copy whole repos from their PDS (listRecords), resuming an interrupted run.
-    Backfill {
-        /// Repos to copy (repeatable).
-        #[arg(long = "did", value_name = "DID")]
-        dids: Vec<String>,
-        /// File of DIDs to copy, one per line.
-        #[arg(long, value_name = "FILE")]
-        dids_file: Option<PathBuf>,
-        /// Use this PDS for every repo instead of resolving DIDs.
-        #[arg(long, value_name = "URL", value_parser = crate::backfill::service_url)]
-        pds: Option<Url>,
-        /// PLC directory for resolving did:plc repos.
-        #[arg(long, env = "PLC_URL", default_value = crate::backfill::DEFAULT_PLC_URL,
-              value_parser = crate::backfill::service_url)]
-        plc_url: Url,
-        /// Directory holding the store.
-        #[arg(long, env = "PUBSEARCH_DATA_DIR", default_value = "data")]
-        data_dir: PathBuf,
-        /// File of banned DIDs: their repos are not copied. Replaces the stored list; without
-        /// it the stored list applies.
-        #[arg(long, env = "PUBSEARCH_BANNED_DIDS", value_name = "FILE")]
-        banned_dids: Option<PathBuf>,
-        /// The worker's Turso database: with it, backfilled rows are queued for Turso like live
-        /// ingest's, and `run` (with the same TURSO_URL) sends them.
-        #[arg(long, env = "TURSO_URL", value_name = "URL")]
-        turso_url: Option<String>,
-    },
+    /// Copy whole repos from their PDS (listRecords): named ones, or with --all every repo the
+    /// relay lists for the collections we index; resumes an interrupted run.
+    Backfill(Box<backfill::BackfillArgs>),
     /// Write a deterministic synthetic Jetstream corpus (NDJSON) for tests and benchmarks.
     GenCorpus {
         /// Events to generate.
@@ -260,23 +237,7 @@ impl Cli {
             Command::Run(args) => run_ingest(*args),
             Command::Publish(args) => publish(args),
             Command::Flow(args) => flow::run(args),
-            Command::Backfill {
-                dids,
-                dids_file,
-                pds,
-                plc_url,
-                data_dir,
-                banned_dids,
-                turso_url,
-            } => backfill(
-                dids,
-                dids_file,
-                pds,
-                plc_url,
-                &data_dir,
-                banned_dids,
-                turso_url.is_some(),
-            ),
+            Command::Backfill(args) => backfill::run(*args),
             Command::GenCorpus {
                 records,
                 seed,
@@ -341,70 +302,6 @@ fn run_ingest(args: RunArgs) -> Result<()> {
     };
     let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
     runtime.block_on(run::run(options, CancellationToken::new()))?;
-    Ok(())
-}
-
-fn backfill(
-    mut dids: Vec<String>,
-    dids_file: Option<PathBuf>,
-    pds: Option<Url>,
-    plc_url: Url,
-    data_dir: &std::path::Path,
-    banned_dids: Option<PathBuf>,
-    write_through: bool,
-) -> Result<()> {
-    use crate::backfill::{BackfillConfig, backfill};
-    if let Some(file) = dids_file {
-        let text = std::fs::read_to_string(&file)
-            .with_context(|| format!("reading {}", file.display()))?;
-        dids.extend(
-            text.lines()
-                .map(str::trim)
-                .filter(|line| !line.is_empty() && !line.starts_with('#'))
-                .map(str::to_owned),
-        );
-    }
-    anyhow::ensure!(
-        !dids.is_empty(),
-        "name at least one repo with --did or --dids-file"
-    );
-    let policy = banned_dids
-        .as_deref()
-        .map(crate::ingest::Policy::load)
-        .transpose()?;
-    let store = crate::store::Store::open(run::store_path(data_dir))?;
-    let config = BackfillConfig {
-        pds,
-        plc_url,
-        write_through,
-        ..BackfillConfig::default()
-    };
-    let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
-    let report = runtime.block_on(backfill(&store, &dids, &config, policy))?;
-    tracing::info!(
-        repos = report.repos,
-        records = report.records,
-        pages = report.pages,
-        already_done = report.already_done,
-        malformed_records = report.malformed_records,
-        failed = report.failed_repos.len(),
-        "backfill finished"
-    );
-    if write_through {
-        tracing::info!(
-            "backfilled rows are queued for Turso; `run` with the same TURSO_URL sends them"
-        );
-    }
-    for (did, reason) in &report.failed_repos {
-        eprintln!("not backfilled: {did}: {reason}");
-    }
-    // Scripts must be able to tell; a rerun resumes where each failed repo stopped.
-    anyhow::ensure!(
-        report.failed_repos.is_empty(),
-        "{} of {} repos were not backfilled; run it again to resume them",
-        report.failed_repos.len(),
-        report.repos
-    );
     Ok(())
 }
 

@@ -105,6 +105,16 @@ pub enum ExtractError {
     },
 }
 
+/// Every collection [`extract`] reads, publications before documents (a backfill copies them in
+/// this order, so a publication is stored before the posts that name it).
+pub const COLLECTIONS: [&str; 5] = [
+    "pub.leaflet.publication",
+    "site.standard.publication",
+    "pub.leaflet.document",
+    "site.standard.document",
+    "com.whtwnd.blog.entry",
+];
+
 /// Extracts a record from `collection` in `did`'s repo at `rkey`.
 pub fn extract(
     did: &str,

@@ -1,6 +1,7 @@
 //! Shared test support: firehose stand-ins, a small event corpus and store inspection.
 #![allow(dead_code)]
 
+pub mod atproto;
 pub mod firehose;
 pub mod hrana_server;
 
