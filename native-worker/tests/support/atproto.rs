@@ -89,7 +89,7 @@ pub struct RelayFaults {
     pub rate_limit_first: bool,
     /// Answer the n-th listing request (0-based) with a 500, once.
     pub fail_request: Option<usize>,
-    /// Added to every listing request.
+    /// Added to every relay and PLC directory request.
     pub latency: Duration,
 }
 
@@ -297,6 +297,7 @@ async fn list_repos(
 }
 
 async fn did_document(State(shared): State<Shared>, Path(did): Path<String>) -> Response {
+    tokio::time::sleep(shared.relay_faults.latency).await;
     shared.traffic.resolutions.fetch_add(1, Ordering::SeqCst);
     let Some(repo) = shared.repos.get(&did) else {
         return (StatusCode::NOT_FOUND, "DID not registered").into_response();
