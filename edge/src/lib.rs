@@ -8,8 +8,9 @@
 //!   SQLite VFS and a bounded chunk cache.
 //! - [`jspi`]: runs the synchronous SQLite calls whose reads wait on R2 as JSPI jobs, one at a
 //!   time.
-//! - [`routes`]: `/search`, `/document`, `/tags`, `/stats`, `/snapshot`, `/health` and the page.
-//! - [`page`]: the single-page search UI at `/`.
+//! - [`routes`]: hands each request to `pubsearch_shared::api` (the page, `/search`, `/document`,
+//!   `/tags`, `/feed`, `/opensearch.xml`) with the live build, and answers `/stats`, `/snapshot`
+//!   and `/health` itself.
 //! - [`stats`]: per-endpoint request timings for `/stats`.
 //! - [`error`]: every failure as a JSON response with the right status.
 //!
@@ -20,7 +21,6 @@ pub mod delta;
 pub mod download;
 pub mod error;
 pub mod jspi;
-pub mod page;
 pub mod paged;
 pub mod routes;
 pub mod snapshot;
@@ -31,7 +31,7 @@ use worker::{Context, Env, Request, Response, Result, event};
 #[event(fetch)]
 async fn fetch(request: Request, env: Env, ctx: Context) -> Result<Response> {
     let started = worker::Date::now().as_millis();
-    let endpoint = routes::endpoint(&request.path());
+    let endpoint = pubsearch_shared::api::endpoint_name(&request.path());
     let (mut response, failed) = match routes::handle(&request, &env).await {
         Ok(response) => (response, false),
         Err(error) => {
@@ -40,9 +40,9 @@ async fn fetch(request: Request, env: Env, ctx: Context) -> Result<Response> {
         }
     };
     let headers = response.headers_mut();
-    headers.set("Access-Control-Allow-Origin", "*")?;
-    headers.set("Access-Control-Allow-Methods", "GET, HEAD, OPTIONS")?;
-    headers.set("Access-Control-Max-Age", "86400")?;
+    for (name, value) in pubsearch_shared::api::CORS_HEADERS {
+        headers.set(name, value)?;
+    }
     // Chunks fetched from R2 go to the Cache API after the answer.
     for write in paged::fetch::take_cache_writes() {
         ctx.wait_until(write);

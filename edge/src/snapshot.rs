@@ -284,7 +284,7 @@ pub async fn current(env: &Env) -> Result<Rc<Live>, EdgeError> {
         // load: without a build, retrying at once would re-download for every request.
         match freshness(&config) {
             Freshness::Fresh(live) => return Ok(live),
-            Freshness::Failed(error) => return Err(EdgeError::Unavailable(error)),
+            Freshness::Failed(error) => return Err(EdgeError::unavailable(error)),
             Freshness::Due => {}
         }
         let claimed = STATE.with(|state| {
@@ -309,9 +309,7 @@ pub async fn current(env: &Env) -> Result<Rc<Live>, EdgeError> {
             return Ok(live);
         }
         if now_ms() - started > LOAD_TIMEOUT_MS {
-            return Err(EdgeError::Unavailable(
-                "the snapshot is still loading".into(),
-            ));
+            return Err(EdgeError::unavailable("the snapshot is still loading"));
         }
         worker::Delay::from(WAIT_POLL).await;
     }
@@ -348,7 +346,7 @@ fn adopt(result: Result<Option<Live>, LoadError>) -> Result<Rc<Live>, EdgeError>
             }
         }
         state.live.clone().ok_or_else(|| {
-            EdgeError::Unavailable(
+            EdgeError::unavailable(
                 state
                     .last_failure
                     .clone()
@@ -604,15 +602,15 @@ impl Live {
                 if matches!(failure, Failure::Corrupt { .. }) {
                     mark_bad(build_id);
                 }
-                Err(EdgeError::Degraded(failure.to_string()))
+                Err(EdgeError::degraded(failure.to_string()))
             }
             (Err(JobError::Abandoned(ms)), None) => {
                 forget(build_id);
-                Err(EdgeError::Degraded(format!(
+                Err(EdgeError::degraded(format!(
                     "a request abandoned after {ms:.0} ms held build {build_id}; reopening it"
                 )))
             }
-            (Err(error), None) => Err(EdgeError::Internal(error.to_string())),
+            (Err(error), None) => Err(EdgeError::internal(error.to_string())),
             (Ok(output), None) => Ok(output),
         }
     }

@@ -47,7 +47,7 @@ export async function startPipeline(bucket, { deltaSeconds = 1, profile = "debug
   const published = join(dir, "published");
   const worker = spawn(
     native,
-    ["run", "--replay", fifo, "--data-dir", dir, "--admin-addr", adminAddr, "--snapshot-dir", published,
+    ["run", "--replay", fifo, "--data-dir", dir, "--admin-addr", adminAddr, "--serve-addr", "off", "--snapshot-dir", published,
       "--publish-minutes", "60", "--delta-seconds", String(deltaSeconds)],
     { env: { ...process.env, RUST_LOG: "warn" }, stdio: ["ignore", "ignore", "pipe"] },
   );

@@ -19,7 +19,7 @@ export function publishSnapshots(records, builds) {
   const dir = mkdtempSync(join(tmpdir(), "pubsearch-edge-"));
   const corpus = join(dir, "corpus.ndjson");
   native(["gen-corpus", "--records", String(records), "--seed", "5", "--out", corpus]);
-  native(["run", "--replay", corpus, "--data-dir", dir, "--admin-addr", "off", "--publish-minutes", "0"]);
+  native(["run", "--replay", corpus, "--data-dir", dir, "--admin-addr", "off", "--serve-addr", "off", "--publish-minutes", "0"]);
   const published = join(dir, "published");
   const manifests = [];
   for (let i = 0; i < builds; i++) {

@@ -1,7 +1,7 @@
 //! pubsearch's native worker, as a library the `native-worker` binary, its tests and its benches
 //! share.
 //!
-//! Data flows one way, sources → extract → store → snapshot/delta → publish, and the modules
+//! Data flows one way, sources → extract → store → snapshot/delta → publish → serve, and the modules
 //! form one order in which each imports only those before it (ARCHITECTURE.md, "Module order";
 //! checked by `tests/layering.rs`):
 //!
@@ -21,6 +21,7 @@
 //! - [`backfill`]: copies whole repos from their PDS through the same pipeline.
 //! - [`flow`]: durable orchestrations on WAL SQLite for the long jobs (snapshot publishing).
 //! - [`publish`]: snapshot and delta build → verify → upload → pointer, as a `flow` workflow.
+//! - [`serve`]: the public search API and page, answered natively from published builds.
 //! - [`admin`]: the local `/health` and `/stats` endpoint.
 //! - [`run`]: the `run` job wiring the above together.
 //! - [`cli`]: the command line; one subcommand per job, embedded defaults everywhere.
@@ -38,6 +39,7 @@ pub mod latency;
 pub mod lockfile;
 pub mod publish;
 pub mod run;
+pub mod serve;
 pub mod store;
 pub mod telemetry;
 pub mod turso;

@@ -21,7 +21,7 @@ use crate::firehose::replay;
 use crate::firehose::tap::{self, TapConfig};
 use crate::ingest::{self, IngestConfig, IngestStats, Policy, StatsSnapshot};
 use crate::store::{self, Store};
-use crate::{flow, publish};
+use crate::{flow, publish, serve};
 
 /// Where events come from.
 #[derive(Debug, Clone)]
@@ -60,6 +60,29 @@ pub struct RunOptions {
     pub publish: Option<ScheduledPublish>,
     /// Write through to and sync down from Turso; `None` keeps the store local only.
     pub turso: Option<crate::turso::Replication>,
+    /// Serve the public search API from published builds; `None` serves nothing.
+    pub serve: Option<ServeOptions>,
+}
+
+/// The public search API `run` serves beside ingest (see [`crate::serve`]).
+#[derive(Debug, Clone)]
+pub struct ServeOptions {
+    pub addr: SocketAddr,
+    /// Where builds are published (usually where `run` publishes them).
+    pub target: crate::publish::objects::ObjectTarget,
+    pub channel: String,
+}
+
+impl ServeOptions {
+    /// The builds it serves, downloading remote ones under `data_dir`.
+    pub fn builds(&self, data_dir: &std::path::Path) -> Arc<serve::Builds> {
+        Arc::new(serve::Builds::new(
+            self.target.clone(),
+            self.channel.clone(),
+            data_dir.join("serve-cache"),
+            std::thread::available_parallelism().map_or(2, |n| n.get().min(8)),
+        ))
+    }
 }
 
 impl RunOptions {
@@ -76,6 +99,7 @@ impl RunOptions {
             ingest: IngestConfig::default(),
             publish: None,
             turso: None,
+            serve: None,
         }
     }
 }
@@ -130,6 +154,10 @@ pub async fn run(options: RunOptions, shutdown: CancellationToken) -> Result<Sta
     // anything.
     let admin_listener = match options.admin_addr {
         Some(addr) => Some(admin::bind(addr, admin_token.as_deref()).await?),
+        None => None,
+    };
+    let serve_listener = match &options.serve {
+        Some(serve) => Some(serve::bind(serve.addr).await?),
         None => None,
     };
     let policy = options
@@ -210,6 +238,14 @@ pub async fn run(options: RunOptions, shutdown: CancellationToken) -> Result<Sta
             upstream: options.turso.as_ref().map(|turso| Arc::clone(&turso.stats)),
         };
         tokio::spawn(admin::serve(listener, state, background.clone()));
+    }
+    if let (Some(listener), Some(serve)) = (serve_listener, &options.serve) {
+        tracing::info!(
+            url = %format!("http://{}/", listener.local_addr()?),
+            "search server listening"
+        );
+        let builds = serve.builds(&options.data_dir);
+        tokio::spawn(serve::serve(listener, builds, background.clone()));
     }
     tokio::spawn(log_progress(
         Arc::clone(&stats),

@@ -386,6 +386,8 @@ async fn a_killed_backfill_resumes_without_refetching_and_matches_an_uninterrupt
         .args([
             "--admin-addr",
             "off",
+            "--serve-addr",
+            "off",
             "--publish-minutes",
             "0",
             "--delta-seconds",

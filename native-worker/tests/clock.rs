@@ -15,6 +15,7 @@ fn native_worker(data: &Path, skew_ms: i64, args: &[&str]) {
         .args(args)
         .env("PUBSEARCH_DATA_DIR", data)
         .env("PUBSEARCH_ADMIN_ADDR", "off")
+        .env("PUBSEARCH_SERVE_ADDR", "off")
         .env("PUBSEARCH_PUBLISH_MINUTES", "0")
         .env("PUBSEARCH_CLOCK_SKEW_MS", skew_ms.to_string())
         .output()

@@ -22,6 +22,8 @@ fn spawn_worker(url: &str, data_dir: &std::path::Path) -> Child {
             url,
             "--admin-addr",
             "off",
+            "--serve-addr",
+            "off",
             "--max-batch",
             "200",
         ])

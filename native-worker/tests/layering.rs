@@ -20,6 +20,7 @@ const ORDER: &[&str] = &[
     "flow",
     "backfill",
     "publish",
+    "serve",
     "admin",
     "run",
     "cli",

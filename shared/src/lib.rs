@@ -3,6 +3,8 @@
 //! Everything that decides *what a search answers* lives here, so a query gives the same results
 //! natively and in the Worker:
 //!
+//! - [`api`]: the public HTTP API apart from any HTTP library, answered the same by the edge and
+//!   the native server.
 //! - [`schema`]: the serving snapshot's tables, FTS5 indexes and version stamps.
 //! - [`content`]: document text at rest in a snapshot (LZ4) and the SQL function that reads it.
 //! - [`snapshot`]: writes documents and publications into a snapshot (builders and test fixtures).
@@ -23,6 +25,7 @@
 //! [`snapshot::SnapshotWriter`]; the edge opens the snapshot read-only, calls [`search::prepare`]
 //! and then [`search::search`].
 
+pub mod api;
 pub mod content;
 pub mod delta;
 mod facts;

@@ -82,7 +82,8 @@ impl ResultKind {
         ResultKind::Publication,
     ];
 
-    fn as_str(self) -> &'static str {
+    /// The name clients see (`type` in results and filters).
+    pub fn as_str(self) -> &'static str {
         match self {
             ResultKind::Article => "article",
             ResultKind::Looseleaf => "looseleaf",

@@ -55,6 +55,9 @@ enum Command {
     Publish(PublishArgs),
     /// Inspect and steer durable orchestrations: list, show, cancel, purge.
     Flow(flow::FlowArgs),
+    /// Serve the search API and page from the latest published build of a channel (a
+    /// --snapshot-dir or --s3-bucket), without ingesting: a read-only search box.
+    Serve(ServeArgs),
     /// Search a snapshot file exactly as the edge would, printing the JSON response.
     Search {
         /// The snapshot SQLite file.
@@ -102,8 +105,12 @@ struct RunArgs {
     #[arg(long, env = "PUBSEARCH_BANNED_DIDS", value_name = "FILE")]
     banned_dids: Option<PathBuf>,
     /// Address of the admin endpoint (`/health`, `/stats`); `off` disables it.
-    #[arg(long, env = "PUBSEARCH_ADMIN_ADDR", default_value = "127.0.0.1:7070", value_parser = parse_admin_addr)]
-    admin_addr: AdminAddr,
+    #[arg(long, env = "PUBSEARCH_ADMIN_ADDR", default_value = "127.0.0.1:7070", value_parser = parse_listen_addr)]
+    admin_addr: ListenAddr,
+    /// Where the public search API and page are served from what this worker publishes
+    /// (`/`, `/search`, `/document`, `/tags`, `/feed`, ...); `off` disables it.
+    #[arg(long, env = "PUBSEARCH_SERVE_ADDR", default_value = crate::serve::DEFAULT_ADDR, value_parser = parse_listen_addr)]
+    serve_addr: ListenAddr,
     /// Bearer token the admin endpoint requires (`Authorization: Bearer …`); needed to bind
     /// an address other than loopback.
     #[arg(long, env = "PUBSEARCH_ADMIN_TOKEN", hide_env_values = true)]
@@ -198,6 +205,22 @@ impl TargetArgs {
     }
 }
 
+#[derive(Debug, clap::Args)]
+struct ServeArgs {
+    /// Address to answer on.
+    #[arg(long, env = "PUBSEARCH_SERVE_ADDR", default_value = crate::serve::DEFAULT_ADDR, value_parser = parse_listen_addr)]
+    serve_addr: ListenAddr,
+    /// Directory for downloaded builds (from --s3-bucket); builds in a --snapshot-dir are read
+    /// in place.
+    #[arg(long, env = "PUBSEARCH_DATA_DIR", default_value = "data")]
+    data_dir: PathBuf,
+    /// Channel whose pointer names the build to serve.
+    #[arg(long, default_value = "prod")]
+    channel: String,
+    #[command(flatten)]
+    target: TargetArgs,
+}
+
 #[derive(Debug, Subcommand)]
 enum PublishAction {
     /// Point the channel back at the build before the live one, and hold it there: scheduled
@@ -207,20 +230,20 @@ enum PublishAction {
     List,
 }
 
-/// An admin listen address, or none.
+/// A listen address, or none (`off`).
 #[derive(Debug, Clone, Copy)]
-struct AdminAddr(Option<SocketAddr>);
+struct ListenAddr(Option<SocketAddr>);
 
-fn parse_admin_addr(text: &str) -> Result<AdminAddr, String> {
+fn parse_listen_addr(text: &str) -> Result<ListenAddr, String> {
     if text.eq_ignore_ascii_case("off") {
-        return Ok(AdminAddr(None));
+        return Ok(ListenAddr(None));
     }
     use std::net::ToSocketAddrs;
     // An IP address as is; a name (`localhost:7070`) as the first address it resolves to.
     text.to_socket_addrs()
         .map_err(|e| format!("expected HOST:PORT or `off`: {e}"))?
         .next()
-        .map(|addr| AdminAddr(Some(addr)))
+        .map(|addr| ListenAddr(Some(addr)))
         .ok_or_else(|| format!("{text} resolves to no address"))
 }
 
@@ -238,6 +261,7 @@ impl Cli {
             Command::Publish(args) => publish(args),
             Command::Flow(args) => flow::run(args),
             Command::Backfill(args) => backfill::run(*args),
+            Command::Serve(args) => serve(args),
             Command::GenCorpus {
                 records,
                 seed,
@@ -286,9 +310,18 @@ fn run_ingest(args: RunArgs) -> Result<()> {
             Ok(replication)
         })
         .transpose()?;
+    let serve = match args.serve_addr.0 {
+        Some(addr) => Some(run::ServeOptions {
+            addr,
+            target: args.target.open(&args.data_dir)?,
+            channel: args.channel.clone(),
+        }),
+        None => None,
+    };
     let options = RunOptions {
         turso,
         publish,
+        serve,
         data_dir: args.data_dir,
         source,
         banned_dids: args.banned_dids,
@@ -303,6 +336,45 @@ fn run_ingest(args: RunArgs) -> Result<()> {
     let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
     runtime.block_on(run::run(options, CancellationToken::new()))?;
     Ok(())
+}
+
+fn serve(args: ServeArgs) -> Result<()> {
+    let Some(addr) = args.serve_addr.0 else {
+        anyhow::bail!("serve needs an address: --serve-addr off leaves nothing to do");
+    };
+    if let Some(dir) = &args.target.snapshot_dir
+        && !dir.is_dir()
+    {
+        anyhow::bail!(
+            "no published directory at {}: pass the --snapshot-dir `run` or `publish` writes to",
+            dir.display()
+        );
+    }
+    let options = run::ServeOptions {
+        addr,
+        target: args.target.open(&args.data_dir)?,
+        channel: args.channel,
+    };
+    let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
+    runtime.block_on(async {
+        let listener = crate::serve::bind(addr).await?;
+        let builds = options.builds(&args.data_dir);
+        tracing::info!(
+            url = %format!("http://{}/", listener.local_addr()?),
+            source = builds.source(),
+            "search server listening"
+        );
+        let shutdown = CancellationToken::new();
+        let stop = shutdown.clone();
+        tokio::spawn(async move {
+            tokio::signal::ctrl_c().await.ok();
+            tracing::info!("stopping the search server");
+            stop.cancel();
+        });
+        crate::serve::serve(listener, builds, shutdown)
+            .await
+            .context("serving")
+    })
 }
 
 fn gen_corpus(records: usize, seed: u64, malformed_rate: f64, out: &std::path::Path) -> Result<()> {
@@ -448,7 +520,7 @@ mod tests {
 
     #[test]
     fn admin_addresses_take_names_and_off() {
-        let addr = |text| super::parse_admin_addr(text).map(|addr| addr.0);
+        let addr = |text| super::parse_listen_addr(text).map(|addr| addr.0);
         assert_eq!(addr("off").unwrap(), None);
         assert_eq!(addr("127.0.0.1:7070").unwrap().unwrap().port(), 7070);
         assert!(addr("localhost:7071").unwrap().unwrap().ip().is_loopback());

@@ -1,0 +1,97 @@
+//! `/feed`: a search as an Atom feed (RFC 4287), so a reader can follow a topic in any feed
+//! reader. It takes `/search`'s parameters and filters; its entries are the most relevant
+//! matches (up to [`search::MAX_LIMIT`], recency already counting in their rank), listed newest
+//! first. A new post on the topic ranks high, so it appears at the top of the feed.
+
+use crate::search::{self, RequestError, SearchPage, SearchRequest, escape_html};
+use crate::timestamp::Timestamp;
+
+use super::{Answer, CACHE_CONTROL, query_string};
+
+/// A validated feed request: a search whose page size defaults to the most a page holds.
+#[derive(Debug)]
+pub struct FeedRequest {
+    pub(super) search: SearchRequest,
+    /// The parameters that shape the answer, in a fixed order, for the feed's links and id.
+    query: Vec<(String, String)>,
+}
+
+/// The parameters that change what a feed lists (paging and format don't apply).
+const FILTERS: [&str; 6] = ["q", "platform", "tag", "since", "author", "type"];
+
+/// Validates `/feed`'s parameters as `/search` does.
+pub fn request(params: Vec<(String, String)>) -> Result<FeedRequest, RequestError> {
+    let query = FILTERS
+        .iter()
+        .filter_map(|name| {
+            let value = params.iter().rev().find(|(key, _)| key == name)?;
+            Some(((*name).to_owned(), value.1.clone()))
+        })
+        .filter(|(_, value)| !value.trim().is_empty())
+        .collect();
+    let mut with_default = vec![("limit".to_owned(), search::MAX_LIMIT.to_string())];
+    with_default.extend(params);
+    Ok(FeedRequest {
+        search: SearchRequest::from_params(with_default)?,
+        query,
+    })
+}
+
+/// The feed for `page`, the answer to `request`. `now` stands in for `updated` when nothing
+/// matched.
+pub fn render(origin: &str, request: &FeedRequest, page: &SearchPage, now: Timestamp) -> Answer {
+    let mut results: Vec<_> = page.results.iter().collect();
+    // Newest first; undated entries last, in rank order.
+    results.sort_by_key(|result| std::cmp::Reverse(result.created_at));
+    let updated = results
+        .iter()
+        .find_map(|result| result.created_at)
+        .unwrap_or(now);
+    let pairs = || request.query.iter().map(|(k, v)| (k.as_str(), v.as_str()));
+    let query = query_string(pairs());
+    let q = pairs().find(|(key, _)| *key == "q").map_or("", |(_, q)| q);
+    let self_link = escape_html(&format!("{origin}/feed?{query}"));
+    let page_link = escape_html(&format!("{origin}/?{query}"));
+    let mut xml = format!(
+        "<?xml version=\"1.0\" encoding=\"utf-8\"?>\n\
+         <feed xmlns=\"http://www.w3.org/2005/Atom\">\n\
+         <title>pubsearch: {title}</title>\n\
+         <id>{self_link}</id>\n\
+         <updated>{updated}</updated>\n\
+         <link rel=\"self\" type=\"application/atom+xml\" href=\"{self_link}\"/>\n\
+         <link rel=\"alternate\" type=\"text/html\" href=\"{page_link}\"/>\n\
+         <generator>pubsearch</generator>\n",
+        title = escape_html(q),
+    );
+    for result in results {
+        let title = if result.title.is_empty() {
+            "(untitled)"
+        } else {
+            &result.title
+        };
+        let link = result
+            .url
+            .as_deref()
+            .map(|url| format!("<link href=\"{}\"/>\n", escape_html(url)))
+            .unwrap_or_default();
+        xml.push_str(&format!(
+            "<entry>\n<title>{title}</title>\n<id>{id}</id>\n{link}<updated>{updated}</updated>\n\
+             <author><name>{author}</name></author>\n\
+             <category term=\"{platform}\"/>\n\
+             <summary type=\"html\">{summary}</summary>\n</entry>\n",
+            title = escape_html(title),
+            id = escape_html(&result.uri),
+            updated = result.created_at.unwrap_or(updated),
+            author = escape_html(&result.did),
+            platform = result.platform.as_str(),
+            // The snippet is HTML already; as Atom `html` content it is escaped once more.
+            summary = escape_html(&result.snippet),
+        ));
+    }
+    xml.push_str("</feed>\n");
+    Answer {
+        content_type: "application/atom+xml; charset=utf-8",
+        cache_control: CACHE_CONTROL,
+        body: xml,
+    }
+}
