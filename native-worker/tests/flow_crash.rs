@@ -45,6 +45,16 @@ struct Output {
     tokens: Vec<(u64, String)>,
 }
 
+/// An interrupted attempt counts as a failed one (it might be what crashes the worker), and
+/// every kill may land in the same activity: room for all of them, so the run tests recovery,
+/// not where the kills happened to fall.
+fn survives_every_kill() -> RetryPolicy {
+    RetryPolicy {
+        max_attempts: KILLS as u32 + 1,
+        ..RetryPolicy::default()
+    }
+}
+
 /// Every activity execution is appended to the ledger, durably, before it returns.
 fn ledger(path: &Path) -> Connection {
     let conn = Connection::open(path).unwrap();
@@ -94,7 +104,7 @@ fn registry(ledger_path: PathBuf) -> Registry {
                             step,
                             value,
                         },
-                        RetryPolicy::default(),
+                        survives_every_kill(),
                     )
                     .await?;
                 value = applied.value;
@@ -102,13 +112,14 @@ fn registry(ledger_path: PathBuf) -> Registry {
             }
             ctx.sleep(Duration::from_millis(5)).await?;
             let fanned = join_all((CHAIN..CHAIN + FAN).map(|step| {
-                ctx.activity::<_, Applied>(
+                ctx.activity_with_retry::<_, Applied>(
                     "apply",
                     &Step {
                         instance: instance.clone(),
                         step,
                         value: 0,
                     },
+                    survives_every_kill(),
                 )
             }))
             .await;
