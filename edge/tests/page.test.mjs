@@ -186,6 +186,25 @@ test("filters, tag chips and author links narrow the search", async () => {
   assert.deepEqual(await titles(page), await expectedTitles("ka", 0, { author: did }));
 });
 
+test("related posts: a link on each result, in the URL, and back again", async () => {
+  const page = await browser.newPage();
+  await page.goto(worker.url + "/?q=ka");
+  const first = await titles(page);
+  const uri = (await expected({ q: "ka", offset: 0 }))[0].uri;
+  await page.click("#results .related");
+  await page.waitForURL((url) => url.searchParams.get("similar") === uri);
+  await statusStarts(page, "Related posts 1–");
+  const body = await (await fetch(`${worker.url}/similar?uri=${encodeURIComponent(uri)}&limit=10&format=v2`)).json();
+  assert.ok(body.results.length > 0);
+  assert.deepEqual(await titles(page), body.results.map((result) => result.title || "(untitled)"));
+  assert.ok(body.results.every((result) => result.uri !== uri), "never the post itself");
+  await page.reload();
+  assert.deepEqual(await titles(page), body.results.map((result) => result.title || "(untitled)"), "rendered by the server too");
+  await page.goBack();
+  await statusStarts(page, "Results 1–");
+  assert.deepEqual(await titles(page), first);
+});
+
 test("the keyboard: / focuses search, arrows move through results", async () => {
   const page = await browser.newPage();
   await page.goto(worker.url + "/?q=ka");

@@ -61,7 +61,8 @@ fn publication(did: &str) -> Vec<Value> {
 async fn did_document(State(pds): State<Pds>, Path(did): Path<String>) -> Json<Value> {
     let base = pds.base.lock().unwrap().clone();
     Json(
-        json!({"id": did, "service": [{"id": "#atproto_pds", "type": "AtprotoPersonalDataServer", "serviceEndpoint": base}]}),
+        json!({"id": did, "alsoKnownAs": [format!("at://{}.example.com", &did["did:plc:".len()..])],
+               "service": [{"id": "#atproto_pds", "type": "AtprotoPersonalDataServer", "serviceEndpoint": base}]}),
     )
 }
 
@@ -208,6 +209,14 @@ async fn resolves_pages_and_retries() {
         .filter(|r| r.0 == "did:plc:alice" && r.1 == "com.whtwnd.blog.entry")
         .count();
     assert_eq!(alice_pages, 3, "250 records in pages of 100");
+    // The DID document's handle names the author.
+    assert_eq!(
+        count(
+            &store,
+            "SELECT count(*) FROM accounts WHERE did = 'did:plc:alice' AND handle = 'alice.example.com'"
+        ),
+        1
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

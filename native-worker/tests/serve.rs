@@ -124,10 +124,32 @@ fn query(params: &[(&str, &str)]) -> String {
         .finish()
 }
 
+/// Three posts on one topic, worded differently, by three authors, after the generated ones.
+fn topical_events(after_us: i64) -> Vec<String> {
+    [
+        ("did:plc:baker", "Keeping a sourdough starter alive", "Feed the starter flour and water daily; hydration and fermentation decide the loaf."),
+        ("did:plc:miller", "Why my loaf collapsed", "Overproofed dough: fermentation ran long, the starter too lively, hydration too high."),
+        ("did:plc:crumb", "Levain notes", "A stiff levain, lower hydration, slower fermentation: the loaf holds. Flour matters; so does the starter."),
+    ]
+    .iter()
+    .enumerate()
+    .map(|(i, (did, title, content))| {
+        serde_json::json!({"did": did, "time_us": after_us + 1 + i as i64, "kind": "commit",
+            "commit": {"rev": format!("3z{i:011}"), "operation": "create", "cid": format!("bafyz{i}"),
+                "collection": "com.whtwnd.blog.entry", "rkey": format!("3zz{i}"),
+                "record": {"$type": "com.whtwnd.blog.entry", "title": title, "content": content,
+                    "createdAt": "2025-01-03T00:00:00.000Z", "visibility": "public"}}})
+        .to_string()
+    })
+    .collect()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn serves_what_the_search_core_answers_with_the_api_headers() {
     let dir = tempfile::tempdir().unwrap();
-    let (target, manifest) = published(dir.path(), &support::jetstream_events(600)).await;
+    let mut events = support::jetstream_events(600);
+    events.extend(topical_events(support::last_time_us(600)));
+    let (target, manifest) = published(dir.path(), &events).await;
     let file = dir.path().join("published").join(&manifest.artifact);
     let (url, stop) = start(target, &dir.path().join("cache")).await;
     get_until(&format!("{url}/health"), |reply| {
@@ -162,6 +184,58 @@ async fn serves_what_the_search_core_answers_with_the_api_headers() {
     let reply = get(&format!("{url}/tags?limit=3")).await;
     assert_eq!(reply.status, 200, "{}", reply.body);
     assert!(reply.json()["tags"].is_array());
+
+    // Related posts: the others on the topic, never the post itself; the core's answer.
+    let uri = "at://did:plc:baker/com.whtwnd.blog.entry/3zz0";
+    let reply = get(&format!(
+        "{url}/similar?{}",
+        query(&[("uri", uri), ("format", "v2")])
+    ))
+    .await;
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    let related = reply.json()["results"].as_array().unwrap().clone();
+    let first_two: Vec<&str> = related
+        .iter()
+        .take(2)
+        .map(|r| r["uri"].as_str().unwrap())
+        .collect();
+    assert!(
+        first_two.contains(&"at://did:plc:miller/com.whtwnd.blog.entry/3zz1"),
+        "{related:?}"
+    );
+    assert!(
+        first_two.contains(&"at://did:plc:crumb/com.whtwnd.blog.entry/3zz2"),
+        "{related:?}"
+    );
+    assert!(related.iter().all(|r| r["uri"] != uri));
+    let conn = Connection::open_with_flags(&file, OpenFlags::SQLITE_OPEN_READ_ONLY).unwrap();
+    search::prepare(&conn).unwrap();
+    let asked = SearchRequest::from_params([("q", "x"), ("limit", "10")]).unwrap();
+    let expected = pubsearch_shared::similar::similar(
+        pubsearch_shared::delta::Layers::base(&conn),
+        uri,
+        &asked,
+        pubsearch_shared::Timestamp::from_unix_millis(0).unwrap(),
+        &search::NoPrefetch,
+    )
+    .unwrap()
+    .unwrap();
+    let uris = |results: &[Value]| -> Vec<String> {
+        results
+            .iter()
+            .map(|r| r["uri"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    let expected_uris: Vec<String> = expected.results.iter().map(|r| r.uri.clone()).collect();
+    // (The reference ranks at the epoch: recency costs every result the same, so the set is
+    // compared, not the order.)
+    let mut got = uris(&related);
+    got.sort();
+    let mut want = expected_uris;
+    want.sort();
+    assert_eq!(got, want);
+    let missing = get(&format!("{url}/similar?uri=at://did:plc:nobody/x/y")).await;
+    assert_eq!(missing.status, 404);
 
     // Every refusal is the API's: a JSON error, never cached.
     for (method, path, status) in [
@@ -335,6 +409,72 @@ async fn follows_the_pointer_and_keeps_serving_through_a_bad_one() {
         base.build_id.as_str()
     );
     std::fs::write(&pointer, good).unwrap();
+    stop.cancel();
+}
+
+/// A Jetstream identity event naming `did`'s handle.
+fn identity(did: &str, handle: &str, time_us: i64) -> String {
+    serde_json::json!({"did": did, "time_us": time_us, "kind": "identity",
+        "identity": {"did": did, "handle": handle, "seq": 1, "time": "2025-01-01T00:00:00Z"}})
+    .to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn results_name_their_authors_and_follow_a_rename() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut events = support::jetstream_events(300);
+    let last = support::last_time_us(300);
+    events.push(identity("did:plc:author3", "Author3.example.com", last + 1));
+    let (target, _) = published(dir.path(), &events).await;
+    let (url, stop) = start(target.clone(), &dir.path().join("cache")).await;
+    let search = |author: &str| {
+        let url = url.clone();
+        let author = author.to_owned();
+        async move {
+            let reply = get_until(
+                &format!("{url}/search?q=entry&limit=40&author={author}"),
+                |reply| reply.status == 200,
+            )
+            .await;
+            reply.json().as_array().unwrap().clone()
+        }
+    };
+    let by_did = search("did:plc:author3").await;
+    assert!(!by_did.is_empty());
+    assert!(
+        by_did.iter().all(|r| r["handle"] == "author3.example.com"),
+        "{by_did:?}"
+    );
+    assert_eq!(search("author3.example.com").await, by_did);
+    let others = search("did:plc:author4").await;
+    assert!(
+        others.iter().all(|r| r["handle"].is_null()),
+        "no identity event, no handle"
+    );
+
+    // A rename reaches readers in the next delta: the new handle finds the author, the old
+    // one no one.
+    support::replay(
+        dir.path(),
+        &[identity("did:plc:author3", "a3.example.org", last + 2)],
+    )
+    .await;
+    let store = Store::open(store_path(dir.path())).unwrap();
+    publish::publish_delta_once(&store, dir.path(), &target, &options())
+        .await
+        .unwrap();
+    get_until(
+        &format!("{url}/search?q=entry&author=a3.example.org"),
+        |reply| reply.status == 200 && !reply.json().as_array().unwrap().is_empty(),
+    )
+    .await;
+    let renamed = search("a3.example.org").await;
+    assert_eq!(renamed.len(), by_did.len());
+    assert!(renamed.iter().all(|r| r["handle"] == "a3.example.org"));
+    assert!(search("author3.example.com").await.is_empty());
+    // The page shows the handle and links to the author's other posts by it.
+    let page = get(&format!("{url}/?q=entry&author=a3.example.org")).await;
+    assert!(page.body.contains(">@a3.example.org</a>"), "{}", page.body);
     stop.cancel();
 }
 

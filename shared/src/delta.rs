@@ -188,6 +188,8 @@ pub fn finish(conn: &Connection, base: &str, base_build_id: &str) -> rusqlite::R
              GROUP BY t.tag;"
     ))?;
     adopt_families(conn, base)?;
+    // Described against the whole corpus, not the few documents beside them.
+    crate::similar::describe(conn, Some(base))?;
     let count = |sql: String| conn.query_row(&sql, [], |row| row.get::<_, i64>(0));
     let served = |table: &str, kind: i64| {
         count(format!(

@@ -5,6 +5,7 @@
 //!
 //! - [`api`]: the public HTTP API apart from any HTTP library, answered the same by the edge and
 //!   the native server.
+//! - [`authors`]: authors' handles, on results and in the `author` filter.
 //! - [`schema`]: the serving snapshot's tables, FTS5 indexes and version stamps.
 //! - [`content`]: document text at rest in a snapshot (LZ4) and the SQL function that reads it.
 //! - [`snapshot`]: writes documents and publications into a snapshot (builders and test fixtures).
@@ -14,6 +15,7 @@
 //!   holds what search needs of every row in memory and filters documents from it; `rank` and
 //!   `snippet` are built on FTS5's C extension API: bm25 from the facts' row lengths, and FTS5's
 //!   snippet with less tokenizing.
+//! - [`similar`]: each document's distinctive terms, and the related posts they find.
 //! - [`lookup`]: documents by URI and tag counts, for the edge's non-search endpoints.
 //! - [`delta`]: what changed since a base build, searched together with it.
 //! - [`manifest`]: the contract between a published snapshot and the readers that adopt it.
@@ -26,6 +28,7 @@
 //! and then [`search::search`].
 
 pub mod api;
+pub mod authors;
 pub mod content;
 pub mod delta;
 mod facts;
@@ -37,6 +40,7 @@ pub mod query;
 mod rank;
 pub mod schema;
 pub mod search;
+pub mod similar;
 pub mod snapshot;
 mod snippet;
 pub mod timestamp;

@@ -106,6 +106,7 @@ pub fn documents_by_uri_in(
             None => lookup.missing.push(uri),
         }
     }
+    crate::authors::attach(layers, &mut lookup.documents)?;
     Ok(Ok(lookup))
 }
 

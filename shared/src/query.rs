@@ -182,7 +182,7 @@ impl Tokens {
 }
 
 /// Whether unicode61, with its default categories, keeps `c` in a token.
-fn is_token_char(c: char) -> bool {
+pub(crate) fn is_token_char(c: char) -> bool {
     use unicode_properties::{GeneralCategory, GeneralCategoryGroup, UnicodeGeneralCategory};
     matches!(
         c.general_category_group(),

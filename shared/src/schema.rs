@@ -35,7 +35,12 @@ use rusqlite::{Connection, OptionalExtension};
 /// needs of each match in about 20 bytes a row, read in blocks as matches need them; before,
 /// opening a snapshot read every `documents` row into memory. An older snapshot gets them in the
 /// connection's temp schema when it is opened.
-pub const SCHEMA_VERSION: u32 = 6;
+///
+/// 7: `handles` maps each author's DID to their handle ([`crate::authors`]), so results name
+/// their author and `author=` takes a handle; `document_terms` holds each document's most
+/// distinctive terms, what `/similar` searches for ([`crate::similar`]). Older snapshots answer
+/// without handles, and with no related posts.
+pub const SCHEMA_VERSION: u32 = 7;
 /// The oldest table layout this build still reads. Versions 1 and 2 store plain text, which
 /// `pubsearch_text` passes through, version 1 has its columns in another order and no prefix
 /// index, and versions 1 to 3 keep text in `documents.content` ([`text_source`] says where): the
@@ -133,6 +138,19 @@ CREATE VIRTUAL TABLE publications_fts USING fts5(
     name, description,
     content = 'publications', content_rowid = 'id',
     tokenize = 'unicode61 remove_diacritics 2'
+);
+
+-- Each author's handle as last seen, for the authors of the rows above (see `authors`).
+CREATE TABLE handles (
+    did    TEXT PRIMARY KEY,
+    handle TEXT NOT NULL
+) WITHOUT ROWID;
+CREATE INDEX handles_handle ON handles(handle);
+
+-- Each document's most distinctive terms, space-separated (see `similar`).
+CREATE TABLE document_terms (
+    id    INTEGER PRIMARY KEY REFERENCES documents(id),
+    terms TEXT NOT NULL
 );
 
 CREATE TABLE meta (

@@ -110,11 +110,19 @@ pub struct SearchRequest {
     platform: Option<Platform>,
     tag: Option<String>,
     since: Option<Timestamp>,
-    author: Option<String>,
+    author: Option<Author>,
     kinds: Vec<ResultKind>,
     limit: u32,
     offset: u32,
     format: ResponseFormat,
+}
+
+/// Whose documents a search is limited to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Author {
+    Did(String),
+    /// A handle (normalised), looked up in the build when searching.
+    Handle(String),
 }
 
 /// Why a request was refused; every variant is the client's to fix (HTTP 400).
@@ -143,6 +151,8 @@ pub struct SearchResult {
     pub kind: ResultKind,
     pub uri: String,
     pub did: String,
+    /// The author's handle, when the build knows it (see [`crate::authors`]).
+    pub handle: Option<String>,
     pub title: String,
     /// HTML-escaped excerpt with matches wrapped in `<mark>`; safe to insert as HTML.
     pub snippet: String,
@@ -220,10 +230,16 @@ impl SearchRequest {
                     )
                 }
                 "author" if !value.is_empty() => {
-                    if !is_did(value) {
-                        return Err(invalid("author", "must be a DID such as did:plc:abc123"));
-                    }
-                    request.author = Some(value.to_owned());
+                    request.author = Some(if is_did(value) {
+                        Author::Did(value.to_owned())
+                    } else {
+                        Author::Handle(crate::authors::parse_handle(value).ok_or_else(|| {
+                            invalid(
+                                "author",
+                                "must be a DID (did:plc:abc123) or a handle (alice.bsky.social)",
+                            )
+                        })?)
+                    })
                 }
                 "type" if !value.is_empty() => request.kinds = parse_kinds(value)?,
                 "limit" => request.limit = parse_bounded("limit", value, 1, MAX_LIMIT)?,
@@ -241,6 +257,22 @@ impl SearchRequest {
             }
         }
         Ok(request)
+    }
+
+    /// This request's filters and paging with the query `text` instead.
+    pub fn with_text(&self, text: &str) -> Result<Self, RequestError> {
+        Ok(SearchRequest {
+            query: query::build(text)?,
+            ..self.clone()
+        })
+    }
+
+    /// This request with `limit` results a page (within 1 and [`MAX_LIMIT`]).
+    pub fn with_limit(&self, limit: u32) -> Self {
+        SearchRequest {
+            limit: limit.clamp(1, MAX_LIMIT),
+            ..self.clone()
+        }
     }
 
     /// The compiled FTS5 expression.
@@ -261,6 +293,16 @@ impl SearchRequest {
     /// Results skipped before this page.
     pub fn offset(&self) -> u32 {
         self.offset
+    }
+
+    /// The author filter's DID, once resolved (see [`search_layers`]).
+    fn author_did(&self) -> Option<String> {
+        match &self.author {
+            Some(Author::Did(did)) => Some(did.clone()),
+            // Unresolved handles never reach a statement; match no one if one does.
+            Some(Author::Handle(_)) => Some(String::new()),
+            None => None,
+        }
     }
 
     fn wants(&self, kind: ResultKind) -> bool {
@@ -478,6 +520,27 @@ pub fn search_layers(
     now: Timestamp,
     prefetch: &dyn Prefetch,
 ) -> Result<SearchPage, SearchError> {
+    let resolved;
+    let request = match &request.author {
+        Some(Author::Handle(handle)) => match crate::authors::did_of(layers, handle)? {
+            Some(did) => {
+                resolved = SearchRequest {
+                    author: Some(Author::Did(did)),
+                    ..request.clone()
+                };
+                &resolved
+            }
+            // No one has that handle here: nothing of theirs to find.
+            None => {
+                return Ok(SearchPage {
+                    results: Vec::new(),
+                    has_more: false,
+                    next_offset: None,
+                });
+            }
+        },
+        _ => request,
+    };
     let sources = Source::of(layers);
     let mut candidates = document_candidates(&sources, request, now)?;
     candidates.extend(publication_candidates(&sources, request)?);
@@ -508,7 +571,8 @@ pub fn search_layers(
         .map(|candidate| candidate.id)
         .collect();
     prefetch.documents(layers.base, &documents);
-    let results = load_page(&sources, request, page)?;
+    let mut results = load_page(&sources, request, page)?;
+    crate::authors::attach(layers, &mut results)?;
     Ok(SearchPage {
         results,
         has_more,
@@ -599,7 +663,7 @@ fn document_scan(
         args.extend([
             text(request.platform.map(|platform| platform.as_str().into())),
             text(request.since.map(|since| since.to_rfc3339())),
-            text(request.author.clone()),
+            text(request.author_did()),
             in_publication.map_or(Value::Null, |articles| Value::Integer(articles.into())),
         ]);
         filters.push(format!(
@@ -728,8 +792,8 @@ fn publication_candidates(
         args.push(Value::Text(platform.as_str().into()));
         tests.push_str(&format!(" AND p.platform = ?{}", args.len()));
     }
-    if let Some(author) = &request.author {
-        args.push(Value::Text(author.clone()));
+    if let Some(author) = request.author_did() {
+        args.push(Value::Text(author));
         tests.push_str(&format!(" AND p.did = ?{}", args.len()));
     }
     let filter = format!(
@@ -828,6 +892,7 @@ fn publication_result(row: &rusqlite::Row<'_>) -> rusqlite::Result<SearchResult>
         kind: ResultKind::Publication,
         uri: row.get(0)?,
         did: row.get(1)?,
+        handle: None,
         rkey: row.get(2)?,
         platform: row.get::<_, String>(3)?.parse().unwrap_or(Platform::Other),
         title: row.get(4)?,
@@ -936,6 +1001,7 @@ pub(crate) fn document_result(
         uri: row.get(0)?,
         url: platform.document_url(&did, &rkey, base_path.as_deref(), path.as_deref()),
         did,
+        handle: None,
         rkey,
         platform,
         title: row.get(4)?,
@@ -1000,10 +1066,7 @@ mod tests {
             (&[("q", "x"), ("offset", "1001")], "invalid offset"),
             (&[("q", "x"), ("since", "last tuesday")], "invalid since"),
             (&[("q", "x"), ("platform", "myspace")], "invalid platform"),
-            (
-                &[("q", "x"), ("author", "alice.bsky.social")],
-                "invalid author",
-            ),
+            (&[("q", "x"), ("author", "alice")], "invalid author"),
             (&[("q", "x"), ("type", "article,poem")], "invalid type"),
             (&[("q", "x"), ("format", "v9")], "invalid format"),
             (&[("q", "   ")], "empty query"),

@@ -134,6 +134,17 @@ impl<'conn> SnapshotWriter<'conn> {
         Ok(())
     }
 
+    /// Records an author's handle (normalised; one that is not shaped like a handle is
+    /// skipped, as is a second one for the same DID).
+    pub fn add_handle(&mut self, did: &str, handle: &str) -> rusqlite::Result<()> {
+        if let Some(handle) = crate::authors::parse_handle(handle) {
+            self.tx
+                .prepare_cached("INSERT OR IGNORE INTO handles (did, handle) VALUES (?1, ?2)")?
+                .execute([did, handle.as_str()])?;
+        }
+        Ok(())
+    }
+
     /// Builds the FTS indexes and tag counts, stamps versions and the watermark, and commits.
     pub fn finish(self, source_watermark_us: i64) -> rusqlite::Result<SnapshotCounts> {
         let tx = self.tx;
@@ -146,6 +157,7 @@ impl<'conn> SnapshotWriter<'conn> {
                  SELECT tag, count(*) FROM document_tags GROUP BY tag;",
         )?;
         crate::facts::create_tables(&tx, "main")?;
+        crate::similar::describe(&tx, None)?;
         schema::write_version(&tx, source_watermark_us)?;
         let counts = count(&tx)?;
         tx.commit()?;

@@ -207,3 +207,72 @@ fn a_delta_for_another_base_is_refused() {
         .to_string();
     assert!(error.contains("overlays build base-build"), "{error}");
 }
+
+#[test]
+fn handles_name_authors_and_a_rename_in_the_delta_wins() {
+    let documents = support::documents();
+    let author = documents[0].did.clone();
+    let words: Vec<&str> = documents[0].title.split_whitespace().collect();
+    let query = words[0].to_owned();
+    let handles = |conn: &mut Connection, handle: &str| {
+        conn.execute(
+            "INSERT INTO handles (did, handle) VALUES (?1, ?2)",
+            [author.as_str(), handle],
+        )
+        .unwrap();
+    };
+    let mut base = snapshot(&[], &documents);
+    handles(&mut base, "alice.example.com");
+    // The delta (over the base as written) before the base is readied for search.
+    let delta = delta_over(&mut base, &[], &[]);
+    search::prepare(&base).unwrap();
+    let search = |layers: Layers<'_>, author: &str| {
+        let request = SearchRequest::from_params([
+            ("q", query.as_str()),
+            ("author", author),
+            ("limit", "40"),
+        ])
+        .unwrap();
+        search::search_layers(layers, &request, support::now(), &NoPrefetch)
+            .unwrap()
+            .results
+    };
+
+    // By handle as by DID, and every result names its author's handle.
+    let by_did = search(Layers::base(&base), &author);
+    assert!(!by_did.is_empty());
+    let by_handle = search(Layers::base(&base), "@Alice.example.com");
+    assert_eq!(by_handle, by_did);
+    assert!(
+        by_did
+            .iter()
+            .all(|r| r.handle.as_deref() == Some("alice.example.com"))
+    );
+    assert!(search(Layers::base(&base), "nobody.example.com").is_empty());
+
+    // The delta renames the author: the new handle finds them, the old one no longer does.
+    let conn = delta.conn();
+    conn.execute(
+        "INSERT INTO handles (did, handle) VALUES (?1, 'alice2.example.com')",
+        [author.as_str()],
+    )
+    .unwrap();
+    let layers = Layers {
+        base: &base,
+        delta: Some(&delta),
+    };
+    assert!(search(layers, "alice.example.com").is_empty());
+    let renamed = search(layers, "alice2.example.com");
+    assert_eq!(renamed.len(), by_did.len());
+    assert!(
+        renamed
+            .iter()
+            .all(|r| r.handle.as_deref() == Some("alice2.example.com"))
+    );
+    let uri = [renamed[0].uri.clone()];
+    let found = lookup::documents_by_uri_in(layers, &uri).unwrap().unwrap();
+    assert_eq!(
+        found.documents[0].handle.as_deref(),
+        Some("alice2.example.com")
+    );
+}

@@ -104,9 +104,12 @@ pub fn build(
         read::count_eligible_documents(&tx, watermark).map_err(BuildError::Read)?;
 
     let mut writer = SnapshotWriter::create(&mut target).map_err(&write)?;
+    // Every author of a row written, for the snapshot's `handles`.
+    let mut authors = std::collections::BTreeSet::new();
 
     for publication in read_publications(&tx, watermark, None).map_err(BuildError::Read)? {
         writer.add_publication(&publication).map_err(&write)?;
+        authors.insert(publication.did);
     }
     // Newest first: snapshot ids follow this order, and search examines matches in id order
     // (ARCHITECTURE.md invariant 9).
@@ -115,10 +118,12 @@ pub fn build(
     for ids in order.chunks(PAGE_ROWS) {
         for document in read_documents(&tx, watermark, ids).map_err(BuildError::Read)? {
             writer.add_document(&document).map_err(&write)?;
+            authors.insert(document.did);
         }
         written += ids.len() as u64;
         progress(written);
     }
+    add_handles(&tx, &mut writer, &authors, out)?;
     writer.finish(watermark).map_err(&write)?;
     drop(tx);
     let manifest = seal(target, out, build_id, channel, watermark, None)?;
@@ -136,6 +141,23 @@ pub fn build(
         manifest,
         source_documents: Some(source_documents),
     })
+}
+
+/// Writes the handles the store knows for `authors` (see `pubsearch_shared::authors`).
+pub(super) fn add_handles(
+    tx: &rusqlite::Transaction<'_>,
+    writer: &mut SnapshotWriter<'_>,
+    authors: &std::collections::BTreeSet<String>,
+    out: &Path,
+) -> Result<(), BuildError> {
+    let handles =
+        read::handles(tx, authors.iter().map(String::as_str)).map_err(BuildError::Read)?;
+    for (did, handle) in handles {
+        writer
+            .add_handle(&did, &handle)
+            .map_err(BuildError::write(out))?;
+    }
+    Ok(())
 }
 
 /// Finishes a written snapshot (or delta, over `base_build_id`) in `target` at `out`: chooses

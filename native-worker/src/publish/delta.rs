@@ -91,6 +91,18 @@ pub fn build(
     for document in &documents {
         writer.add_document(document).map_err(&write)?;
     }
+    // The authors it rewrites, who include everyone renamed since the base (a handle change
+    // marks the account changed): their handles here win over the base's.
+    let authors = documents
+        .iter()
+        .map(|document| document.did.clone())
+        .chain(
+            publications
+                .iter()
+                .map(|publication| publication.did.clone()),
+        )
+        .collect();
+    build::add_handles(&tx, &mut writer, &authors, out)?;
     writer.finish(watermark).map_err(&write)?;
     let banned = if changed.banned_list {
         read::banned_dids(&tx).map_err(BuildError::Read)?

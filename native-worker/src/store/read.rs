@@ -289,6 +289,26 @@ pub fn excluded_dids(conn: &Connection) -> rusqlite::Result<Vec<String>> {
     .collect()
 }
 
+/// The handles the store knows for `dids` (those it has one for), for a snapshot's `handles`.
+pub fn handles<'a>(
+    conn: &Connection,
+    dids: impl IntoIterator<Item = &'a str>,
+) -> rusqlite::Result<Vec<(String, String)>> {
+    let mut statement = conn.prepare_cached(
+        "SELECT handle FROM accounts WHERE did = ?1 AND handle IS NOT NULL AND handle != ''",
+    )?;
+    let mut found = Vec::new();
+    for did in dids {
+        if let Some(handle) = statement
+            .query_row([did], |row| row.get::<_, String>(0))
+            .optional()?
+        {
+            found.push((did.to_owned(), handle));
+        }
+    }
+    Ok(found)
+}
+
 /// The banned-DID list last stored by [`super::StoreWriter::replace_banned_dids`].
 pub fn banned_dids(conn: &Connection) -> rusqlite::Result<Vec<String>> {
     conn.prepare_cached("SELECT did FROM banned_dids ORDER BY did")?

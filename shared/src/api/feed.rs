@@ -82,7 +82,7 @@ pub fn render(origin: &str, request: &FeedRequest, page: &SearchPage, now: Times
             title = escape_html(title),
             id = escape_html(&result.uri),
             updated = result.created_at.unwrap_or(updated),
-            author = escape_html(&result.did),
+            author = escape_html(result.handle.as_deref().unwrap_or(&result.did)),
             platform = result.platform.as_str(),
             // The snippet is HTML already; as Atom `html` content it is escaped once more.
             summary = escape_html(&result.snippet),

@@ -66,6 +66,11 @@ pub enum Endpoint {
     Document(Vec<String>),
     Tags(u32),
     Feed(feed::FeedRequest),
+    /// Posts related to one document (see [`crate::similar`]).
+    Similar {
+        uri: String,
+        search: SearchRequest,
+    },
     OpenSearch,
 }
 
@@ -97,6 +102,7 @@ pub fn endpoint_name(path: &str) -> &'static str {
         "/document" => "document",
         "/tags" => "tags",
         "/feed" => "feed",
+        "/similar" => "similar",
         "/opensearch.xml" => "opensearch",
         "/stats" => "stats",
         "/snapshot" => "snapshot",
@@ -139,10 +145,38 @@ pub fn route<K: AsRef<str>, V: AsRef<str>>(
             .map_err(|e| bad(&e))?,
         ),
         "/tags" => Endpoint::Tags(tags_limit(&params)?),
+        "/similar" => similar_request(params)?,
         "/opensearch.xml" => Endpoint::OpenSearch,
         _ => return Err(ApiError::NotFound),
     };
     Ok(Route::Api(Box::new(endpoint)))
+}
+
+/// Results `/similar` gives when the client does not say.
+const DEFAULT_SIMILAR: u32 = 10;
+/// Longest document URI accepted.
+const MAX_URI_CHARS: usize = 512;
+
+/// `/similar`'s `uri` and the search parameters it shares with `/search` (all but `q`).
+fn similar_request(params: Vec<(String, String)>) -> Result<Endpoint, ApiError> {
+    let uri = params
+        .iter()
+        .rev()
+        .find(|(key, _)| key == "uri")
+        .map(|(_, uri)| uri.trim().to_owned())
+        .ok_or_else(|| ApiError::BadRequest("missing parameter uri".into()))?;
+    if !uri.starts_with("at://") || uri.len() > MAX_URI_CHARS {
+        return Err(ApiError::BadRequest(format!(
+            "invalid uri: must be the at:// URI of a document, at most {MAX_URI_CHARS} characters"
+        )));
+    }
+    let mut search = vec![("limit".to_owned(), DEFAULT_SIMILAR.to_string())];
+    search.extend(params.into_iter().filter(|(key, _)| key != "q"));
+    // The query is the document's terms, put in when answering.
+    search.push(("q".into(), "related".into()));
+    let search =
+        SearchRequest::from_params(search).map_err(|e| ApiError::BadRequest(e.to_string()))?;
+    Ok(Endpoint::Similar { uri, search })
 }
 
 fn tags_limit(params: &[(String, String)]) -> Result<u32, ApiError> {
@@ -169,6 +203,7 @@ impl Endpoint {
             Endpoint::Document(_) => "document",
             Endpoint::Tags(_) => "tags",
             Endpoint::Feed(_) => "feed",
+            Endpoint::Similar { .. } => "similar",
             Endpoint::OpenSearch => "opensearch",
         }
     }
@@ -209,15 +244,19 @@ impl Endpoint {
             || layers.ok_or_else(|| ApiError::Unavailable("no snapshot is loaded yet".into()));
         match self {
             Endpoint::Page(page) => {
-                let results = match page.search() {
-                    Some(Ok(request)) => Some(Ok(search::search_layers(
+                let results = match (page.search(), page.similar()) {
+                    (Some(Ok(request)), Some(uri)) => Some(
+                        crate::similar::similar(layers()?, uri, request, now, prefetch)?
+                            .ok_or_else(|| "That post is not in the index.".to_owned()),
+                    ),
+                    (Some(Ok(request)), None) => Some(Ok(search::search_layers(
                         layers()?,
                         request,
                         now,
                         prefetch,
                     )?)),
-                    Some(Err(message)) => Some(Err(message.clone())),
-                    None => None,
+                    (Some(Err(message)), _) => Some(Err(message.clone())),
+                    (None, _) => None,
                 };
                 Ok(page::render(page, results.as_ref()))
             }
@@ -237,6 +276,11 @@ impl Endpoint {
             Endpoint::Feed(request) => {
                 let page = search::search_layers(layers()?, &request.search, now, prefetch)?;
                 Ok(feed::render(origin, request, &page, now))
+            }
+            Endpoint::Similar { uri, search } => {
+                let page = crate::similar::similar(layers()?, uri, search, now, prefetch)?
+                    .ok_or(ApiError::NotFound)?;
+                Ok(Answer::json(&page.to_json(search.format())))
             }
             Endpoint::OpenSearch => Ok(opensearch::render(origin)),
         }
@@ -302,6 +346,9 @@ mod tests {
             "/document",
             "/tags?limit=1001",
             "/tags?limit=x",
+            "/similar",
+            "/similar?uri=https://example.com",
+            "/similar?uri=at://x&limit=41",
         ] {
             let error = parse("GET", target).unwrap_err();
             assert_eq!(error.status(), 400, "{target}: {error}");

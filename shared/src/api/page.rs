@@ -4,7 +4,7 @@
 //! JavaScript; the page's script takes over from there, drawing the same markup from
 //! `/search?format=v2`.
 
-use crate::search::{SearchPage, SearchRequest, SearchResult, escape_html};
+use crate::search::{ResultKind, SearchPage, SearchRequest, SearchResult, escape_html};
 
 use super::{Answer, CACHE_CONTROL, query_string};
 
@@ -12,8 +12,9 @@ use super::{Answer, CACHE_CONTROL, query_string};
 const TEMPLATE: &str = include_str!("page.html");
 /// Results per page (the script's `PAGE`).
 pub const PAGE_SIZE: u32 = 10;
-/// The form's fields, in the order links carry them.
-const FIELDS: [&str; 5] = ["q", "platform", "tag", "since", "author"];
+/// The page's fields, in the order links carry them: the form's, and `similar`, the URI of a
+/// post whose related posts are shown instead of a search.
+const FIELDS: [&str; 6] = ["q", "platform", "tag", "since", "author", "similar"];
 /// The platform filter's choices.
 const PLATFORMS: [&str; 6] = [
     "leaflet",
@@ -28,7 +29,7 @@ const PLATFORMS: [&str; 6] = [
 #[derive(Debug)]
 pub struct PageRequest {
     /// Each of [`FIELDS`], trimmed (empty when absent).
-    fields: [String; 5],
+    fields: [String; 6],
     offset: u32,
     /// `None` without a query; `Err` with the reason a query was refused.
     search: Option<Result<SearchRequest, String>>,
@@ -48,12 +49,17 @@ impl PageRequest {
         };
         let fields = FIELDS.map(value);
         let offset = value("offset").parse().unwrap_or(0);
-        let search = (!fields[0].is_empty()).then(|| {
+        let related = !fields[5].is_empty();
+        let search = (related || !fields[0].is_empty()).then(|| {
             let mut search: Vec<(&str, String)> = FIELDS
                 .iter()
                 .zip(&fields)
                 .map(|(name, value)| (*name, value.clone()))
                 .collect();
+            if related {
+                // The query is the post's terms, put in when answering.
+                search.push(("q", "related".into()));
+            }
             search.push(("limit", PAGE_SIZE.to_string()));
             search.push(("offset", offset.to_string()));
             SearchRequest::from_params(search).map_err(|e| e.to_string())
@@ -72,6 +78,11 @@ impl PageRequest {
 
     pub(super) fn search(&self) -> Option<&Result<SearchRequest, String>> {
         self.search.as_ref()
+    }
+
+    /// The post whose related posts the page shows, if it shows those.
+    pub(super) fn similar(&self) -> Option<&str> {
+        Some(self.field("similar")).filter(|uri| !uri.is_empty())
     }
 
     fn field(&self, name: &str) -> &str {
@@ -109,10 +120,14 @@ pub fn render(request: &PageRequest, results: Option<&Result<SearchPage, String>
         None => (String::new(), String::new(), false),
         Some(Err(reason)) => (escape_html(reason), String::new(), false),
         Some(Ok(page)) => {
+            let what = match request.similar() {
+                Some(_) => "Related posts",
+                None => "Results",
+            };
             let status = match page.results.len() {
                 0 => "Nothing matched.".to_owned(),
                 n => format!(
-                    "Results {}–{}",
+                    "{what} {}–{}",
                     request.offset + 1,
                     request.offset as usize + n
                 ),
@@ -226,11 +241,24 @@ fn result_item(request: &PageRequest, result: &SearchResult) -> String {
         ),
         None => format!("<span class=\"title\">{title}</span>"),
     };
+    // The author by handle where the build knows it; their other posts by the same name.
+    let (name, label) = match &result.handle {
+        Some(handle) => (handle.as_str(), format!("@{handle}")),
+        None => (result.did.as_str(), result.did.clone()),
+    };
     let author = format!(
-        "<a class=\"author\" href=\"{}\">{}</a>",
-        escape_html(&request.link(0, &[("author", &result.did)])),
-        escape_html(&result.did)
+        "<a class=\"author\" href=\"{}\" title=\"{}\">{}</a>",
+        escape_html(&request.link(0, &[("author", name), ("similar", "")])),
+        escape_html(&result.did),
+        escape_html(&label)
     );
+    let related = match result.kind {
+        ResultKind::Publication => String::new(),
+        _ => format!(
+            " · <a class=\"related\" href=\"/?{}\">Related posts</a>",
+            escape_html(&query_string([("similar", result.uri.as_str())]))
+        ),
+    };
     let time = result
         .created_at
         .map(|at| {
@@ -240,7 +268,7 @@ fn result_item(request: &PageRequest, result: &SearchResult) -> String {
         .unwrap_or_default();
     format!(
         "<li class=\"result\">{title}<div class=\"snippet\">{snippet}</div>\
-         <div class=\"meta\">{author}{time} · {platform} · {kind}</div></li>",
+         <div class=\"meta\">{author}{time} · {platform} · {kind}{related}</div></li>",
         // Already HTML-escaped, with <mark> highlights.
         snippet = result.snippet,
         platform = result.platform.as_str(),
