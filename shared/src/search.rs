@@ -106,7 +106,9 @@ pub enum ResponseFormat {
 /// A validated search: built only through [`SearchRequest::from_params`] or [`SearchRequest::new`].
 #[derive(Debug, Clone, PartialEq)]
 pub struct SearchRequest {
-    query: MatchExpr,
+    /// `None` lists the author's posts, newest first, instead of searching (see
+    /// [`author_listing`]).
+    query: Option<MatchExpr>,
     platform: Option<Platform>,
     tag: Option<String>,
     since: Option<Timestamp>,
@@ -179,7 +181,7 @@ impl SearchRequest {
     /// A request for `text` with default filters and paging.
     pub fn new(text: &str) -> Result<Self, RequestError> {
         Ok(Self {
-            query: query::build(text)?,
+            query: Some(query::build(text)?),
             platform: None,
             tag: None,
             since: None,
@@ -205,7 +207,10 @@ impl SearchRequest {
                 _ => raw.push((key.as_ref().to_owned(), value.as_ref().to_owned())),
             }
         }
-        let mut request = Self::new(&text.ok_or(RequestError::MissingQuery)?)?;
+        let mut request = Self::new(text.as_deref().unwrap_or("listing"))?;
+        if text.is_none() {
+            request.query = None;
+        }
         for (key, value) in &raw {
             let value = value.trim();
             match key.as_str() {
@@ -256,13 +261,17 @@ impl SearchRequest {
                 _ => {}
             }
         }
+        if request.query.is_none() && request.author.is_none() {
+            // Without words, only an author's posts can be listed.
+            return Err(RequestError::MissingQuery);
+        }
         Ok(request)
     }
 
     /// This request's filters and paging with the query `text` instead.
     pub fn with_text(&self, text: &str) -> Result<Self, RequestError> {
         Ok(SearchRequest {
-            query: query::build(text)?,
+            query: Some(query::build(text)?),
             ..self.clone()
         })
     }
@@ -275,9 +284,17 @@ impl SearchRequest {
         }
     }
 
-    /// The compiled FTS5 expression.
-    pub fn match_expr(&self) -> &MatchExpr {
-        &self.query
+    /// The compiled FTS5 expression; `None` for a listing of an author's posts.
+    pub fn match_expr(&self) -> Option<&MatchExpr> {
+        self.query.as_ref()
+    }
+
+    /// The expression of a search (never asked of a listing: [`search_layers`] answers those
+    /// before any statement).
+    fn expr(&self) -> &MatchExpr {
+        self.query
+            .as_ref()
+            .expect("listings are answered before any search statement")
     }
 
     /// The JSON shape the client asked for.
@@ -434,8 +451,8 @@ fn shared_stats(
     let total = corpora
         .iter()
         .fold(CorpusStats::default(), |sum, corpus| sum.plus(*corpus));
-    let mut stats = Vec::with_capacity(request.query.phrases().len());
-    for phrase in request.query.phrases() {
+    let mut stats = Vec::with_capacity(request.expr().phrases().len());
+    for phrase in request.expr().phrases() {
         let mut matching = 0.0;
         for (source, corpus) in sources.iter().zip(&corpora) {
             matching += rank::rows_matching(source.conn, index, phrase, *corpus)?;
@@ -542,6 +559,11 @@ pub fn search_layers(
         _ => request,
     };
     let sources = Source::of(layers);
+    if request.query.is_none() {
+        let mut page = author_listing(&sources, request)?;
+        crate::authors::attach(layers, &mut page.results)?;
+        return Ok(page);
+    }
     let mut candidates = document_candidates(&sources, request, now)?;
     candidates.extend(publication_candidates(&sources, request)?);
     // Unstable is exact here: no two candidates compare equal (kind, layer and id are unique
@@ -573,6 +595,108 @@ pub fn search_layers(
     prefetch.documents(layers.base, &documents);
     let mut results = load_page(&sources, request, page)?;
     crate::authors::attach(layers, &mut results)?;
+    Ok(SearchPage {
+        results,
+        has_more,
+        next_offset: has_more.then_some(end as u32),
+    })
+}
+
+/// Characters of text shown for a listed post (it has no match to build a snippet around).
+const LISTING_EXCERPT_CHARS: usize = 300;
+
+/// An author's documents, newest first, with the request's filters: what a search without words
+/// answers. Each build's rows come through its `did` index in id order (newest first,
+/// ARCHITECTURE.md invariant 9), so a page reads at most offset + limit + 1 passing rows a build,
+/// plus the rows a delta masks: the work grows with that author's posts at most, never with the
+/// corpus.
+fn author_listing(
+    sources: &[Source<'_>],
+    request: &SearchRequest,
+) -> Result<SearchPage, SearchError> {
+    let nothing = SearchPage {
+        results: Vec::new(),
+        has_more: false,
+        next_offset: None,
+    };
+    let Some(did) = request.author_did() else {
+        return Ok(nothing);
+    };
+    let wanted = (request.offset + request.limit + 1) as usize;
+    let mut tests = vec!["d.did = ?1".to_owned(), "d.id > ?2".to_owned()];
+    let mut args: Vec<Value> = vec![Value::Text(did), Value::Null];
+    if let Some(platform) = request.platform {
+        args.push(Value::Text(platform.as_str().into()));
+        tests.push(format!("d.platform = ?{}", args.len()));
+    }
+    if let Some(since) = request.since {
+        args.push(Value::Text(since.to_rfc3339()));
+        tests.push(format!("d.created_at >= ?{}", args.len()));
+    }
+    if let Some(tag) = &request.tag {
+        args.push(Value::Text(tag.clone()));
+        tests.push(format!(
+            "d.id IN (SELECT document_id FROM document_tags WHERE tag = ?{})",
+            args.len()
+        ));
+    }
+    match (
+        request.wants(ResultKind::Article),
+        request.wants(ResultKind::Looseleaf),
+    ) {
+        (true, true) => {}
+        (true, false) => tests.push("d.publication_uri IS NOT NULL".into()),
+        (false, true) => tests.push("d.publication_uri IS NULL".into()),
+        (false, false) => return Ok(nothing),
+    }
+    let mut listed: Vec<(Layer, SearchResult)> = Vec::new();
+    for source in sources {
+        let text = schema::text_source(source.conn, "d.id")?;
+        let sql = format!(
+            "SELECT {DOCUMENT_RESULT_COLUMNS}, substr({function}({text}), 1, {LISTING_EXCERPT_CHARS}), d.id
+             FROM documents AS d WHERE {tests} ORDER BY d.id LIMIT {wanted}",
+            function = content::FUNCTION,
+            tests = tests.join(" AND "),
+        );
+        let mut statement = source.conn.prepare_cached(&sql)?;
+        let (mut found, mut after) = (0, i64::MIN);
+        // Rows the delta masks are skipped, so read on past them until enough pass.
+        loop {
+            args[1] = Value::Integer(after);
+            let mut rows = statement.query(params_from_iter(args.iter()))?;
+            let mut read = 0;
+            while let Some(row) = rows.next()? {
+                read += 1;
+                let id: i64 = row.get(11)?;
+                after = id;
+                if source.hides(ResultKind::Article, id) {
+                    continue;
+                }
+                let excerpt = escape_html(&row.get::<_, String>(10)?);
+                listed.push((source.layer, document_result(row, excerpt)?));
+                found += 1;
+            }
+            if read < wanted || found >= wanted {
+                break;
+            }
+        }
+    }
+    // Newest first across builds; the delta's copy first on a tie.
+    listed.sort_by(|(layer_a, a), (layer_b, b)| {
+        b.created_at
+            .cmp(&a.created_at)
+            .then_with(|| layer_a.cmp(layer_b))
+            .then_with(|| a.uri.cmp(&b.uri))
+    });
+    let start = request.offset as usize;
+    let end = start + request.limit as usize;
+    let has_more = end <= MAX_OFFSET as usize && listed.len() > end;
+    let results = listed
+        .into_iter()
+        .skip(start)
+        .take(request.limit as usize)
+        .map(|(_, result)| result)
+        .collect();
     Ok(SearchPage {
         results,
         has_more,
@@ -734,7 +858,7 @@ fn best_matches(
 ) -> Result<Vec<Candidate>, SearchError> {
     let mut statement = source.conn.prepare_cached(sql)?;
     let mut scores: HashMap<i64, f64> = HashMap::new();
-    for (n, phrase) in request.query.phrases().iter().enumerate() {
+    for (n, phrase) in request.expr().phrases().iter().enumerate() {
         args[0] = Value::Text(phrase.clone());
         if let Some((at, stats)) = given {
             let (idf, average_length) = stats[n];
@@ -959,7 +1083,7 @@ fn for_each_row(
         return Ok(());
     };
     let mut args = vec![
-        Value::Text(request.query.as_str().to_owned()),
+        Value::Text(request.expr().as_str().to_owned()),
         Value::Integer(low),
         Value::Integer(high),
     ];

@@ -276,3 +276,66 @@ fn handles_name_authors_and_a_rename_in_the_delta_wins() {
         Some("alice2.example.com")
     );
 }
+
+#[test]
+fn without_words_an_author_is_listed_newest_first_across_base_and_delta() {
+    let documents = support::documents();
+    let author = "did:plc:gen0";
+    let theirs: Vec<&SnapshotDocument> = documents.iter().filter(|d| d.did == author).collect();
+    assert!(theirs.len() > 45, "enough for two pages");
+    let mut base = snapshot(&[], &documents);
+    // The delta edits one of their posts and adds a new one.
+    let mut edited = theirs[3].clone();
+    edited.title = "Edited title".into();
+    let mut new = theirs[0].clone();
+    new.uri = format!("at://{author}/com.whtwnd.blog.entry/brandnew");
+    new.rkey = "brandnew".into();
+    new.created_at = support::now();
+    let delta = delta_over(
+        &mut base,
+        &[edited.clone(), new.clone()],
+        &[edited.uri.as_str()],
+    );
+    search::prepare(&base).unwrap();
+    let layers = Layers {
+        base: &base,
+        delta: Some(&delta),
+    };
+    let list = |params: &[(&str, &str)]| {
+        let mut all = vec![("author", author)];
+        all.extend_from_slice(params);
+        let request = SearchRequest::from_params(all).unwrap();
+        search::search_layers(layers, &request, support::now(), &NoPrefetch).unwrap()
+    };
+    let first = list(&[("limit", "40")]);
+    assert!(first.has_more);
+    assert_eq!(first.next_offset, Some(40));
+    let rest = list(&[("limit", "40"), ("offset", "40")]);
+    let all: Vec<_> = first.results.iter().chain(&rest.results).collect();
+    assert_eq!(
+        all.len(),
+        theirs.len() + 1,
+        "every post once, the new one too"
+    );
+    assert_eq!(all[0].uri, new.uri, "newest first");
+    assert!(
+        all.windows(2)
+            .all(|pair| pair[0].created_at >= pair[1].created_at)
+    );
+    assert!(all.iter().all(|result| result.did == author));
+    let edited_copies: Vec<_> = all.iter().filter(|r| r.uri == edited.uri).collect();
+    assert_eq!(edited_copies.len(), 1);
+    assert_eq!(edited_copies[0].title, "Edited title", "the delta's copy");
+
+    let platform = theirs[1].platform.as_str();
+    let filtered = list(&[("limit", "40"), ("platform", platform)]);
+    assert!(!filtered.results.is_empty());
+    assert!(
+        filtered
+            .results
+            .iter()
+            .all(|r| r.platform.as_str() == platform)
+    );
+    // Without words or an author there is nothing to answer.
+    assert!(SearchRequest::from_params([("limit", "40")]).is_err());
+}

@@ -213,7 +213,12 @@ fn each_result_gets_its_own_rows_snippet() {
                 ResultKind::Publication => "publications_fts",
                 _ => "documents_fts",
             };
-            let expected = lone_snippet(&conn, table, request.match_expr().as_str(), &result.uri);
+            let expected = lone_snippet(
+                &conn,
+                table,
+                request.match_expr().unwrap().as_str(),
+                &result.uri,
+            );
             assert_eq!(result.snippet, expected, "{text}: {}", result.uri);
             kinds.insert(result.kind);
         }

@@ -49,7 +49,13 @@ pub fn render(origin: &str, request: &FeedRequest, page: &SearchPage, now: Times
         .unwrap_or(now);
     let pairs = || request.query.iter().map(|(k, v)| (k.as_str(), v.as_str()));
     let query = query_string(pairs());
-    let q = pairs().find(|(key, _)| *key == "q").map_or("", |(_, q)| q);
+    let named = |name| {
+        pairs()
+            .find(|(key, _)| *key == name)
+            .map(|(_, value)| value)
+    };
+    // A feed of words is named by them; an author's feed, by the author.
+    let q = named("q").or_else(|| named("author")).unwrap_or("");
     let self_link = escape_html(&format!("{origin}/feed?{query}"));
     let page_link = escape_html(&format!("{origin}/?{query}"));
     let mut xml = format!(

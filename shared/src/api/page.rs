@@ -50,10 +50,12 @@ impl PageRequest {
         let fields = FIELDS.map(value);
         let offset = value("offset").parse().unwrap_or(0);
         let related = !fields[5].is_empty();
-        let search = (related || !fields[0].is_empty()).then(|| {
+        // Words search; an author alone lists their posts; `similar` shows related posts.
+        let search = (related || !fields[0].is_empty() || !fields[4].is_empty()).then(|| {
             let mut search: Vec<(&str, String)> = FIELDS
                 .iter()
                 .zip(&fields)
+                .filter(|(_, value)| !value.is_empty())
                 .map(|(name, value)| (*name, value.clone()))
                 .collect();
             if related {
@@ -248,7 +250,7 @@ fn result_item(request: &PageRequest, result: &SearchResult) -> String {
     };
     let author = format!(
         "<a class=\"author\" href=\"{}\" title=\"{}\">{}</a>",
-        escape_html(&request.link(0, &[("author", name), ("similar", "")])),
+        escape_html(&request.link(0, &[("q", ""), ("author", name), ("similar", "")])),
         escape_html(&result.did),
         escape_html(&label)
     );
@@ -302,6 +304,13 @@ mod tests {
         assert!(body.contains("value=\"&quot;&gt;&lt;script&gt;"));
         assert!(!body.contains("<b>"));
         assert!(body.contains("empty query"));
+    }
+
+    #[test]
+    fn an_author_alone_lists_their_posts() {
+        let page = request(&[("q", ""), ("author", "alice.example.com")]);
+        assert!(page.searches(), "{:?}", page.search());
+        assert!(!request(&[("q", " "), ("tag", "x")]).searches());
     }
 
     #[test]
