@@ -184,7 +184,7 @@ fn main() {
 
     let store = Store::open(store_path(&end_to_end_dir)).unwrap();
     let snapshot = dir.path().join("snapshot.db");
-    build::build(&store, &snapshot, "bench", "bench", |_| {}).unwrap();
+    build::build(&store, &snapshot, "bench", "bench", |_, _| {}).unwrap();
     let stop = std::sync::atomic::AtomicBool::new(false);
     let idle = query_loop(&snapshot, &stop, 2_000);
     let (busy, ingest_time) = std::thread::scope(|scope| {

@@ -40,7 +40,7 @@ fn main() {
         let store = ingest(size, dir.path());
         let out = dir.path().join("snapshot.db");
         let started = Instant::now();
-        let built = build::build(&store, &out, "bench", "bench", |_| {}).unwrap();
+        let built = build::build(&store, &out, "bench", "bench", |_, _| {}).unwrap();
         let build_time = started.elapsed();
         let started = Instant::now();
         verify::verify_build(&store, &built, None, false).unwrap();

@@ -153,7 +153,7 @@ pub fn write_file(path: &std::path::Path, records: usize, seed: u64) -> io::Resu
     Ok(summary)
 }
 
-/// Writes the corpus to `out` as NDJSON; `progress` is called every 100,000 events.
+/// Writes the corpus to `out` as NDJSON; `progress` is called every 1,000 events.
 pub fn generate(
     config: &CorpusConfig,
     out: &mut impl Write,
@@ -274,7 +274,7 @@ pub fn generate(
         out.write_all(b"\n")?;
         summary.bytes += line.len() as u64 + 1;
         summary.events += 1;
-        if summary.events % 100_000 == 0 {
+        if summary.events % 1_000 == 0 {
             progress(summary.events);
         }
     }

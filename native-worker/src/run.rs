@@ -62,6 +62,18 @@ pub struct RunOptions {
     pub turso: Option<crate::turso::Replication>,
     /// Serve the public search API from published builds; `None` serves nothing.
     pub serve: Option<ServeOptions>,
+    /// Told ingest's counters about five times a second (a progress display).
+    pub progress: Option<ProgressHook>,
+}
+
+/// A callback for ingest's counters (see [`RunOptions::progress`]).
+#[derive(Clone)]
+pub struct ProgressHook(pub Arc<dyn Fn(&StatsSnapshot) + Send + Sync>);
+
+impl std::fmt::Debug for ProgressHook {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ProgressHook")
+    }
 }
 
 /// The public search API `run` serves beside ingest (see [`crate::serve`]).
@@ -100,6 +112,7 @@ impl RunOptions {
             publish: None,
             turso: None,
             serve: None,
+            progress: None,
         }
     }
 }
@@ -246,6 +259,15 @@ pub async fn run(options: RunOptions, shutdown: CancellationToken) -> Result<Sta
         );
         let builds = serve.builds(&options.data_dir);
         tokio::spawn(serve::serve(listener, builds, background.clone()));
+    }
+    if let Some(hook) = options.progress.clone() {
+        let (stats, stop) = (Arc::clone(&stats), background.clone());
+        tokio::spawn(async move {
+            while !stop.is_cancelled() {
+                (hook.0)(&stats.snapshot());
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        });
     }
     tokio::spawn(log_progress(
         Arc::clone(&stats),

@@ -183,7 +183,7 @@ async fn base_and_delta_answer_as_a_whole_build_of_the_store_would() {
         &dir.path().join("whole.db"),
         "whole",
         "prod",
-        |_| {},
+        |_, _| {},
     )
     .unwrap();
     let whole_conn = open(&whole.path);

@@ -375,7 +375,7 @@ fn delete_one_document(store: &Store) {
 async fn verify_checks_the_build_against_the_store_it_was_built_from() {
     let dir = tempfile::tempdir().unwrap();
     let store = ingested_store(dir.path(), 300).await;
-    let built = build::build(&store, &dir.path().join("b1.db"), "b1", "prod", |_| {}).unwrap();
+    let built = build::build(&store, &dir.path().join("b1.db"), "b1", "prod", |_, _| {}).unwrap();
     verify::verify_build(&store, &built, None, false).unwrap();
 
     // A delete after the build is news for the next build, not a fault in this one; the
@@ -455,7 +455,7 @@ fn the_first_eligible_copy_of_a_cross_post_is_the_one_published() {
         &dir.path().join("snapshot.db"),
         "b1",
         "prod",
-        |_| {},
+        |_, _| {},
     )
     .unwrap();
     let expected =
@@ -513,7 +513,7 @@ fn the_snapshot_numbers_documents_newest_first() {
         })
         .unwrap();
     drop(writer);
-    let built = build::build(&store, &dir.path().join("s.db"), "b1", "prod", |_| {}).unwrap();
+    let built = build::build(&store, &dir.path().join("s.db"), "b1", "prod", |_, _| {}).unwrap();
     // Equal dates keep the store's order.
     assert_eq!(
         texts(&built.path, "SELECT rkey FROM documents ORDER BY id"),
@@ -525,7 +525,7 @@ fn the_snapshot_numbers_documents_newest_first() {
 async fn a_resumed_upload_replaces_an_artifact_of_the_right_size_but_wrong_bytes() {
     let dir = tempfile::tempdir().unwrap();
     let store = ingested_store(dir.path(), 300).await;
-    let built = build::build(&store, &dir.path().join("b1.db"), "b1", "prod", |_| {}).unwrap();
+    let built = build::build(&store, &dir.path().join("b1.db"), "b1", "prod", |_, _| {}).unwrap();
     let target_dir = dir.path().join("published");
     let target = ObjectTarget::local(&target_dir).unwrap();
     target.upload(&built).await.unwrap();

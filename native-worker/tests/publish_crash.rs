@@ -260,7 +260,7 @@ async fn a_delta_publish_killed_mid_way_resumes_and_loses_nothing() {
             &dir.path().join(format!("whole-{seed}.db")),
             "whole",
             "prod",
-            |_| {},
+            |_, _| {},
         )
         .unwrap();
         let open = |path: &Path| {

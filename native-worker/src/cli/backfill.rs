@@ -1,9 +1,7 @@
 //! `native-worker backfill`: copy named repos, or (`--all`) every repo the relay lists for the
 //! collections we index, with progress on the terminal and a summary at the end.
 
-use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use url::Url;
@@ -11,6 +9,8 @@ use url::Url;
 use crate::backfill::workflow::{self, AllProgress, AllRequest, Snapshot};
 use crate::backfill::{self, BackfillConfig, BackfillReport, COLLECTIONS};
 use crate::run;
+
+use super::progress::Progress;
 
 #[derive(Debug, clap::Args)]
 pub(super) struct BackfillArgs {
@@ -203,29 +203,12 @@ fn failures(report: &BackfillReport, failed: u64, write_through: bool) -> Result
     Ok(())
 }
 
-/// Progress: a spinner with counts on a terminal, a log line every [`LOG_EVERY`] otherwise.
-struct Display {
-    bar: Option<indicatif::ProgressBar>,
-    last_log: Option<Instant>,
-}
-
-const LOG_EVERY: Duration = Duration::from_secs(10);
+/// `backfill --all`'s progress: records copied, with where the listing is.
+struct Display(Progress);
 
 impl Display {
     fn new() -> Self {
-        let bar = std::io::stderr().is_terminal().then(|| {
-            let bar = indicatif::ProgressBar::new_spinner();
-            bar.set_style(
-                indicatif::ProgressStyle::with_template("{spinner} [{elapsed_precise}] {msg}")
-                    .expect("valid template"),
-            );
-            bar.enable_steady_tick(Duration::from_millis(200));
-            bar
-        });
-        Display {
-            bar,
-            last_log: None,
-        }
+        Display(Progress::new("backfill --all", "records", None))
     }
 
     fn show(&mut self, snapshot: &Snapshot) {
@@ -235,20 +218,10 @@ impl Display {
             "{} · this page: {repos} repos, {records} records, {failed} failed",
             progress.summary()
         );
-        match &self.bar {
-            Some(bar) => bar.set_message(line),
-            None => {
-                if self.last_log.is_none_or(|at| at.elapsed() >= LOG_EVERY) {
-                    self.last_log = Some(Instant::now());
-                    tracing::info!(instance = snapshot.instance, "{line}");
-                }
-            }
-        }
+        self.0.show(progress.copied.records + records, &line);
     }
 
     fn finish(&self) {
-        if let Some(bar) = &self.bar {
-            bar.finish_and_clear();
-        }
+        self.0.finish();
     }
 }

@@ -2,10 +2,12 @@
 
 mod backfill;
 mod flow;
+mod progress;
 
-use std::io::Write;
+use std::io::{IsTerminal, Write};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use anyhow::{Context, Result};
@@ -318,10 +320,31 @@ fn run_ingest(args: RunArgs) -> Result<()> {
         }),
         None => None,
     };
+    // A replay has an end: a bar towards it on a terminal (a live firehose logs its rate).
+    let (progress, bar) = match (&source, std::io::stderr().is_terminal()) {
+        (Source::Replay(path), true) => {
+            let lines = count_lines(path)?;
+            let bar = Arc::new(Mutex::new(progress::Progress::new(
+                "replay",
+                "events",
+                Some(lines),
+            )));
+            let shown = bar.clone();
+            let hook = run::ProgressHook(Arc::new(move |stats: &crate::ingest::StatsSnapshot| {
+                let read = stats.events + stats.undecodable_frames + stats.oversized_frames;
+                if let Ok(mut bar) = shown.lock() {
+                    bar.show(read, &format!("{} committed", stats.applied));
+                }
+            }));
+            (Some(hook), Some(bar))
+        }
+        _ => (None, None),
+    };
     let options = RunOptions {
         turso,
         publish,
         serve,
+        progress,
         data_dir: args.data_dir,
         source,
         banned_dids: args.banned_dids,
@@ -334,8 +357,33 @@ fn run_ingest(args: RunArgs) -> Result<()> {
         },
     };
     let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
-    runtime.block_on(run::run(options, CancellationToken::new()))?;
+    let result = runtime.block_on(run::run(options, CancellationToken::new()));
+    if let Some(bar) = bar
+        && let Ok(bar) = bar.lock()
+    {
+        bar.finish();
+    }
+    result?;
     Ok(())
+}
+
+/// Lines in a replay file, for its progress bar.
+fn count_lines(path: &Path) -> Result<u64> {
+    use std::io::BufRead;
+    let file = std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
+    let mut reader = std::io::BufReader::with_capacity(1 << 20, file);
+    let mut lines = 0u64;
+    loop {
+        let buffer = reader
+            .fill_buf()
+            .with_context(|| format!("reading {}", path.display()))?;
+        if buffer.is_empty() {
+            return Ok(lines);
+        }
+        lines += buffer.iter().filter(|&&b| b == b'\n').count() as u64;
+        let read = buffer.len();
+        reader.consume(read);
+    }
 }
 
 fn serve(args: ServeArgs) -> Result<()> {
@@ -384,7 +432,8 @@ fn gen_corpus(records: usize, seed: u64, malformed_rate: f64, out: &std::path::P
         seed,
         malformed_rate: malformed_rate.clamp(0.0, 1.0),
     };
-    let progress = |events| tracing::info!(events, records, "generating corpus");
+    let mut bar = progress::Progress::new("gen-corpus", "events", Some(records as u64));
+    let progress = |events| bar.show(events as u64, "");
     let summary = if out.as_os_str() == "-" {
         generate(
             &config,
@@ -400,7 +449,9 @@ fn gen_corpus(records: usize, seed: u64, malformed_rate: f64, out: &std::path::P
             progress,
         )
     }
-    .context("writing the corpus")?;
+    .context("writing the corpus");
+    bar.finish();
+    let summary = summary?;
     tracing::info!(?summary, "corpus written");
     Ok(())
 }
@@ -442,6 +493,13 @@ fn publish(args: PublishArgs) -> Result<()> {
                     force: args.force,
                     keep: args.target.keep,
                 };
+                let mut display = progress::Progress::new("publish", "documents", None);
+                let shown = progress::poll_while(move || {
+                    if let Some(stage) = publish::progress::current() {
+                        let of = stage.total.map(|t| format!(" of {t}")).unwrap_or_default();
+                        display.show(stage.done, &format!("{}{of}", stage.name));
+                    }
+                });
                 let manifest = match args.delta {
                     true => {
                         publish::publish_delta_once(&store, &args.data_dir, &target, &options)
@@ -451,6 +509,7 @@ fn publish(args: PublishArgs) -> Result<()> {
                         publish::publish_once(&store, &args.data_dir, &target, &options).await?
                     }
                 };
+                drop(shown);
                 println!("{}", serde_json::to_string_pretty(&manifest)?);
             }
         }

@@ -86,13 +86,13 @@ pub struct BuiltSnapshot {
 }
 
 /// Builds a snapshot of `store` into `out` (replaced if present) and returns it with its manifest.
-/// `progress` is called with the number of documents written so far.
+/// `progress` is called with the number of documents written so far and how many there are.
 pub fn build(
     store: &Store,
     out: &Path,
     build_id: &str,
     channel: &str,
-    mut progress: impl FnMut(u64),
+    mut progress: impl FnMut(u64, u64),
 ) -> Result<BuiltSnapshot, BuildError> {
     let started = Instant::now();
     let write = BuildError::write(out);
@@ -121,7 +121,7 @@ pub fn build(
             authors.insert(document.did);
         }
         written += ids.len() as u64;
-        progress(written);
+        progress(written, order.len() as u64);
     }
     add_handles(&tx, &mut writer, &authors, out)?;
     writer.finish(watermark).map_err(&write)?;

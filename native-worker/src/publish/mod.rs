@@ -6,12 +6,14 @@
 //! - [`objects`]: upload to an object store (a local directory by default, S3/R2 when
 //!   configured), the pointer written last; rollback and retention.
 //! - [`operations`]: the object-store requests made, for `/stats` and R2 cost.
+//! - [`progress`]: the stage a publish in this process is at, for the command's display.
 //! - [`workflow`]: the steps as a durable [`crate::flow`] orchestration, resumable after a crash.
 
 pub mod build;
 pub mod delta;
 pub mod objects;
 pub mod operations;
+pub mod progress;
 pub mod verify;
 pub mod workflow;
 

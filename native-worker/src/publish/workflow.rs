@@ -481,11 +481,18 @@ pub fn register(registry: &mut Registry, store: Store, work_dir: PathBuf) {
                 work_dir.join(format!("{}.db", step.build_id)),
             );
             blocking(span("snapshot.build", &step.traceparent), move || {
-                build::build(&store, &out, &step.build_id, &step.channel, |written| {
-                    if written % 50_000 == 0 {
-                        tracing::info!(written, "building snapshot");
-                    }
-                })
+                build::build(
+                    &store,
+                    &out,
+                    &step.build_id,
+                    &step.channel,
+                    |written, total| {
+                        super::progress::report("building", written, Some(total));
+                        if written % 50_000 == 0 {
+                            tracing::info!(written, total, "building snapshot");
+                        }
+                    },
+                )
                 .map_err(|error| error.to_string())
             })
         })
@@ -497,6 +504,7 @@ pub fn register(registry: &mut Registry, store: Store, work_dir: PathBuf) {
                 .map_err(|error| error.to_string())
         })
         .repeatable_activity("snapshot.verify", move |_, step: VerifyStep| {
+            super::progress::report("verifying", 0, None);
             let store = store.clone();
             blocking(span("snapshot.verify", &step.traceparent), move || {
                 verify::verify_build(&store, &step.built, step.live.as_ref(), step.force)
@@ -508,6 +516,7 @@ pub fn register(registry: &mut Registry, store: Store, work_dir: PathBuf) {
             |_, step: TargetStep<BuiltSnapshot>| async move {
                 let target = step.target.open().map_err(|error| error.to_string())?;
                 let bytes = step.input.manifest.byte_size;
+                super::progress::report("uploading", 0, None);
                 let span = span("snapshot.upload", &step.traceparent);
                 tracing::debug!(bytes, "uploading");
                 tracing::Instrument::instrument(target.upload(&step.input), span)
@@ -519,6 +528,7 @@ pub fn register(registry: &mut Registry, store: Store, work_dir: PathBuf) {
             "snapshot.pointer",
             |_, step: TargetStep<PointerStep>| async move {
                 let target = step.target.open().map_err(|error| error.to_string())?;
+                super::progress::report("moving the channel's pointer", 0, None);
                 let span = span("snapshot.pointer", &step.traceparent);
                 let PointerStep {
                     manifest,
@@ -570,6 +580,7 @@ pub fn register(registry: &mut Registry, store: Store, work_dir: PathBuf) {
             async move {
                 let target = step.target.open().map_err(|error| error.to_string())?;
                 let DeltaBuildStep { build_id, base } = step.input;
+                super::progress::report("building a delta", 0, None);
                 // The new base of a catch-up is still at its build path; otherwise the kept one,
                 // downloaded if this worker has not got it.
                 let own = work_dir.join(format!("{}.db", base.build_id));
