@@ -50,11 +50,20 @@ fn long_commands_draw_a_bar_on_a_terminal_and_log_otherwise() {
     let dir = tempfile::tempdir().unwrap();
     let records = "3000";
 
-    let logged = captured(dir.path(), &["gen-corpus", "--records", records, "--out", "a.ndjson"]);
-    assert!(logged.contains("gen-corpus: 1000 of 3000 events"), "{logged}");
+    let logged = captured(
+        dir.path(),
+        &["gen-corpus", "--records", records, "--out", "a.ndjson"],
+    );
+    assert!(
+        logged.contains("gen-corpus: 1000 of 3000 events"),
+        "{logged}"
+    );
     assert!(!logged.contains('█'), "no bar in a log:\n{logged}");
 
-    let drawn = on_terminal(dir.path(), &["gen-corpus", "--records", records, "--out", "b.ndjson"]);
+    let drawn = on_terminal(
+        dir.path(),
+        &["gen-corpus", "--records", records, "--out", "b.ndjson"],
+    );
     assert!(drawn.contains("gen-corpus ["), "{drawn}");
     assert!(drawn.contains("/3,000 events"), "{drawn}");
     assert_eq!(
