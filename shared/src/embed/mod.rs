@@ -1,0 +1,6 @@
+//! Embeddings for semantic search (ARCHITECTURE.md, "Embeddings"): text to the model's tokens,
+//! on both sides, so a query is embedded at the edge exactly as documents were natively.
+//!
+//! - [`wordpiece`]: BERT's WordPiece tokenizer, read from the model's `tokenizer.json`.
+
+pub mod wordpiece;
