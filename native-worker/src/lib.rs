@@ -10,6 +10,7 @@
 //! - [`latency`]: lock-free latency histograms behind `/stats`.
 //! - [`telemetry`]: stderr logs and non-blocking OTLP trace export.
 //! - [`extract`]: a record → a normalised document or publication, or why not.
+//! - [`embed`]: the embedding model's forward pass, for distilling semantic search's table.
 //! - [`firehose`]: Jetstream, tap and replay consumers decoding frames into events, delivered
 //!   through the source interface [`firehose::EventSink`].
 //! - [`corpus`]: a deterministic synthetic firehose corpus for tests and benchmarks.
@@ -31,6 +32,7 @@ pub mod backfill;
 pub mod cli;
 pub mod clock;
 pub mod corpus;
+pub mod embed;
 pub mod extract;
 pub mod firehose;
 pub mod flow;

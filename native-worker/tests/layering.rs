@@ -12,6 +12,7 @@ const ORDER: &[&str] = &[
     "latency",
     "telemetry",
     "extract",
+    "embed",
     "firehose",
     "corpus",
     "store",

@@ -1,0 +1,18 @@
+//! The embedding model, natively (ARCHITECTURE.md, "Embeddings"): loading
+//! sentence-transformers/all-MiniLM-L6-v2 from the files the test command installs, and its
+//! forward pass, from which the static token table semantic search uses is distilled.
+//!
+//! - [`bert`]: the BERT encoder's forward pass and mean pooling.
+
+pub mod bert;
+
+use std::path::PathBuf;
+
+/// Where `scripts/install-toolchain.sh` unpacks the model, relative to the workspace.
+pub const DEFAULT_MODEL_DIR: &str = "target/models/all-minilm-l6-v2";
+
+/// The model directory: `PUBSEARCH_MODEL_DIR`, or [`DEFAULT_MODEL_DIR`].
+pub fn model_dir() -> PathBuf {
+    std::env::var_os("PUBSEARCH_MODEL_DIR")
+        .map_or_else(|| PathBuf::from(DEFAULT_MODEL_DIR), PathBuf::from)
+}

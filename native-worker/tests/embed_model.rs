@@ -1,0 +1,108 @@
+//! The embedding model's forward pass on the real weights (installed by the test command): a
+//! sentence's nearest neighbour among others is the one that says the same thing in other
+//! words, and unrelated sentences are far apart.
+
+use std::path::PathBuf;
+
+use pubsearch_native_worker::embed::bert::Bert;
+use pubsearch_shared::embed::wordpiece::WordPiece;
+
+fn model_dir() -> PathBuf {
+    std::env::var_os("PUBSEARCH_MODEL_DIR").map_or_else(
+        || PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/models/all-minilm-l6-v2"),
+        PathBuf::from,
+    )
+}
+
+/// A sentence's embedding as sentence-transformers makes it: `[CLS] … [SEP]`, mean-pooled,
+/// normalised.
+fn embed(bert: &Bert, tokenizer: &WordPiece, text: &str) -> Vec<f32> {
+    let mut ids = vec![tokenizer.id("[CLS]").unwrap()];
+    ids.extend(tokenizer.encode(text));
+    ids.push(tokenizer.id("[SEP]").unwrap());
+    let mut vector = bert.mean_pooled(&[&ids]).remove(0);
+    let norm = vector.iter().map(|v| v * v).sum::<f32>().sqrt();
+    vector.iter_mut().for_each(|v| *v /= norm);
+    vector
+}
+
+fn cosine(a: &[f32], b: &[f32]) -> f32 {
+    a.iter().zip(b).map(|(x, y)| x * y).sum()
+}
+
+#[test]
+fn paraphrases_are_nearest_neighbours() {
+    let dir = model_dir();
+    let bert = Bert::load(&dir)
+        .unwrap_or_else(|e| panic!("{e}; scripts/install-toolchain.sh installs the model"));
+    let tokenizer =
+        WordPiece::from_tokenizer_json(&std::fs::read(dir.join("tokenizer.json")).unwrap())
+            .unwrap();
+    let pairs = [
+        (
+            "How do I keep my sourdough starter alive?",
+            "Tips for feeding a bread yeast culture every day",
+        ),
+        (
+            "The boat heeled over as the wind picked up",
+            "A strong gust made the sailing vessel lean",
+        ),
+        (
+            "My laptop battery drains too quickly",
+            "The notebook computer loses charge fast",
+        ),
+        (
+            "Learning to play the violin as an adult",
+            "Starting lessons on a string instrument later in life",
+        ),
+        (
+            "Tomatoes need plenty of sun to ripen",
+            "Ripening tomato plants require lots of sunlight",
+        ),
+        (
+            "The city council approved the new budget",
+            "Local government passed the spending plan",
+        ),
+    ];
+    let queries: Vec<Vec<f32>> = pairs
+        .iter()
+        .map(|(q, _)| embed(&bert, &tokenizer, q))
+        .collect();
+    let documents: Vec<Vec<f32>> = pairs
+        .iter()
+        .map(|(_, d)| embed(&bert, &tokenizer, d))
+        .collect();
+    for (n, query) in queries.iter().enumerate() {
+        let scores: Vec<f32> = documents.iter().map(|d| cosine(query, d)).collect();
+        let best = (0..scores.len())
+            .max_by(|&a, &b| scores[a].total_cmp(&scores[b]))
+            .unwrap();
+        assert_eq!(best, n, "{:?}: scores {scores:?}", pairs[n].0);
+        // Clearly nearer than any other sentence, not just by a hair.
+        let runner_up = scores
+            .iter()
+            .enumerate()
+            .filter(|&(m, _)| m != n)
+            .map(|(_, score)| *score)
+            .fold(f32::MIN, f32::max);
+        eprintln!(
+            "{:?}: paraphrase {:.3}, next {runner_up:.3}",
+            pairs[n].0, scores[n]
+        );
+        assert!(scores[n] - runner_up > 0.1, "{:?}: {scores:?}", pairs[n].0);
+    }
+    // Unrelated sentences are far apart, and a vector is its own nearest.
+    assert!(cosine(&queries[0], &queries[2]) < 0.3);
+    assert!((cosine(&queries[0], &queries[0]) - 1.0).abs() < 1e-5);
+    // One length in a batch: the batch gives what each alone does.
+    let ids: Vec<u32> = vec![101, 7592, 102];
+    let other: Vec<u32> = vec![101, 2088, 102];
+    let batch = bert.mean_pooled(&[&ids, &other]);
+    let alone = bert.mean_pooled(&[&other]);
+    assert!(
+        batch[1]
+            .iter()
+            .zip(&alone[0])
+            .all(|(a, b)| (a - b).abs() < 1e-5)
+    );
+}
