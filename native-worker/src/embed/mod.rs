@@ -3,8 +3,10 @@
 //! forward pass, from which the static token table semantic search uses is distilled.
 //!
 //! - [`bert`]: the BERT encoder's forward pass and mean pooling.
+//! - [`distill`]: the static token table from the model (model2vec's recipe).
 
 pub mod bert;
+pub mod distill;
 
 use std::path::PathBuf;
 

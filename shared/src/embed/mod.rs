@@ -2,5 +2,7 @@
 //! on both sides, so a query is embedded at the edge exactly as documents were natively.
 //!
 //! - [`wordpiece`]: BERT's WordPiece tokenizer, read from the model's `tokenizer.json`.
+//! - [`table`]: the static token table, and texts embedded with it.
 
+pub mod table;
 pub mod wordpiece;
