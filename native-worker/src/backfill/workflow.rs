@@ -25,8 +25,7 @@ use super::discover::{RepoPage, list_repos};
 use super::http::Http;
 use super::{BackfillConfig, BackfillReport, COLLECTIONS, DEFAULT_PLC_URL, DEFAULT_RELAY_URL};
 use crate::flow::{
-    Engine, EngineOptions, FlowError, InstanceInfo, OrchestrationContext, Registry, RetryPolicy,
-    Status,
+    Engine, EngineOptions, FlowError, OrchestrationContext, Registry, RetryPolicy, Status,
 };
 use crate::ingest::Policy;
 use crate::store::{Store, StoreError};
@@ -352,12 +351,6 @@ pub enum AllError {
     Store(#[from] StoreError),
     #[error("cannot replace the stored ban list: {0}")]
     Policy(rusqlite::Error),
-    #[error("backfill {instance} {status}: {reason}")]
-    Failed {
-        instance: String,
-        status: Status,
-        reason: String,
-    },
 }
 
 /// Where a running backfill is, as the CLI shows it.
@@ -415,7 +408,7 @@ pub async fn run_all(
         };
         loop {
             match client.wait(&instance, Duration::from_secs(1)).await {
-                Ok(info) => return finished(info),
+                Ok(info) => return Ok(info.output()?),
                 Err(FlowError::Timeout { .. }) => {
                     if let Some(info) = client.status(&instance)?
                         && let Ok(progress) = serde_json::from_str::<AllProgress>(&info.input)
@@ -435,19 +428,6 @@ pub async fn run_all(
     .await;
     engine.shutdown().await;
     result
-}
-
-fn finished(info: InstanceInfo) -> Result<AllProgress, AllError> {
-    match (info.status, info.output) {
-        (Status::Completed, Some(output)) => {
-            Ok(serde_json::from_str(&output).map_err(FlowError::from)?)
-        }
-        (status, _) => Err(AllError::Failed {
-            instance: info.id,
-            status,
-            reason: info.error.unwrap_or_default(),
-        }),
-    }
 }
 
 #[cfg(test)]

@@ -107,6 +107,21 @@ pub struct InstanceInfo {
     pub updated_ms: i64,
 }
 
+impl InstanceInfo {
+    /// A completed instance's output, decoded; [`super::FlowError::Ended`] for one that failed or
+    /// was cancelled (or is still running).
+    pub fn output<T: serde::de::DeserializeOwned>(self) -> Result<T, super::FlowError> {
+        match (self.status, self.output) {
+            (Status::Completed, Some(output)) => Ok(serde_json::from_str(&output)?),
+            (status, _) => Err(super::FlowError::Ended {
+                instance: self.id,
+                status,
+                reason: self.error.unwrap_or_default(),
+            }),
+        }
+    }
+}
+
 const INSTANCE_COLUMNS: &str = "id, name, version, status, execution, input, output, error, \
                                 custom_status, parent, created_ms, updated_ms";
 
@@ -410,4 +425,52 @@ pub fn purge_prefixed(
 /// Where a data directory keeps its flow database.
 pub fn flow_path(data_dir: &Path) -> PathBuf {
     data_dir.join("flow.db")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{InstanceInfo, Status};
+    use crate::flow::FlowError;
+
+    fn instance(status: Status, output: Option<&str>, error: Option<&str>) -> InstanceInfo {
+        InstanceInfo {
+            id: "job-1".into(),
+            name: "job".into(),
+            version: 1,
+            status,
+            execution: 0,
+            input: "null".into(),
+            output: output.map(str::to_owned),
+            error: error.map(str::to_owned),
+            custom_status: None,
+            parent: None,
+            created_ms: 0,
+            updated_ms: 0,
+        }
+    }
+
+    #[test]
+    fn only_a_completed_instance_has_an_output() {
+        let done = instance(Status::Completed, Some("[1,2]"), None);
+        assert_eq!(done.output::<Vec<u32>>().unwrap(), [1, 2]);
+        let failed = instance(Status::Failed, None, Some("disk full"));
+        match failed.output::<Vec<u32>>() {
+            Err(FlowError::Ended {
+                instance,
+                status,
+                reason,
+            }) => {
+                assert_eq!(
+                    (instance.as_str(), status, reason.as_str()),
+                    ("job-1", Status::Failed, "disk full")
+                );
+            }
+            other => panic!("{other:?}"),
+        }
+        let garbled = instance(Status::Completed, Some("{"), None);
+        assert!(matches!(
+            garbled.output::<Vec<u32>>(),
+            Err(FlowError::Json(_))
+        ));
+    }
 }

@@ -88,4 +88,11 @@ pub enum FlowError {
     Timeout { instance: String, status: Status },
     #[error("unknown status `{0}` (expected running, completed, failed or cancelled)")]
     BadStatus(String),
+    /// An instance ended without output: failed or cancelled.
+    #[error("instance `{instance}` {status}: {reason}")]
+    Ended {
+        instance: String,
+        status: Status,
+        reason: String,
+    },
 }

@@ -23,8 +23,8 @@ use super::build::{self, BuiltSnapshot};
 use super::objects::{ObjectError, Requester, TargetSpec};
 use super::{PublishOptions, verify};
 use crate::flow::{
-    FlowClient, FlowError, InstanceInfo, InstancePage, OrchestrationContext, OutsideClient,
-    PendingStart, Registry, RetryPolicy, Status,
+    FlowClient, FlowError, InstancePage, OrchestrationContext, OutsideClient, PendingStart,
+    Registry, RetryPolicy, Status,
 };
 use crate::lockfile::{LockError, LockFile};
 use crate::store::Store;
@@ -649,12 +649,6 @@ pub fn register(registry: &mut Registry, store: Store, work_dir: PathBuf) {
 pub enum PublishError {
     #[error(transparent)]
     Flow(#[from] FlowError),
-    #[error("publish {instance} {status}: {reason}")]
-    Failed {
-        instance: String,
-        status: Status,
-        reason: String,
-    },
 }
 
 /// A publish under way (running, interrupted, or asked for and not started yet) that serves
@@ -715,19 +709,6 @@ fn new_instance_id(request: &PublishRequest) -> String {
 /// by this prefix once they are an hour old (see `run`).
 pub const DELTA_INSTANCES: &str = "delta:";
 
-fn outcome(info: InstanceInfo) -> Result<Manifest, PublishError> {
-    match (info.status, info.output) {
-        (Status::Completed, Some(output)) => {
-            Ok(serde_json::from_str(&output).map_err(FlowError::from)?)
-        }
-        (status, _) => Err(PublishError::Failed {
-            instance: info.id,
-            status,
-            reason: info.error.unwrap_or_default(),
-        }),
-    }
-}
-
 /// Publishes through `client`'s engine: joins a running publish of the same request if there is
 /// one (resumed after a crash), otherwise starts a new one, and waits for its manifest.
 pub async fn publish_and_wait(
@@ -753,7 +734,7 @@ pub async fn publish_and_wait(
         }
     };
     drop(claim);
-    outcome(client.wait(&instance, timeout).await?)
+    Ok(client.wait(&instance, timeout).await?.output()?)
 }
 
 /// Hands `request` to the engine that owns `flow_db` (through its inbox), or joins a running
@@ -805,7 +786,7 @@ pub async fn wait_handed_over(
     timeout: Duration,
 ) -> Result<Option<Manifest>, PublishError> {
     match OutsideClient::new(flow_db).wait(instance, timeout).await {
-        Ok(info) => outcome(info).map(Some),
+        Ok(info) => Ok(Some(info.output()?)),
         Err(FlowError::Timeout { .. }) => Ok(None),
         Err(error) => Err(error.into()),
     }
@@ -822,5 +803,5 @@ pub async fn finish_handed_over(
     timeout: Duration,
 ) -> Result<Manifest, PublishError> {
     client.start(ORCHESTRATION, instance, request).await?;
-    outcome(client.wait(instance, timeout).await?)
+    Ok(client.wait(instance, timeout).await?.output()?)
 }
