@@ -8,9 +8,8 @@
 use std::path::PathBuf;
 use std::time::Instant;
 
-use pubsearch_native_worker::embed::bert::Bert;
 use pubsearch_native_worker::embed::distill::{self, DistillOptions};
-use pubsearch_shared::embed::wordpiece::WordPiece;
+use pubsearch_native_worker::embed::{self, Model};
 
 fn main() {
     let dir = std::env::var_os("PUBSEARCH_MODEL_DIR").map_or_else(
@@ -21,10 +20,8 @@ fn main() {
         .ok()
         .and_then(|n| n.parse().ok())
         .unwrap_or(2000);
-    let bert = Bert::load(&dir).expect("the model (scripts/install-toolchain.sh installs it)");
-    let tokenizer =
-        WordPiece::from_tokenizer_json(&std::fs::read(dir.join("tokenizer.json")).unwrap())
-            .unwrap();
+    let Model { bert, tokenizer } =
+        embed::load(&dir).expect("the model (scripts/install-toolchain.sh installs it)");
     let options = DistillOptions::default();
 
     let vocabulary: Vec<u32> = (0..tokenizer.len() as u32).collect();

@@ -28,13 +28,9 @@ fn embed(bert: &Bert, tokenizer: &WordPiece, text: &str) -> Vec<f32> {
 
 /// The model and its tokenizer, as the test command installs them.
 fn model() -> (Bert, WordPiece) {
-    let dir = model_dir();
-    let bert = Bert::load(&dir)
+    let model = pubsearch_native_worker::embed::load(&model_dir())
         .unwrap_or_else(|e| panic!("{e}; scripts/install-toolchain.sh installs the model"));
-    let tokenizer =
-        WordPiece::from_tokenizer_json(&std::fs::read(dir.join("tokenizer.json")).unwrap())
-            .unwrap();
-    (bert, tokenizer)
+    (model.bert, model.tokenizer)
 }
 
 fn cosine(a: &[f32], b: &[f32]) -> f32 {

@@ -8,7 +8,11 @@
 pub mod bert;
 pub mod distill;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+
+use pubsearch_shared::embed::wordpiece::WordPiece;
+
+use bert::{Bert, ModelError};
 
 /// Where `scripts/install-toolchain.sh` unpacks the model, relative to the workspace.
 pub const DEFAULT_MODEL_DIR: &str = "target/models/all-minilm-l6-v2";
@@ -17,4 +21,27 @@ pub const DEFAULT_MODEL_DIR: &str = "target/models/all-minilm-l6-v2";
 pub fn model_dir() -> PathBuf {
     std::env::var_os("PUBSEARCH_MODEL_DIR")
         .map_or_else(|| PathBuf::from(DEFAULT_MODEL_DIR), PathBuf::from)
+}
+
+/// The model and the tokenizer it was trained with.
+pub struct Model {
+    pub bert: Bert,
+    pub tokenizer: WordPiece,
+}
+
+/// Loads the model from `dir` (see [`model_dir`]).
+pub fn load(dir: &Path) -> Result<Model, ModelError> {
+    let path = dir.join("tokenizer.json");
+    let json = std::fs::read(&path).map_err(|source| ModelError::Read {
+        path: path.display().to_string(),
+        source,
+    })?;
+    let tokenizer = WordPiece::from_tokenizer_json(&json).map_err(|e| ModelError::Format {
+        path: path.display().to_string(),
+        reason: e.to_string(),
+    })?;
+    Ok(Model {
+        bert: Bert::load(dir)?,
+        tokenizer,
+    })
 }
