@@ -1,5 +1,5 @@
 //! Authors' handles: a build's `handles` table maps each author's DID to the handle the native
-//! worker last saw for it (identity events, DID documents), so results name their author and
+//! worker last saw for it (the firehose's identity events), so results name their author and
 //! `author=` takes a handle as well as a DID.
 //!
 //! A delta carries the handles of the authors it rewrites, which include every author whose
@@ -62,9 +62,15 @@ fn did_in(conn: &Connection, handle: &str) -> rusqlite::Result<Option<String>> {
     if !has_handles(conn)? {
         return Ok(None);
     }
-    conn.prepare_cached("SELECT did FROM handles WHERE handle = ?1 ORDER BY did LIMIT 1")?
-        .query_row([handle], |row| row.get(0))
-        .optional()
+    // Two DIDs claiming one handle (a stale row beside a rename): it names no one.
+    let dids: Vec<String> = conn
+        .prepare_cached("SELECT did FROM handles WHERE handle = ?1 LIMIT 2")?
+        .query_map([handle], |row| row.get(0))?
+        .collect::<rusqlite::Result<_>>()?;
+    Ok(match <[String; 1]>::try_from(dids) {
+        Ok([did]) => Some(did),
+        Err(_) => None,
+    })
 }
 
 /// The author's current handle: the delta's, else the base's.

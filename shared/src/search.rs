@@ -537,6 +537,33 @@ pub fn search_layers(
     now: Timestamp,
     prefetch: &dyn Prefetch,
 ) -> Result<SearchPage, SearchError> {
+    search_excluding(layers, request, now, prefetch, None)
+}
+
+/// A document a ranking leaves out, with its cross-posts (`/similar` leaves out the post it
+/// was asked about): by its row in one layer, and its cross-post family.
+pub(crate) struct Excluded {
+    pub in_delta: bool,
+    pub id: i64,
+    pub family: Option<i64>,
+}
+
+impl Excluded {
+    fn covers(&self, candidate: &Candidate) -> bool {
+        candidate.kind != ResultKind::Publication
+            && ((candidate.id == self.id && (candidate.layer == Layer::Delta) == self.in_delta)
+                || (self.family.is_some() && candidate.family == self.family))
+    }
+}
+
+/// [`search_layers`], leaving `excluded` out before paging, so pages stay contiguous.
+pub(crate) fn search_excluding(
+    layers: Layers<'_>,
+    request: &SearchRequest,
+    now: Timestamp,
+    prefetch: &dyn Prefetch,
+    excluded: Option<&Excluded>,
+) -> Result<SearchPage, SearchError> {
     let resolved;
     let request = match &request.author {
         Some(Author::Handle(handle)) => match crate::authors::did_of(layers, handle)? {
@@ -576,6 +603,9 @@ pub fn search_layers(
             .then_with(|| a.id.cmp(&b.id))
     });
 
+    if let Some(excluded) = excluded {
+        candidates.retain(|candidate| !excluded.covers(candidate));
+    }
     let mut seen = HashSet::new();
     candidates.retain(|candidate| candidate.family.is_none_or(|family| seen.insert(family)));
 

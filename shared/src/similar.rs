@@ -128,22 +128,31 @@ pub fn describe(conn: &Connection, other: Option<&str>) -> rusqlite::Result<()> 
     )
 }
 
-/// The lowercase tokens of `text` as FTS5's unicode61 cuts them, those worth keeping.
+/// The tokens of `text` as FTS5's unicode61 indexes them (lowercase, diacritics removed), those
+/// worth keeping.
 fn terms_of(text: &str) -> impl Iterator<Item = String> + '_ {
+    use unicode_normalization::UnicodeNormalization;
+    use unicode_properties::{GeneralCategoryGroup, UnicodeGeneralCategory};
     text.split(|c: char| !crate::query::is_token_char(c))
         .filter(|token| token.chars().count() >= MIN_TERM_CHARS)
         .filter(|token| !token.chars().all(|c| c.is_ascii_digit()))
-        .map(str::to_lowercase)
+        .map(|token| {
+            token
+                .nfd()
+                .filter(|c| c.general_category_group() != GeneralCategoryGroup::Mark)
+                .collect::<String>()
+                .to_lowercase()
+        })
 }
 
-/// A document's terms and how to recognise its own copies, in one build.
+/// A document's terms and its cross-post family, in one build.
 struct Described {
+    id: i64,
     terms: String,
-    did: String,
-    title: String,
+    family: Option<i64>,
 }
 
-fn described_in(conn: &Connection, uri: &str) -> rusqlite::Result<Option<(i64, Described)>> {
+fn described_in(conn: &Connection, uri: &str) -> rusqlite::Result<Option<Described>> {
     let has_terms = conn
         .prepare_cached(
             "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'document_terms'",
@@ -157,17 +166,15 @@ fn described_in(conn: &Connection, uri: &str) -> rusqlite::Result<Option<(i64, D
         "''"
     };
     conn.prepare_cached(&format!(
-        "SELECT d.id, {terms}, d.did, d.title FROM documents AS d WHERE d.uri = ?1"
+        "SELECT d.id, {terms}, (SELECT family FROM document_facts AS f WHERE f.id = d.id)
+         FROM documents AS d WHERE d.uri = ?1"
     ))?
     .query_row([uri], |row| {
-        Ok((
-            row.get(0)?,
-            Described {
-                terms: row.get(1)?,
-                did: row.get(2)?,
-                title: row.get(3)?,
-            },
-        ))
+        Ok(Described {
+            id: row.get(0)?,
+            terms: row.get(1)?,
+            family: row.get(2)?,
+        })
     })
     .optional()
 }
@@ -184,14 +191,18 @@ pub fn similar(
 ) -> Result<Option<SearchPage>, SearchError> {
     let mut found = None;
     if let Some(delta) = layers.delta {
-        found = described_in(delta.conn(), uri)?.map(|(_, described)| described);
+        found = described_in(delta.conn(), uri)?.map(|described| (true, described));
     }
     if found.is_none() {
         found = described_in(layers.base, uri)?
-            .filter(|(id, _)| !layers.delta.is_some_and(|delta| delta.masks_document(*id)))
-            .map(|(_, described)| described);
+            .filter(|described| {
+                !layers
+                    .delta
+                    .is_some_and(|delta| delta.masks_document(described.id))
+            })
+            .map(|described| (false, described));
     }
-    let Some(source) = found else {
+    let Some((in_delta, source)) = found else {
         return Ok(None);
     };
     let empty = SearchPage {
@@ -199,26 +210,29 @@ pub fn similar(
         has_more: false,
         next_offset: None,
     };
-    let quoted: Vec<String> = source
-        .terms
-        .split_whitespace()
-        .map(|term| format!("\"{term}\""))
-        .collect();
-    if quoted.is_empty() {
+    // The terms as phrases, as many as fit in a query (they are in order of weight).
+    let mut text = String::new();
+    for term in source.terms.split_whitespace() {
+        let phrase = format!("\"{term}\"");
+        if text.len() + phrase.len() + 1 > crate::query::MAX_QUERY_CHARS {
+            break;
+        }
+        if !text.is_empty() {
+            text.push(' ');
+        }
+        text.push_str(&phrase);
+    }
+    if text.is_empty() {
         return Ok(Some(empty));
     }
-    let Ok(asked) = request.with_text(&quoted.join(" ")) else {
+    let Ok(asked) = request.with_text(&text) else {
         return Ok(Some(empty));
     };
-    let limit = asked.limit() as usize;
-    let wider = asked.with_limit(asked.limit().saturating_add(1).min(search::MAX_LIMIT));
-    let mut page = search::search_layers(layers, &wider, now, prefetch)?;
-    page.results.retain(|result| {
-        !(result.uri == uri || (result.did == source.did && result.title == source.title))
-    });
-    let has_more = page.has_more || page.results.len() > limit;
-    page.results.truncate(limit);
-    page.has_more = has_more;
-    page.next_offset = has_more.then(|| asked.offset() + asked.limit());
-    Ok(Some(page))
+    // Left out while ranking, so every page is cut from the same list.
+    let excluded = search::Excluded {
+        in_delta,
+        id: source.id,
+        family: source.family,
+    };
+    search::search_excluding(layers, &asked, now, prefetch, Some(&excluded)).map(Some)
 }

@@ -141,6 +141,28 @@ fn a_post_finds_others_on_its_topic_first_and_never_itself() {
         related(Layers::base(&conn), "at://did:plc:nobody/x/y"),
         None
     );
+
+    // Pages are cut from one list: the post itself is left out before paging, not after.
+    let page = |offset: &str, limit: &str| {
+        let request =
+            SearchRequest::from_params([("q", "x"), ("limit", limit), ("offset", offset)]).unwrap();
+        let source = uri("a", "did:plc:baker");
+        let now = support::now();
+        similar::similar(Layers::base(&conn), &source, &request, now, &NoPrefetch)
+            .unwrap()
+            .unwrap()
+    };
+    let whole = page("0", "2");
+    let (first, second) = (page("0", "1"), page("1", "1"));
+    assert_eq!(first.next_offset, Some(1));
+    let joined: Vec<_> = first
+        .results
+        .iter()
+        .chain(&second.results)
+        .map(|r| &r.uri)
+        .collect();
+    let expected: Vec<_> = whole.results.iter().map(|r| &r.uri).collect();
+    assert_eq!(joined, expected);
 }
 
 #[test]

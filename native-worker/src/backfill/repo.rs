@@ -96,22 +96,7 @@ pub(super) async fn copy_repo(
     }
     let pds = match &http.config().pds {
         Some(pds) => pds.clone(),
-        None => {
-            let (pds, handle) = resolve_pds(http, did).await?;
-            // The handle names the author on results; a firehose identity event overrides it.
-            if handle.is_some() {
-                let identity = Event {
-                    position: Position::Line(0),
-                    time_us: None,
-                    did: did.to_owned(),
-                    payload: Payload::Identity { handle },
-                };
-                if !sink.send(identity).await {
-                    return Err(RepoFailure::PipelineStopped);
-                }
-            }
-            pds
-        }
+        None => resolve_pds(http, did).await?,
     };
     let mut latest = pds
         .join("xrpc/com.atproto.sync.getLatestCommit")

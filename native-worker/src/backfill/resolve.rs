@@ -1,5 +1,6 @@
-//! Finding a repo's PDS, and its handle, from its DID document: the PLC directory for
-//! `did:plc`, the host's `/.well-known/did.json` for `did:web`.
+//! Finding a repo's PDS from its DID document: the PLC directory for `did:plc`, the host's
+//! `/.well-known/did.json` for `did:web`. (The document's `alsoKnownAs` handle is only a claim
+//! until the handle resolves back to the DID, so it is not taken from here.)
 
 use serde::Deserialize;
 use serde_json::Value;
@@ -12,9 +13,6 @@ use super::http::Http;
 struct DidDocument {
     #[serde(default)]
     service: Vec<DidService>,
-    /// `at://<handle>` among them names the account's handle.
-    #[serde(default, rename = "alsoKnownAs")]
-    also_known_as: Vec<Value>,
 }
 
 #[derive(Deserialize)]
@@ -24,11 +22,8 @@ struct DidService {
     endpoint: Value,
 }
 
-/// The PDS named by `did`'s document, and the handle it claims (unverified, as a label).
-pub(super) async fn resolve_pds(
-    http: &Http,
-    did: &str,
-) -> Result<(Url, Option<String>), RepoError> {
+/// The PDS named by `did`'s document.
+pub(super) async fn resolve_pds(http: &Http, did: &str) -> Result<Url, RepoError> {
     let fail = |reason: String| RepoError::Resolve {
         did: did.to_owned(),
         reason,
@@ -45,21 +40,13 @@ pub(super) async fn resolve_pds(
         return Err(fail("only did:plc and did:web are supported".into()));
     };
     let document: DidDocument = http.get_json(&document_url).await?;
-    let handle = document
-        .also_known_as
-        .iter()
-        .filter_map(Value::as_str)
-        .find_map(|aka| aka.strip_prefix("at://"))
-        .filter(|handle| !handle.is_empty() && !handle.contains('/'))
-        .map(str::to_owned);
-    let pds = document
+    document
         .service
         .iter()
         .find(|service| service.id.ends_with("#atproto_pds"))
         .and_then(|service| service.endpoint.as_str())
         .and_then(|endpoint| Url::parse(&format!("{}/", endpoint.trim_end_matches('/'))).ok())
-        .ok_or_else(|| fail("its DID document names no #atproto_pds service".into()))?;
-    Ok((pds, handle))
+        .ok_or_else(|| fail("its DID document names no #atproto_pds service".into()))
 }
 
 /// Where a `did:web` DID's document lives. The method-specific identifier is a host with its

@@ -12,7 +12,7 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, RwLock};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use pubsearch_shared::api::ApiError;
 use pubsearch_shared::delta::{Delta, Layers};
@@ -72,23 +72,53 @@ impl<T> Pool<T> {
         }
     }
 
-    async fn take(&self) -> T {
+    /// An idle item, waiting for one; it goes back when the guard drops, whatever happens to
+    /// the request meanwhile (cancelled, or its query panicked).
+    async fn take(self: &Arc<Self>) -> Pooled<T> {
         let permit = self
             .permits
             .acquire()
             .await
             .expect("pools are never closed");
         permit.forget();
-        self.idle
+        let item = self
+            .idle
             .lock()
             .expect("pool lock poisoned")
             .pop()
-            .expect("a permit stands for an idle item")
+            .expect("a permit stands for an idle item");
+        Pooled {
+            pool: Arc::clone(self),
+            item: Some(item),
+        }
     }
+}
 
-    fn give(&self, item: T) {
-        self.idle.lock().expect("pool lock poisoned").push(item);
-        self.permits.add_permits(1);
+/// An item borrowed from a [`Pool`], returned on drop.
+struct Pooled<T> {
+    pool: Arc<Pool<T>>,
+    item: Option<T>,
+}
+
+impl<T> std::ops::Deref for Pooled<T> {
+    type Target = T;
+
+    fn deref(&self) -> &T {
+        self.item.as_ref().expect("present until dropped")
+    }
+}
+
+impl<T> Drop for Pooled<T> {
+    fn drop(&mut self) {
+        if let Some(item) = self.item.take() {
+            // A poisoned lock means a panic while pushing or popping, never mid-update.
+            let mut idle = match self.pool.idle.lock() {
+                Ok(idle) => idle,
+                Err(poisoned) => poisoned.into_inner(),
+            };
+            idle.push(item);
+            self.pool.permits.add_permits(1);
+        }
     }
 }
 
@@ -134,7 +164,16 @@ pub struct Builds {
     connections: usize,
     live: RwLock<Option<Arc<LiveBuild>>>,
     status: Mutex<LoadStatus>,
+    /// The pointer (build and delta ids) that last failed to load, and when: retried only
+    /// after [`RETRY_FAILED`], so a bad build is not fetched and hashed every second.
+    failed: Mutex<Option<(PointerKey, Instant)>>,
 }
+
+/// A pointer's build and delta ids.
+type PointerKey = (String, Option<String>);
+
+/// How long a pointer that failed to load waits before it is tried again.
+const RETRY_FAILED: Duration = Duration::from_secs(30);
 
 impl Builds {
     /// Serves `channel` of `target`, with `connections` queries at once.
@@ -151,6 +190,7 @@ impl Builds {
             connections: connections.max(1),
             live: RwLock::new(None),
             status: Mutex::new(LoadStatus::default()),
+            failed: Mutex::new(None),
         }
     }
 
@@ -201,7 +241,28 @@ impl Builds {
         {
             return Ok(());
         }
-        let base = match live.filter(|_| same_base) {
+        let key = (pointer.build_id.clone(), delta_id(&pointer));
+        if let Some((failed, at)) = &*self.failed.lock().expect("failed lock poisoned")
+            && *failed == key
+            && at.elapsed() < RETRY_FAILED
+        {
+            return Ok(());
+        }
+        let adopted = self.adopt(pointer, live.filter(|_| same_base)).await;
+        if adopted.is_err() {
+            *self.failed.lock().expect("failed lock poisoned") = Some((key, Instant::now()));
+        }
+        adopted
+    }
+
+    /// Opens what `pointer` names (reusing `live`'s base when it is the same build) and makes
+    /// it the live pair.
+    async fn adopt(
+        &self,
+        pointer: Manifest,
+        live: Option<Arc<LiveBuild>>,
+    ) -> Result<(), LoadError> {
+        let base = match live {
             Some(live) => live.base.clone(),
             None => Arc::new(self.open_base(&pointer).await?),
         };
@@ -363,20 +424,17 @@ impl Builds {
             Some(pool) => Some(pool.take().await),
             None => None,
         };
-        let (base, delta, result) = tokio::task::spawn_blocking(move || {
+        // The guards go with the query, so the connections return even if this request is
+        // dropped while it runs.
+        let result = tokio::task::spawn_blocking(move || {
             let layers = Layers {
                 base: &base,
-                delta: delta.as_ref(),
+                delta: delta.as_deref(),
             };
-            let result = work(layers, &NoPrefetch);
-            (base, delta, result)
+            work(layers, &NoPrefetch)
         })
         .await
         .map_err(|error| ApiError::Internal(format!("query thread: {error}")))?;
-        live.base.give(base);
-        if let (Some(pool), Some(delta)) = (&live.delta, delta) {
-            pool.give(delta);
-        }
         Ok(result)
     }
 }
@@ -416,4 +474,41 @@ pub fn now() -> Timestamp {
         .map_or(0, |since| since.as_millis() as i64);
     Timestamp::from_unix_millis(millis)
         .unwrap_or_else(|| Timestamp::from_unix_millis(0).expect("the epoch is in range"))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use super::Pool;
+
+    #[tokio::test]
+    async fn a_borrowed_item_returns_however_its_borrower_ends() {
+        let pool = Arc::new(Pool::new(vec![7]));
+        let again = || async {
+            tokio::time::timeout(Duration::from_secs(5), pool.take())
+                .await
+                .expect("the item came back")
+        };
+        // Dropped normally.
+        drop(pool.take().await);
+        // Held by a request that is cancelled mid-wait.
+        let held = pool.take().await;
+        let waiting = tokio::spawn({
+            let pool = Arc::clone(&pool);
+            async move { *pool.take().await }
+        });
+        waiting.abort();
+        drop(held);
+        // Moved into a query that panics.
+        let borrowed = again().await;
+        let panicked = tokio::task::spawn_blocking(move || {
+            let _borrowed = borrowed;
+            panic!("the query failed");
+        })
+        .await;
+        assert!(panicked.is_err());
+        assert_eq!(*again().await, 7);
+    }
 }

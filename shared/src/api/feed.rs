@@ -95,9 +95,53 @@ pub fn render(origin: &str, request: &FeedRequest, page: &SearchPage, now: Times
         ));
     }
     xml.push_str("</feed>\n");
+    // Characters XML 1.0 forbids (C0 controls but tab and newlines, U+FFFE and U+FFFF) would
+    // make a reader refuse the whole feed over one post.
+    xml.retain(|c| {
+        !matches!(c, '\u{0}'..='\u{8}' | '\u{b}' | '\u{c}' | '\u{e}'..='\u{1f}' | '\u{fffe}' | '\u{ffff}')
+    });
     Answer {
         content_type: "application/atom+xml; charset=utf-8",
         cache_control: CACHE_CONTROL,
         body: xml,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::search::{ResultKind, SearchPage, SearchResult};
+    use crate::{Platform, Timestamp};
+
+    #[test]
+    fn characters_xml_forbids_are_dropped_not_sent() {
+        let feed = super::request(vec![("q".into(), "x".into())]).unwrap();
+        let result = SearchResult {
+            kind: ResultKind::Looseleaf,
+            uri: "at://did:plc:a/x/y".into(),
+            did: "did:plc:a".into(),
+            handle: None,
+            title: "bell\u{7} and <b>".into(),
+            snippet: "form\u{c}feed".into(),
+            created_at: None,
+            rkey: "y".into(),
+            base_path: None,
+            platform: Platform::Other,
+            path: None,
+            cover_image: None,
+            url: None,
+        };
+        let page = SearchPage {
+            results: vec![result],
+            has_more: false,
+            next_offset: None,
+        };
+        let now = Timestamp::from_unix_millis(0).unwrap();
+        let xml = super::render("https://example.com", &feed, &page, now).body;
+        assert!(xml.contains("<title>bell and &lt;b&gt;</title>"), "{xml}");
+        assert!(xml.contains("formfeed"), "{xml}");
+        assert!(
+            !xml.chars()
+                .any(|c| c < ' ' && !matches!(c, '\t' | '\n' | '\r'))
+        );
     }
 }

@@ -130,7 +130,7 @@ pub fn render(request: &PageRequest, results: Option<&Result<SearchPage, String>
                 0 => "Nothing matched.".to_owned(),
                 n => format!(
                     "{what} {}–{}",
-                    request.offset + 1,
+                    request.offset.saturating_add(1),
                     request.offset as usize + n
                 ),
             };
@@ -142,7 +142,7 @@ pub fn render(request: &PageRequest, results: Option<&Result<SearchPage, String>
             (status, items, page.has_more)
         }
     };
-    let next = request.offset + PAGE_SIZE;
+    let next = request.offset.saturating_add(PAGE_SIZE);
     let hidden = |hide: bool| if hide { " hidden" } else { "" };
     let platform = request.field("platform");
     let platforms: String = std::iter::once(("", "All platforms"))
@@ -304,6 +304,17 @@ mod tests {
         assert!(body.contains("value=\"&quot;&gt;&lt;script&gt;"));
         assert!(!body.contains("<b>"));
         assert!(body.contains("empty query"));
+    }
+
+    #[test]
+    fn a_huge_offset_is_refused_on_the_page_not_overflowed() {
+        let page = request(&[("q", "x"), ("offset", "4294967295")]);
+        let Some(Err(reason)) = page.search() else {
+            panic!("an offset past the deepest is refused");
+        };
+        // Rendering the refusal does no arithmetic that overflows.
+        let body = render(&page, Some(&Err(reason.clone()))).body;
+        assert!(body.contains("invalid offset"), "{body}");
     }
 
     #[test]
