@@ -60,6 +60,6 @@ impl From<rusqlite::Error> for EdgeError {
 
 impl From<pubsearch_shared::SearchError> for EdgeError {
     fn from(error: pubsearch_shared::SearchError) -> Self {
-        EdgeError::internal(error.to_string())
+        EdgeError(error.into())
     }
 }

@@ -190,6 +190,16 @@ pub fn finish(conn: &Connection, base: &str, base_build_id: &str) -> rusqlite::R
     adopt_families(conn, base)?;
     // Described against the whole corpus, not the few documents beside them.
     crate::similar::describe(conn, Some(base))?;
+    // Embedded with the base's model, so base and delta vectors compare.
+    let model = crate::embed::model::SnapshotModel::open(conn, base)
+        .and_then(|model| model.map(|model| model.load()).transpose())
+        .map_err(|error| match error {
+            crate::embed::model::ModelReadError::Sqlite(error) => error,
+            other => rusqlite::Error::UserFunctionError(other.into()),
+        })?;
+    if let Some(model) = model {
+        crate::embed::index::write(conn, &model)?;
+    }
     let count = |sql: String| conn.query_row(&sql, [], |row| row.get::<_, i64>(0));
     let served = |table: &str, kind: i64| {
         count(format!(

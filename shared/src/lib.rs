@@ -15,7 +15,8 @@
 //!   holds what search needs of every row in memory and filters documents from it; `rank` and
 //!   `snippet` are built on FTS5's C extension API: bm25 from the facts' row lengths, and FTS5's
 //!   snippet with less tokenizing.
-//! - [`embed`]: text to the embedding model's tokens, for semantic search.
+//! - [`embed`]: the embedding model and documents' vectors in a snapshot.
+//! - [`semantic`]: semantic and hybrid ranking (`mode=semantic|hybrid`).
 //! - [`similar`]: each document's distinctive terms, and the related posts they find.
 //! - [`lookup`]: documents by URI and tag counts, for the edge's non-search endpoints.
 //! - [`delta`]: what changed since a base build, searched together with it.
@@ -42,6 +43,7 @@ pub mod query;
 mod rank;
 pub mod schema;
 pub mod search;
+pub mod semantic;
 pub mod similar;
 pub mod snapshot;
 mod snippet;

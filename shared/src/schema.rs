@@ -40,7 +40,7 @@ use rusqlite::{Connection, OptionalExtension};
 /// their author and `author=` takes a handle; `document_terms` holds each document's most
 /// distinctive terms, what `/similar` searches for ([`crate::similar`]). Older snapshots answer
 /// without handles, and with no related posts.
-pub const SCHEMA_VERSION: u32 = 7;
+pub const SCHEMA_VERSION: u32 = 8;
 /// The oldest table layout this build still reads. Versions 1 and 2 store plain text, which
 /// `pubsearch_text` passes through, version 1 has its columns in another order and no prefix
 /// index, and versions 1 to 3 keep text in `documents.content` ([`text_source`] says where): the
@@ -152,6 +152,29 @@ CREATE TABLE document_terms (
     id    INTEGER PRIMARY KEY REFERENCES documents(id),
     terms TEXT NOT NULL
 );
+
+-- The embedding model (see `embed::model`): the vocabulary and the static table's rows.
+CREATE TABLE embed_vocab (
+    token TEXT PRIMARY KEY,
+    id    INTEGER NOT NULL
+) WITHOUT ROWID;
+CREATE TABLE embed_rows (
+    id  INTEGER PRIMARY KEY,
+    row BLOB NOT NULL
+);
+
+-- Documents' vectors by leaf of the tree that finds them, and its nodes (see `embed::index`).
+CREATE TABLE vector_nodes (
+    node     INTEGER PRIMARY KEY,
+    centroid BLOB NOT NULL
+);
+CREATE TABLE document_vectors (
+    leaf   INTEGER NOT NULL,
+    id     INTEGER NOT NULL REFERENCES documents(id),
+    vector BLOB NOT NULL,
+    PRIMARY KEY (leaf, id)
+) WITHOUT ROWID;
+CREATE INDEX document_vectors_id ON document_vectors(id);
 
 CREATE TABLE meta (
     key   TEXT PRIMARY KEY,

@@ -32,6 +32,7 @@ use crate::delta::{Delta, Layers};
 use crate::platform::{Platform, UnknownPlatform};
 use crate::query::{self, MatchExpr, QueryError};
 use crate::rank::CorpusStats;
+use crate::semantic::{self, Mode};
 use crate::timestamp::{Timestamp, TimestampError};
 use crate::{content, facts, fts5, rank, schema, snippet};
 
@@ -109,6 +110,9 @@ pub struct SearchRequest {
     /// `None` lists the author's posts, newest first, instead of searching (see
     /// [`author_listing`]).
     query: Option<MatchExpr>,
+    /// The words as the client wrote them: what a semantic search embeds.
+    text: Option<String>,
+    mode: Mode,
     platform: Option<Platform>,
     tag: Option<String>,
     since: Option<Timestamp>,
@@ -143,6 +147,12 @@ pub enum RequestError {
 pub enum SearchError {
     #[error("search failed in sqlite: {0}")]
     Sqlite(#[from] rusqlite::Error),
+    /// A semantic or hybrid search of a build made without an embedding model (the client may
+    /// ask again with `mode=keyword`: HTTP 400).
+    #[error("this index has no embeddings (it was built without the model); use mode=keyword")]
+    NoVectors,
+    #[error("search failed reading the build's {0}")]
+    Model(#[from] crate::embed::model::ModelReadError),
 }
 
 /// One search hit, in the JSON shape clients consume.
@@ -182,6 +192,8 @@ impl SearchRequest {
     pub fn new(text: &str) -> Result<Self, RequestError> {
         Ok(Self {
             query: Some(query::build(text)?),
+            text: Some(text.to_owned()),
+            mode: Mode::Keyword,
             platform: None,
             tag: None,
             since: None,
@@ -210,6 +222,7 @@ impl SearchRequest {
         let mut request = Self::new(text.as_deref().unwrap_or("listing"))?;
         if text.is_none() {
             request.query = None;
+            request.text = None;
         }
         for (key, value) in &raw {
             let value = value.trim();
@@ -247,6 +260,7 @@ impl SearchRequest {
                     })
                 }
                 "type" if !value.is_empty() => request.kinds = parse_kinds(value)?,
+                "mode" => request.mode = Mode::parse(value)?,
                 "limit" => request.limit = parse_bounded("limit", value, 1, MAX_LIMIT)?,
                 "offset" => request.offset = parse_bounded("offset", value, 0, MAX_OFFSET)?,
                 "format" => {
@@ -272,6 +286,7 @@ impl SearchRequest {
     pub fn with_text(&self, text: &str) -> Result<Self, RequestError> {
         Ok(SearchRequest {
             query: Some(query::build(text)?),
+            text: Some(text.to_owned()),
             ..self.clone()
         })
     }
@@ -295,6 +310,19 @@ impl SearchRequest {
         self.query
             .as_ref()
             .expect("listings are answered before any search statement")
+    }
+
+    /// How results are found.
+    pub fn mode(&self) -> Mode {
+        self.mode
+    }
+
+    /// This request found by `mode` instead.
+    pub fn with_mode(&self, mode: Mode) -> Self {
+        SearchRequest {
+            mode,
+            ..self.clone()
+        }
     }
 
     /// The JSON shape the client asked for.
@@ -322,7 +350,7 @@ impl SearchRequest {
         }
     }
 
-    fn wants(&self, kind: ResultKind) -> bool {
+    pub(crate) fn wants(&self, kind: ResultKind) -> bool {
         self.kinds.contains(&kind)
     }
 }
@@ -388,16 +416,16 @@ fn parse_bounded(name: &'static str, value: &str, min: u32, max: u32) -> Result<
 
 /// Which build of [`Layers`] a candidate comes from; the delta's wins a tie.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
-enum Layer {
+pub(crate) enum Layer {
     Delta,
     Base,
 }
 
 /// One build searched for a request: the base hides the rows its delta masks.
 #[derive(Clone, Copy)]
-struct Source<'a> {
-    layer: Layer,
-    conn: &'a Connection,
+pub(crate) struct Source<'a> {
+    pub layer: Layer,
+    pub conn: &'a Connection,
     /// The delta whose masks hide this build's rows (the base's, when there is a delta).
     masked_by: Option<&'a Delta>,
 }
@@ -421,7 +449,7 @@ impl<'a> Source<'a> {
     }
 
     /// Whether a row of this build is hidden (replaced or removed by the delta).
-    fn hides(&self, kind: ResultKind, id: i64) -> bool {
+    pub(crate) fn hides(&self, kind: ResultKind, id: i64) -> bool {
         self.masked_by.is_some_and(|delta| match kind {
             ResultKind::Publication => delta.masks_publication(id),
             _ => delta.masks_document(id),
@@ -466,17 +494,50 @@ fn shared_stats(
 }
 
 /// A ranked candidate before paging.
-struct Candidate {
-    kind: ResultKind,
-    layer: Layer,
-    id: i64,
-    /// bm25 with the index's column weights, negated: lower is better.
-    bm25: f64,
+pub(crate) struct Candidate {
+    pub kind: ResultKind,
+    pub layer: Layer,
+    pub id: i64,
+    /// bm25 with the index's column weights, negated: lower is better. For a semantic
+    /// candidate, its negated cosine similarity.
+    pub bm25: f64,
     /// Points lost for age (documents only).
-    penalty: f64,
+    pub penalty: f64,
     /// The document's cross-post family (see `facts`); `None` for publications and untitled
     /// documents, which are never duplicates.
-    family: Option<i64>,
+    pub family: Option<i64>,
+    /// How many of the query's phrases it matches (none: found by meaning alone).
+    pub phrases: u32,
+}
+
+impl Candidate {
+    /// A document found by [`crate::semantic`], its family still to attach.
+    pub(crate) fn semantic(layer: Layer, id: i64, similarity: f32) -> Self {
+        Candidate {
+            kind: ResultKind::Article,
+            layer,
+            id,
+            bm25: -f64::from(similarity),
+            penalty: 0.0,
+            family: None,
+            phrases: 0,
+        }
+    }
+}
+
+/// Gives each of `candidates` (documents of the build in `conn`) its cross-post family.
+pub(crate) fn attach_families(
+    conn: &Connection,
+    candidates: &mut [Candidate],
+) -> Result<(), SearchError> {
+    let ids: Vec<i64> = candidates.iter().map(|candidate| candidate.id).collect();
+    for (candidate, facts) in candidates
+        .iter_mut()
+        .zip(facts::document_facts(conn, &ids)?)
+    {
+        candidate.family = facts.family;
+    }
+    Ok(())
 }
 
 /// Readies a connection to a snapshot for [`search`]: lets SQLite read pages in place (see
@@ -537,7 +598,7 @@ pub fn search_layers(
     now: Timestamp,
     prefetch: &dyn Prefetch,
 ) -> Result<SearchPage, SearchError> {
-    search_excluding(layers, request, now, prefetch, None)
+    search_excluding(layers, request, now, prefetch, None, None)
 }
 
 /// A document a ranking leaves out, with its cross-posts (`/similar` leaves out the post it
@@ -557,12 +618,15 @@ impl Excluded {
 }
 
 /// [`search_layers`], leaving `excluded` out before paging, so pages stay contiguous.
+/// A semantic or hybrid search takes `vector` as its query's embedding when given (`/similar`
+/// gives the post's own), else embeds the request's words.
 pub(crate) fn search_excluding(
     layers: Layers<'_>,
     request: &SearchRequest,
     now: Timestamp,
     prefetch: &dyn Prefetch,
     excluded: Option<&Excluded>,
+    vector: Option<&[f32]>,
 ) -> Result<SearchPage, SearchError> {
     let resolved;
     let request = match &request.author {
@@ -591,17 +655,51 @@ pub(crate) fn search_excluding(
         crate::authors::attach(layers, &mut page.results)?;
         return Ok(page);
     }
-    let mut candidates = document_candidates(&sources, request, now)?;
-    candidates.extend(publication_candidates(&sources, request)?);
-    // Unstable is exact here: no two candidates compare equal (kind, layer and id are unique
-    // together).
-    candidates.sort_unstable_by(|a, b| {
-        (a.bm25 + a.penalty)
-            .total_cmp(&(b.bm25 + b.penalty))
-            .then_with(|| (a.kind as u8).cmp(&(b.kind as u8)))
-            .then_with(|| a.layer.cmp(&b.layer))
-            .then_with(|| a.id.cmp(&b.id))
-    });
+    let keyword = || -> Result<Vec<Candidate>, SearchError> {
+        let mut candidates = document_candidates(&sources, request, now)?;
+        candidates.extend(publication_candidates(&sources, request)?);
+        // Unstable is exact here: no two candidates compare equal (kind, layer and id are
+        // unique together).
+        candidates.sort_unstable_by(|a, b| {
+            (a.bm25 + a.penalty)
+                .total_cmp(&(b.bm25 + b.penalty))
+                .then_with(|| (a.kind as u8).cmp(&(b.kind as u8)))
+                .then_with(|| a.layer.cmp(&b.layer))
+                .then_with(|| a.id.cmp(&b.id))
+        });
+        Ok(candidates)
+    };
+    let by_meaning = || -> Result<Vec<Candidate>, SearchError> {
+        let embedded;
+        let vector = match vector {
+            Some(vector) => vector,
+            None => {
+                let text = request.text.as_deref().unwrap_or_default();
+                match semantic::query_vector(layers.base, text)? {
+                    Some(found) => {
+                        embedded = found;
+                        &embedded
+                    }
+                    // No piece of the words has a vector: nothing is near them.
+                    None => return Ok(Vec::new()),
+                }
+            }
+        };
+        semantic::candidates(&sources, request, vector)
+    };
+    let mut candidates = match request.mode {
+        Mode::Keyword => keyword()?,
+        Mode::Semantic => by_meaning()?,
+        Mode::Hybrid => {
+            let meaning = by_meaning()?;
+            semantic::fuse(
+                keyword()?,
+                meaning,
+                request.limit as usize,
+                request.expr().phrases().len(),
+            )
+        }
+    };
 
     if let Some(excluded) = excluded {
         candidates.retain(|candidate| !excluded.covers(candidate));
@@ -795,6 +893,24 @@ fn document_scan(
     looseleafs: bool,
     given: bool,
 ) -> (String, Vec<Value>, Option<usize>) {
+    let (filters, mut args) =
+        document_filters(request, articles, looseleafs, "documents_fts.rowid");
+    let given_at = given.then(|| given_parameters(&mut args));
+    (
+        budgeted_scan("documents_fts", &filters, given_at),
+        args,
+        given_at,
+    )
+}
+
+/// The SQL tests of `request`'s document filters on the row whose id is `row`, and their
+/// arguments from `?2` on (`?1` is left to the statement: NULL in the list).
+pub(crate) fn document_filters(
+    request: &SearchRequest,
+    articles: bool,
+    looseleafs: bool,
+    row: &str,
+) -> (Vec<String>, Vec<Value>) {
     let in_publication = (articles != looseleafs).then_some(articles);
     // The SQL test of each filter that is set, on the row `doc`, with its argument below.
     let row_tests: Vec<&str> = [
@@ -821,8 +937,8 @@ fn document_scan(
             in_publication.map_or(Value::Null, |articles| Value::Integer(articles.into())),
         ]);
         filters.push(format!(
-            "coalesce({filter}(documents_fts.rowid, ?2, ?3, {author}, ?5), \
-             EXISTS (SELECT 1 FROM documents AS doc WHERE doc.id = documents_fts.rowid AND {tests}))",
+            "coalesce({filter}({row}, ?2, ?3, {author}, ?5), \
+             EXISTS (SELECT 1 FROM documents AS doc WHERE doc.id = {row} AND {tests}))",
             filter = facts::DOCUMENT_FILTER,
             author = facts::author_number("?4"),
             tests = row_tests.join(" AND "),
@@ -830,14 +946,13 @@ fn document_scan(
     }
     if let Some(tag) = &request.tag {
         args.push(Value::Text(tag.clone()));
-        filters.push(TAG_FILTER.replace('#', &format!("?{}", args.len())));
+        filters.push(
+            TAG_FILTER
+                .replace("documents_fts.rowid", row)
+                .replace('#', &format!("?{}", args.len())),
+        );
     }
-    let given_at = given.then(|| given_parameters(&mut args));
-    (
-        budgeted_scan("documents_fts", &filters, given_at),
-        args,
-        given_at,
-    )
+    (filters, args)
 }
 
 /// Appends the two parameters of given statistics to `args` and returns the first's position.
@@ -887,7 +1002,7 @@ fn best_matches(
     given: Option<(usize, &[(f64, f64)])>,
 ) -> Result<Vec<Candidate>, SearchError> {
     let mut statement = source.conn.prepare_cached(sql)?;
-    let mut scores: HashMap<i64, f64> = HashMap::new();
+    let mut scores: HashMap<i64, (f64, u32)> = HashMap::new();
     for (n, phrase) in request.expr().phrases().iter().enumerate() {
         args[0] = Value::Text(phrase.clone());
         if let Some((at, stats)) = given {
@@ -898,20 +1013,23 @@ fn best_matches(
         let mut rows = statement.query(params_from_iter(&args))?;
         while let Some(row) = rows.next()? {
             if let Some(score) = row.get::<_, Option<f64>>(1)? {
-                *scores.entry(row.get(0)?).or_insert(0.0) += score;
+                let entry = scores.entry(row.get(0)?).or_insert((0.0, 0));
+                entry.0 += score;
+                entry.1 += 1;
             }
         }
     }
     let mut matches: Vec<Candidate> = scores
         .into_iter()
         .filter(|(id, _)| !source.hides(kind, *id))
-        .map(|(id, bm25)| Candidate {
+        .map(|(id, (bm25, phrases))| Candidate {
             kind,
             layer: source.layer,
             id,
             bm25,
             penalty: 0.0,
             family: None,
+            phrases,
         })
         .collect();
     let pool = CANDIDATE_POOL as usize;
@@ -991,20 +1109,39 @@ fn load_page(
     let mut loaded = HashMap::with_capacity(page.len());
     for source in sources {
         let (layer, conn) = (source.layer, source.conn);
-        let ids = |publication: bool| -> Vec<i64> {
+        let ids = |publication: bool, matched: bool| -> Vec<i64> {
             page.iter()
                 .filter(|c| c.layer == layer && is_publication(c) == publication)
+                .filter(|c| (c.phrases > 0) == matched)
                 .map(|c| c.id)
                 .collect()
         };
-        for run in nearby_runs(ids(false)) {
+        // Found by meaning alone: no match to build a snippet around, so the text's start.
+        let unmatched = ids(false, false);
+        if !unmatched.is_empty() {
+            let text = schema::text_source(conn, "d.id")?;
+            let sql = format!(
+                "SELECT {DOCUMENT_RESULT_COLUMNS}, substr({function}({text}), 1, {LISTING_EXCERPT_CHARS}), d.id
+                 FROM documents AS d WHERE d.id = ?1",
+                function = content::FUNCTION,
+            );
+            let mut statement = conn.prepare_cached(&sql)?;
+            for id in unmatched {
+                statement.query_row([id], |row| {
+                    let excerpt = escape_html(&row.get::<_, String>(10)?);
+                    loaded.insert((layer, false, id), document_result(row, excerpt)?);
+                    Ok(())
+                })?;
+            }
+        }
+        for run in nearby_runs(ids(false, true)) {
             for_each_row(conn, &DOCUMENT_PAGE_SQL, request, &run, |row| {
                 let result = document_result(row, render_snippet(&row.get::<_, String>(10)?))?;
                 loaded.insert((layer, false, row.get(11)?), result);
                 Ok(())
             })?;
         }
-        for run in nearby_runs(ids(true)) {
+        for run in nearby_runs(ids(true, true)) {
             for_each_row(conn, &PUBLICATION_PAGE_SQL, request, &run, |row| {
                 loaded.insert((layer, true, row.get(8)?), publication_result(row)?);
                 Ok(())

@@ -222,11 +222,29 @@ pub fn similar(
         }
         text.push_str(&phrase);
     }
-    if text.is_empty() {
-        return Ok(Some(empty));
-    }
-    let Ok(asked) = request.with_text(&text) else {
-        return Ok(Some(empty));
+    let semantic = request.mode() != crate::semantic::Mode::Keyword;
+    // By meaning, the post's own vector is the query (a post without one: its terms, embedded).
+    let vector = if semantic {
+        let conn = match (in_delta, layers.delta) {
+            (true, Some(delta)) => delta.conn(),
+            _ => layers.base,
+        };
+        let dims = crate::semantic::dims(layers.base)?;
+        crate::embed::index::vector_of(conn, "main", source.id, dims)?
+    } else {
+        None
+    };
+    let asked = if text.is_empty() {
+        // Nothing to search for by words; by meaning alone, the vector is enough.
+        if request.mode() != crate::semantic::Mode::Semantic || vector.is_none() {
+            return Ok(Some(empty));
+        }
+        request.clone()
+    } else {
+        match request.with_text(&text) {
+            Ok(asked) => asked,
+            Err(_) => return Ok(Some(empty)),
+        }
     };
     // Left out while ranking, so every page is cut from the same list.
     let excluded = search::Excluded {
@@ -234,5 +252,13 @@ pub fn similar(
         id: source.id,
         family: source.family,
     };
-    search::search_excluding(layers, &asked, now, prefetch, Some(&excluded)).map(Some)
+    search::search_excluding(
+        layers,
+        &asked,
+        now,
+        prefetch,
+        Some(&excluded),
+        vector.as_deref(),
+    )
+    .map(Some)
 }

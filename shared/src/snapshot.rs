@@ -9,6 +9,7 @@
 use rusqlite::{Connection, Transaction, params};
 use serde::{Deserialize, Serialize};
 
+use crate::embed::model::EmbeddingModel;
 use crate::platform::Platform;
 use crate::schema;
 use crate::timestamp::Timestamp;
@@ -147,6 +148,16 @@ impl<'conn> SnapshotWriter<'conn> {
 
     /// Builds the FTS indexes and tag counts, stamps versions and the watermark, and commits.
     pub fn finish(self, source_watermark_us: i64) -> rusqlite::Result<SnapshotCounts> {
+        self.finish_with(source_watermark_us, None)
+    }
+
+    /// [`SnapshotWriter::finish`], also writing `model` and every document's vector embedded
+    /// with it (see [`crate::embed::index`]), so the build answers semantic searches.
+    pub fn finish_with(
+        self,
+        source_watermark_us: i64,
+        model: Option<&EmbeddingModel>,
+    ) -> rusqlite::Result<SnapshotCounts> {
         let tx = self.tx;
         tx.execute_batch(
             "INSERT INTO documents_fts(documents_fts) VALUES ('rebuild');
@@ -158,6 +169,10 @@ impl<'conn> SnapshotWriter<'conn> {
         )?;
         crate::facts::create_tables(&tx, "main")?;
         crate::similar::describe(&tx, None)?;
+        if let Some(model) = model {
+            model.write(&tx)?;
+            crate::embed::index::write(&tx, model)?;
+        }
         schema::write_version(&tx, source_watermark_us)?;
         let counts = count(&tx)?;
         tx.commit()?;

@@ -67,7 +67,11 @@ impl From<rusqlite::Error> for ApiError {
 
 impl From<crate::SearchError> for ApiError {
     fn from(error: crate::SearchError) -> Self {
-        ApiError::Internal(error.to_string())
+        match error {
+            // The client asked for what this index cannot do; the keyword mode still answers.
+            crate::SearchError::NoVectors => ApiError::BadRequest(format!("invalid mode: {error}")),
+            other => ApiError::Internal(other.to_string()),
+        }
     }
 }
 

@@ -45,28 +45,93 @@ impl StaticTable {
 
     /// Row `id`, dequantised; `None` past the table.
     pub fn row(&self, id: u32) -> Option<Vec<f32>> {
+        let (scale, values) = self.quantized(id)?;
+        Some(values.iter().map(|&v| f32::from(v) * scale).collect())
+    }
+
+    /// Row `id` as stored: its scale and int8 values.
+    pub fn quantized(&self, id: u32) -> Option<(f32, &[i8])> {
         let id = id as usize;
         let scale = *self.scales.get(id)?;
-        Some(
-            self.values[id * self.dims..][..self.dims]
-                .iter()
-                .map(|&v| f32::from(v) * scale)
-                .collect(),
-        )
+        Some((scale, &self.values[id * self.dims..][..self.dims]))
+    }
+
+    /// A table from its rows as stored (see [`StaticTable::quantized`]).
+    pub fn from_quantized<'a>(
+        dims: usize,
+        rows: impl IntoIterator<Item = (f32, &'a [i8])>,
+    ) -> Option<Self> {
+        let (mut values, mut scales) = (Vec::new(), Vec::new());
+        for (scale, row) in rows {
+            if row.len() != dims {
+                return None;
+            }
+            values.extend_from_slice(row);
+            scales.push(scale);
+        }
+        Some(StaticTable {
+            dims,
+            values,
+            scales,
+        })
     }
 
     /// The unit-length mean of `ids`' rows (ids past the table are skipped); `None` when none
     /// is in it or they cancel out.
     pub fn embed(&self, ids: &[u32]) -> Option<Vec<f32>> {
-        let mut sum = vec![0.0f32; self.dims];
-        let mut counted = 0;
-        for row in ids.iter().filter_map(|&id| self.row(id)) {
-            sum.iter_mut().zip(&row).for_each(|(s, v)| *s += v);
-            counted += 1;
-        }
-        let norm = sum.iter().map(|v| v * v).sum::<f32>().sqrt();
-        (counted > 0 && norm > 0.0).then(|| sum.into_iter().map(|v| v / norm).collect())
+        mean_of(self.dims, ids.iter().map(|&id| self.quantized(id)))
     }
+}
+
+/// The unit-length mean of the rows given (`None` entries are skipped): the one definition of a
+/// text's vector, whether its rows come from a table in memory or a snapshot's `embed_rows`, so
+/// both sides compute the same floats in the same order.
+pub fn mean_of<'a>(
+    dims: usize,
+    rows: impl IntoIterator<Item = Option<(f32, &'a [i8])>>,
+) -> Option<Vec<f32>> {
+    let mut sum = vec![0.0f32; dims];
+    let mut counted = 0;
+    for (scale, values) in rows.into_iter().flatten() {
+        sum.iter_mut()
+            .zip(values)
+            .for_each(|(s, &v)| *s += f32::from(v) * scale);
+        counted += 1;
+    }
+    let norm = sum.iter().map(|v| v * v).sum::<f32>().sqrt();
+    (counted > 0 && norm > 0.0).then(|| sum.into_iter().map(|v| v / norm).collect())
+}
+
+/// A vector quantised for storage: int8 values scaled by the largest magnitude, the scale as
+/// four little-endian bytes after them (260 bytes for 256 dimensions).
+pub fn pack(vector: &[f32]) -> Vec<u8> {
+    let largest = vector.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+    let scale = if largest > 0.0 { largest / 127.0 } else { 1.0 };
+    let mut out: Vec<u8> = vector
+        .iter()
+        .map(|v| (v / scale).round().clamp(-127.0, 127.0) as i8 as u8)
+        .collect();
+    out.extend_from_slice(&scale.to_le_bytes());
+    out
+}
+
+/// The dot product of `query` with a [`pack`]ed vector; `None` when the widths differ.
+pub fn dot_packed(query: &[f32], packed: &[u8]) -> Option<f32> {
+    let (values, scale) = packed.split_at_checked(query.len())?;
+    let scale = f32::from_le_bytes(scale.try_into().ok()?);
+    let sum: f32 = query
+        .iter()
+        .zip(values)
+        .map(|(q, &v)| q * f32::from(v as i8))
+        .sum();
+    Some(sum * scale)
+}
+
+/// A [`pack`]ed vector back as floats; `None` when it is not `dims` wide.
+pub fn unpack(packed: &[u8], dims: usize) -> Option<Vec<f32>> {
+    let (values, scale) = packed.split_at_checked(dims)?;
+    let scale = f32::from_le_bytes(scale.try_into().ok()?);
+    Some(values.iter().map(|&v| f32::from(v as i8) * scale).collect())
 }
 
 #[cfg(test)]
@@ -96,5 +161,20 @@ mod tests {
         assert!(v[1] > 0.0 && v[0] < 0.0, "the mean of rows 0 and 2: {v:?}");
         assert_eq!(table.embed(&[1]), None, "a zero vector has no direction");
         assert_eq!(table.embed(&[99]), None);
+    }
+
+    #[test]
+    fn packed_vectors_keep_their_dot_products() {
+        use super::{dot_packed, pack, unpack};
+        let v = [0.6f32, -0.8, 0.0, 0.0];
+        let packed = pack(&v);
+        assert_eq!(packed.len(), 4 + 4);
+        let dot = dot_packed(&v, &packed).unwrap();
+        assert!((dot - 1.0).abs() < 0.01, "{dot}");
+        let back = unpack(&packed, 4).unwrap();
+        assert!(back.iter().zip(v).all(|(b, v)| (b - v).abs() < 0.004));
+        assert_eq!(dot_packed(&[1.0; 5], &packed), None);
+        let copy = super::StaticTable::from_quantized(3, [(0.5, &[1i8, 2, 3][..])]).unwrap();
+        assert_eq!(copy.row(0).unwrap(), [0.5, 1.0, 1.5]);
     }
 }

@@ -18,12 +18,34 @@ pub enum VocabError {
     Shape(String),
 }
 
+/// Where token ids are looked up: a map in memory natively, the snapshot's `embed_vocab` table
+/// at the edge (see `embed::model`), so a query is cut as its documents were.
+pub trait Vocabulary {
+    /// The id of a vocabulary entry, if it is one.
+    fn id(&self, token: &str) -> Option<u32>;
+}
+
+impl Vocabulary for HashMap<String, u32> {
+    fn id(&self, token: &str) -> Option<u32> {
+        self.get(token).copied()
+    }
+}
+
+/// How words are cut, apart from the vocabulary.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rules {
+    /// The id of the unknown token.
+    pub unknown: u32,
+    /// What marks a piece that continues a word (`##`).
+    pub prefix: String,
+    /// A longer word is one unknown token.
+    pub max_word_chars: usize,
+}
+
 /// A WordPiece vocabulary and the rules that cut text into its pieces.
 pub struct WordPiece {
     vocab: HashMap<String, u32>,
-    unknown: u32,
-    prefix: String,
-    max_word_chars: usize,
+    rules: Rules,
 }
 
 impl WordPiece {
@@ -54,15 +76,32 @@ impl WordPiece {
         })?;
         Ok(WordPiece {
             vocab: model.vocab,
-            unknown,
-            prefix: model.continuing_subword_prefix,
-            max_word_chars: model.max_input_chars_per_word,
+            rules: Rules {
+                unknown,
+                prefix: model.continuing_subword_prefix,
+                max_word_chars: model.max_input_chars_per_word,
+            },
         })
+    }
+
+    /// A vocabulary from its entries and rules (as a snapshot stores them).
+    pub fn from_parts(vocab: HashMap<String, u32>, rules: Rules) -> Self {
+        WordPiece { vocab, rules }
     }
 
     /// The id of a vocabulary entry, if it is one.
     pub fn id(&self, token: &str) -> Option<u32> {
         self.vocab.get(token).copied()
+    }
+
+    /// Every entry with its id.
+    pub fn entries(&self) -> impl Iterator<Item = (&str, u32)> {
+        self.vocab.iter().map(|(token, &id)| (token.as_str(), id))
+    }
+
+    /// The rules words are cut by.
+    pub fn rules(&self) -> &Rules {
+        &self.rules
     }
 
     /// Vocabulary entries.
@@ -77,55 +116,60 @@ impl WordPiece {
 
     /// The ids of `text`'s pieces, without the special tokens around them.
     pub fn encode(&self, text: &str) -> Vec<u32> {
-        let normalized = normalize(text);
-        let mut ids = Vec::new();
-        for word in pre_tokenize(&normalized) {
-            self.pieces(word, &mut ids);
-        }
-        ids
+        encode(&self.vocab, &self.rules, text)
     }
+}
 
-    /// Greedy longest-match-first pieces of one word; a word with a part no piece covers, or
-    /// too long, is one unknown token.
-    fn pieces(&self, word: &str, ids: &mut Vec<u32>) {
-        if word.chars().count() > self.max_word_chars {
-            ids.push(self.unknown);
-            return;
-        }
-        let bounds: Vec<usize> = word
-            .char_indices()
-            .map(|(at, _)| at)
-            .chain(std::iter::once(word.len()))
-            .collect();
-        let mut found = Vec::new();
-        let mut start = 0;
-        let mut key = String::with_capacity(word.len() + self.prefix.len());
-        while start < bounds.len() - 1 {
-            let mut matched = None;
-            for end in (start + 1..bounds.len()).rev() {
-                key.clear();
-                if start > 0 {
-                    key.push_str(&self.prefix);
-                }
-                key.push_str(&word[bounds[start]..bounds[end]]);
-                if let Some(&id) = self.vocab.get(key.as_str()) {
-                    matched = Some((id, end));
-                    break;
-                }
-            }
-            match matched {
-                Some((id, end)) => {
-                    found.push(id);
-                    start = end;
-                }
-                None => {
-                    ids.push(self.unknown);
-                    return;
-                }
-            }
-        }
-        ids.extend(found);
+/// The ids of `text`'s pieces in `vocab`, cut by `rules`, without the special tokens around them.
+pub fn encode(vocab: &impl Vocabulary, rules: &Rules, text: &str) -> Vec<u32> {
+    let normalized = normalize(text);
+    let mut ids = Vec::new();
+    for word in pre_tokenize(&normalized) {
+        pieces(vocab, rules, word, &mut ids);
     }
+    ids
+}
+
+/// Greedy longest-match-first pieces of one word; a word with a part no piece covers, or too
+/// long, is one unknown token.
+fn pieces(vocab: &impl Vocabulary, rules: &Rules, word: &str, ids: &mut Vec<u32>) {
+    if word.chars().count() > rules.max_word_chars {
+        ids.push(rules.unknown);
+        return;
+    }
+    let bounds: Vec<usize> = word
+        .char_indices()
+        .map(|(at, _)| at)
+        .chain(std::iter::once(word.len()))
+        .collect();
+    let mut found = Vec::new();
+    let mut start = 0;
+    let mut key = String::with_capacity(word.len() + rules.prefix.len());
+    while start < bounds.len() - 1 {
+        let mut matched = None;
+        for end in (start + 1..bounds.len()).rev() {
+            key.clear();
+            if start > 0 {
+                key.push_str(&rules.prefix);
+            }
+            key.push_str(&word[bounds[start]..bounds[end]]);
+            if let Some(id) = vocab.id(key.as_str()) {
+                matched = Some((id, end));
+                break;
+            }
+        }
+        match matched {
+            Some((id, end)) => {
+                found.push(id);
+                start = end;
+            }
+            None => {
+                ids.push(rules.unknown);
+                return;
+            }
+        }
+    }
+    ids.extend(found);
 }
 
 /// `BertNormalizer` with `clean_text`, `handle_chinese_chars`, accent stripping and lowercasing.
