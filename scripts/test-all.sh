@@ -26,6 +26,9 @@ cargo clippy --workspace --exclude pubsearch-edge --all-targets -- -D warnings
 step "clippy (wasm32)"
 cargo clippy -p pubsearch-shared -p pubsearch-edge --target wasm32-unknown-unknown --all-targets -- -D warnings
 
+step "embedding table (distilled once from the installed model; builds in the tests embed with it)"
+cargo run --quiet -p pubsearch-native-worker -- embed-table
+
 step "native tests"
 cargo test --workspace --exclude pubsearch-edge
 

@@ -58,6 +58,9 @@ function queryCases(author, tag) {
   for (let i = 0; i < 8; i++) cases.push({ q: s(i + 6), since: "2025-10-20" });
   for (let i = 0; i < 8; i++) cases.push({ q: s(i), type: ["article", "looseleaf", "publication", "article,publication"][i % 4] });
   for (let i = 0; i < 8; i++) cases.push({ q: s(i), format: "v2", limit: "40", offset: String([200, 600, 960, 1000][i % 4]) });
+  // By meaning (the build carries the model: support.mjs points the publisher at it).
+  for (let i = 0; i < 8; i++) cases.push({ q: `${s(i)} ${s(i + 3)}`, mode: "semantic", ...(i % 2 ? { platform: "leaflet" } : {}) });
+  for (let i = 0; i < 8; i++) cases.push({ q: `${s(i)} ${s(i + 6)}`, mode: "hybrid", ...(i % 3 === 0 ? { author } : {}) });
   return cases;
 }
 

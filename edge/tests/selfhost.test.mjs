@@ -78,6 +78,12 @@ test("the native server answers every API request as the Worker does", async () 
     [`/similar?uri=${uri}`],
     [`/similar?uri=${uri}&format=v2&limit=3&offset=3&type=article`],
     ["/similar?uri=at://did:plc:nobody/x/y"],
+    ["/search?q=ka%20lo&mode=semantic"],
+    ["/search?q=ka%20lo&mode=semantic&platform=leaflet&format=v2&limit=5&offset=5"],
+    ["/search?q=ka&mode=hybrid&format=v2"],
+    ["/search?q=ka&mode=vector"],
+    [`/similar?uri=${uri}&mode=semantic`],
+    [`/similar?uri=${uri}&mode=hybrid&limit=5`],
     ["/similar"],
     [`/?similar=${uri}`],
     ["/opensearch.xml"],
@@ -94,8 +100,10 @@ test("the native server answers every API request as the Worker does", async () 
     ["/search?q=ka", "POST"],
     ["/search?q=ka", "OPTIONS"],
   ];
+  const answered = new Map();
   for (const [path, method] of requests) {
     const [edge, self] = await Promise.all([answer(worker.url, path, method), answer(nativeUrl, path, method)]);
+    answered.set(path, edge);
     assert.equal(self.status, edge.status, `${method ?? "GET"} ${path}: status`);
     assert.deepEqual(self.headers, edge.headers, `${method ?? "GET"} ${path}: headers`);
     if (edge.headers["content-type"]?.startsWith("application/json")) {
@@ -104,4 +112,12 @@ test("the native server answers every API request as the Worker does", async () 
       assert.equal(self.body, edge.body, `${method ?? "GET"} ${path}: body`);
     }
   }
+  // The build carries vectors, so the semantic answers compared above are results, not refusals.
+  for (const path of ["/search?q=ka%20lo&mode=semantic", "/search?q=ka&mode=hybrid&format=v2", `/similar?uri=${uri}&mode=semantic`]) {
+    const { status, body } = answered.get(path);
+    assert.equal(status, 200, `${path}: ${body}`);
+    const results = JSON.parse(body);
+    assert.ok((results.results ?? results).length > 0, `${path}: no results`);
+  }
+  assert.equal(answered.get("/search?q=ka&mode=vector").status, 400);
 });

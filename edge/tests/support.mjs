@@ -10,8 +10,12 @@ import { Miniflare } from "miniflare";
 export const ROOT = join(dirname(fileURLToPath(import.meta.url)), "..", "..");
 const NATIVE = join(ROOT, "target", "debug", "native-worker");
 
+/** The embedding model the test command installs: builds published here carry its vectors. */
+const MODEL_DIR = join(ROOT, "target", "models", "all-minilm-l6-v2");
+
 function native(args, options = {}) {
-  return execFileSync(NATIVE, args, { env: { ...process.env, RUST_LOG: "warn" }, ...options });
+  const env = { PUBSEARCH_MODEL_DIR: MODEL_DIR, ...process.env, RUST_LOG: "warn" };
+  return execFileSync(NATIVE, args, { env, ...options });
 }
 
 /** Builds a store from a synthetic corpus and publishes `builds` snapshots of it to a directory. */

@@ -1,39 +1,28 @@
 //! Search quality on the labelled set (`benches/data/labelled.json`: 100 hand-written documents
 //! in 25 topics, 50 queries, half sharing words with their topic, half paraphrases): nDCG@10
-//! and recall@20 for keyword search (the product's ranking), semantic search with the static
-//! table and with the full model, and hybrids of keyword and each by reciprocal rank fusion
-//! (k = 60). Prints a table; asserts nothing. Needs the model the test command installs.
+//! and recall@20 for the product's three modes (`mode=keyword|semantic|hybrid` over a snapshot
+//! built with the static model, as `publish` builds them), and for reference semantic search
+//! with the full model and plain reciprocal rank fusion (k = 60) without hybrid's exact hits
+//! first. Prints a table; asserts nothing. Needs the model the test command installs.
 //!
 //! `cargo bench -p pubsearch-native-worker --bench quality`
 
 use std::collections::HashMap;
 use std::path::PathBuf;
 
-use pubsearch_native_worker::embed::distill::{self, DistillOptions};
+use pubsearch_native_worker::embed::distill::DistillOptions;
 use pubsearch_native_worker::embed::{self, Model};
-use pubsearch_shared::platform::Platform;
 use pubsearch_shared::search::{self, SearchRequest};
 use pubsearch_shared::snapshot::{SnapshotDocument, SnapshotWriter};
-use pubsearch_shared::timestamp::Timestamp;
 use rusqlite::Connection;
 
-#[derive(serde::Deserialize)]
-struct Labelled {
-    topics: Vec<Topic>,
-}
-
-#[derive(serde::Deserialize)]
-struct Topic {
-    topic: String,
-    docs: Vec<(String, String)>,
-    queries: Vec<String>,
-}
+#[path = "data/labelled.rs"]
+mod labelled;
 
 const RRF_K: f64 = 60.0;
 
 fn main() {
-    let labelled: Labelled =
-        serde_json::from_str(include_str!("data/labelled.json")).expect("the labelled set parses");
+    let labelled = labelled::load();
     let dir = std::env::var_os("PUBSEARCH_MODEL_DIR").map_or_else(
         || PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/models/all-minilm-l6-v2"),
         PathBuf::from,
@@ -41,39 +30,17 @@ fn main() {
     let Model { bert, tokenizer } =
         embed::load(&dir).expect("the model (scripts/install-toolchain.sh installs it)");
     let options = DistillOptions::default();
-    let vocabulary: Vec<u32> = (0..tokenizer.len() as u32).collect();
-    let table = distill::distill(&bert, &vocabulary, &options);
+    let model = embed::stored::load_or_distill(&dir).expect("the static table");
 
     // Documents: one date for all, so recency plays no part.
-    let created_at = Timestamp::parse("2025-06-01").unwrap();
-    let mut documents = Vec::new();
-    for topic in &labelled.topics {
-        for (n, (title, text)) in topic.docs.iter().enumerate() {
-            let rkey = format!("{}-{n}", topic.topic);
-            documents.push(SnapshotDocument {
-                uri: format!("at://did:plc:eval/com.whtwnd.blog.entry/{rkey}"),
-                did: "did:plc:eval".into(),
-                rkey,
-                collection: "com.whtwnd.blog.entry".into(),
-                platform: Platform::Whitewind,
-                title: title.clone(),
-                content: text.clone(),
-                created_at,
-                indexed_at_us: 1,
-                publication_uri: None,
-                base_path: None,
-                path: None,
-                tags: Vec::new(),
-                cover_image: None,
-            });
-        }
-    }
+    let created_at = labelled::date();
+    let documents = labelled::documents(&labelled);
     let mut conn = Connection::open_in_memory().unwrap();
     let mut writer = SnapshotWriter::create(&mut conn).unwrap();
     for document in &documents {
         writer.add_document(document).unwrap();
     }
-    writer.finish(1).unwrap();
+    writer.finish_with(1, Some(&model)).unwrap();
     search::prepare(&conn).unwrap();
 
     let text_of = |d: &SnapshotDocument| format!("{} {}", d.title, d.content);
@@ -85,20 +52,17 @@ fn main() {
     };
     let static_vectors: Vec<Vec<f32>> = documents
         .iter()
-        .map(|d| {
-            table
-                .embed(&tokenizer.encode(&text_of(d)))
-                .unwrap_or_default()
-        })
+        .map(|d| model.embed(&text_of(d)).unwrap_or_default())
         .collect();
     let full_vectors: Vec<Vec<f32>> = documents.iter().map(|d| full(&text_of(d))).collect();
 
     let systems = [
-        "keyword",
-        "semantic (static table)",
-        "semantic (full model)",
-        "hybrid (keyword + static)",
-        "hybrid (keyword + full)",
+        "mode=keyword",
+        "mode=semantic (static table, tree)",
+        "mode=hybrid",
+        "reference: semantic, full model (exhaustive)",
+        "reference: plain RRF, keyword + static",
+        "reference: plain RRF, keyword + full model",
     ];
     // [system][query kind] → (nDCG@10 sum, recall@20 sum, queries)
     let mut scores = vec![[(0.0, 0.0, 0usize); 2]; systems.len()];
@@ -109,8 +73,9 @@ fn main() {
             .map(|d| d.uri.clone())
             .collect();
         for (kind, query) in topic.queries.iter().enumerate() {
-            let keyword: Vec<String> =
-                match SearchRequest::from_params([("q", query.as_str()), ("limit", "20")]) {
+            let product = |mode: &str| -> Vec<String> {
+                let params = [("q", query.as_str()), ("limit", "20"), ("mode", mode)];
+                match SearchRequest::from_params(params) {
                     Ok(request) => search::search(&conn, &request, created_at)
                         .unwrap()
                         .results
@@ -118,7 +83,9 @@ fn main() {
                         .map(|r| r.uri)
                         .collect(),
                     Err(_) => Vec::new(),
-                };
+                }
+            };
+            let keyword = product("keyword");
             let by_vector = |vectors: &[Vec<f32>], q: &[f32]| -> Vec<String> {
                 let mut ranked: Vec<(f32, &str)> = vectors
                     .iter()
@@ -132,12 +99,13 @@ fn main() {
                     .map(|(_, uri)| uri.to_owned())
                     .collect()
             };
-            let static_query = table.embed(&tokenizer.encode(query)).unwrap_or_default();
+            let static_query = model.embed(query).unwrap_or_default();
             let semantic_static = by_vector(&static_vectors, &static_query);
             let semantic_full = by_vector(&full_vectors, &full(query));
             let rankings = [
                 keyword.clone(),
-                semantic_static.clone(),
+                product("semantic"),
+                product("hybrid"),
                 semantic_full.clone(),
                 fuse(&[&keyword, &semantic_static]),
                 fuse(&[&keyword, &semantic_full]),

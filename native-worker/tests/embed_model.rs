@@ -181,3 +181,85 @@ fn a_distilled_table_keeps_paraphrases_close() {
     // numbers: about 60% of the full model's), well above chance (1 in 6).
     assert!(nearest >= 4, "{nearest} of 6 paraphrases nearest");
 }
+
+#[path = "../benches/data/labelled.rs"]
+mod labelled;
+
+/// Words of three letters or more, lowercased.
+fn words(text: &str) -> std::collections::HashSet<String> {
+    text.split(|c: char| !c.is_alphanumeric())
+        .filter(|word| word.len() >= 3)
+        .map(str::to_lowercase)
+        .collect()
+}
+
+#[test]
+fn a_snapshot_built_with_the_model_finds_paraphrases_that_share_no_word() {
+    use pubsearch_shared::search::{self, SearchRequest};
+    use pubsearch_shared::snapshot::SnapshotWriter;
+
+    let labelled = labelled::load();
+    let model = pubsearch_native_worker::embed::stored::load_or_distill(&model_dir())
+        .unwrap_or_else(|e| panic!("{e}; scripts/install-toolchain.sh installs the model"));
+    let created_at = labelled::date();
+    let mut conn = rusqlite::Connection::open_in_memory().unwrap();
+    let mut writer = SnapshotWriter::create(&mut conn).unwrap();
+    for document in labelled::documents(&labelled) {
+        writer.add_document(&document).unwrap();
+    }
+    writer.finish_with(1, Some(&model)).unwrap();
+    search::prepare(&conn).unwrap();
+
+    let top = |query: &str, mode: &str| -> Vec<String> {
+        let request =
+            SearchRequest::from_params([("q", query), ("mode", mode), ("limit", "3")]).unwrap();
+        search::search(&conn, &request, created_at)
+            .unwrap()
+            .results
+            .into_iter()
+            .map(|result| result.rkey)
+            .collect()
+    };
+    // Paraphrases: those sharing no word with their topic's documents, and those keyword
+    // search misses (no document of the topic in its top 3).
+    let (mut disjoint, mut disjoint_found, mut missed, mut missed_found) = (0, 0, 0, 0);
+    for topic in &labelled.topics {
+        let topic_words: std::collections::HashSet<String> = topic
+            .docs
+            .iter()
+            .flat_map(|(title, content)| words(&format!("{title} {content}")))
+            .collect();
+        let query = &topic.queries[1];
+        let prefix = format!("{}-", topic.topic);
+        let hits = |found: Vec<String>| found.iter().any(|rkey| rkey.starts_with(&prefix));
+        let by_meaning = hits(top(query, "semantic"));
+        if words(query).is_disjoint(&topic_words) {
+            disjoint += 1;
+            disjoint_found += usize::from(by_meaning);
+            assert!(
+                !hits(top(query, "keyword")),
+                "{query}: no shared word, no keyword hit"
+            );
+        }
+        if !hits(top(query, "keyword")) {
+            missed += 1;
+            missed_found += usize::from(by_meaning);
+        }
+    }
+    eprintln!(
+        "semantic top 3: {disjoint_found} of {disjoint} paraphrases sharing no word, \
+         {missed_found} of {missed} keyword misses"
+    );
+    assert!(
+        disjoint >= 3 && missed >= 5,
+        "{disjoint} disjoint, {missed} missed"
+    );
+    assert_eq!(
+        disjoint_found, disjoint,
+        "every paraphrase sharing no word is found"
+    );
+    assert!(
+        missed_found * 10 >= missed * 7,
+        "semantic search found {missed_found} of the {missed} paraphrases keyword search missed"
+    );
+}

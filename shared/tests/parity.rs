@@ -108,20 +108,9 @@ fn native_answers_are_recorded() {
 }
 
 #[cfg(target_arch = "wasm32")]
-mod node {
-    use wasm_bindgen::prelude::*;
-
-    #[wasm_bindgen(module = "fs")]
-    extern "C" {
-        #[wasm_bindgen(js_name = readFileSync, catch)]
-        pub fn read_file_sync(path: &str, encoding: &str) -> Result<String, JsValue>;
-    }
-}
-
-#[cfg(target_arch = "wasm32")]
 #[test]
 fn wasm_answers_match_native() {
-    let native = node::read_file_sync(NATIVE_ANSWERS, "utf8").unwrap_or_else(|e| {
+    let native = support::node::read_file_sync(NATIVE_ANSWERS, "utf8").unwrap_or_else(|e| {
         panic!("run the native tests first: cannot read {NATIVE_ANSWERS}: {e:?}")
     });
     let native: Vec<Value> = serde_json::from_str(&native).unwrap();

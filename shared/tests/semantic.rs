@@ -398,3 +398,85 @@ fn a_build_without_a_model_refuses_semantic_search_by_name() {
     let refused = SearchRequest::from_params([("q", "boat"), ("mode", "vector")]).unwrap_err();
     assert!(refused.to_string().contains("mode"), "{refused}");
 }
+
+/// Where the native run leaves its vectors and answers for the wasm run (as `parity.rs` does).
+#[cfg(not(target_arch = "wasm32"))]
+const NATIVE_VECTORS: &str = concat!(env!("CARGO_TARGET_TMPDIR"), "/semantic-native.json");
+#[cfg(target_arch = "wasm32")]
+const NATIVE_VECTORS: &str = concat!(
+    env!("CARGO_TARGET_TMPDIR"),
+    "/../../tmp/semantic-native.json"
+);
+
+/// Texts embedded from the snapshot's tables, and semantic and hybrid answers, on this target.
+fn embeddings_and_answers() -> serde_json::Value {
+    let model = tiny_model();
+    let conn = build(&corpus(), Some(&model));
+    let stored = SnapshotModel::open(&conn, "main").unwrap().unwrap();
+    let mut rng = support::Lcg::new(5);
+    let texts: Vec<String> = (0..40)
+        .map(|_| {
+            (0..1 + rng.below(30))
+                .map(|_| {
+                    let topic = TOPICS[rng.below(TOPICS.len() as u64) as usize];
+                    if rng.below(2) == 0 {
+                        topic[rng.below(topic.len() as u64) as usize]
+                    } else {
+                        rng.word()
+                    }
+                })
+                .collect::<Vec<_>>()
+                .join(" ")
+        })
+        .collect();
+    // As bit patterns: JSON's decimal floats would leave the comparison to the parser.
+    let vectors: Vec<_> = texts
+        .iter()
+        .map(|text| {
+            let bits = stored
+                .embed(text)
+                .unwrap()
+                .map(|vector| vector.iter().map(|v| v.to_bits()).collect::<Vec<u32>>());
+            (text.clone(), bits)
+        })
+        .collect();
+    let answers: Vec<_> = texts
+        .iter()
+        .take(20)
+        .flat_map(|text| {
+            ["semantic", "hybrid"].map(|mode| {
+                uris(Layers::base(&conn), &[("q", text.as_str()), ("mode", mode)]).unwrap()
+            })
+        })
+        .collect();
+    serde_json::json!({ "vectors": vectors, "answers": answers })
+}
+
+#[cfg(not(target_arch = "wasm32"))]
+#[test]
+fn native_vectors_are_recorded() {
+    let recorded = embeddings_and_answers();
+    std::fs::create_dir_all(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    std::fs::write(NATIVE_VECTORS, recorded.to_string()).unwrap();
+}
+
+/// Tolerance: none. Both targets run the same f32 operations in the same order (IEEE 754, no
+/// fused multiply-add), so every component matches bit for bit, and so does every ranking.
+#[cfg(target_arch = "wasm32")]
+#[test]
+fn wasm_vectors_and_answers_match_native() {
+    let native = support::node::read_file_sync(NATIVE_VECTORS, "utf8").unwrap_or_else(|e| {
+        panic!("run the native tests first: cannot read {NATIVE_VECTORS}: {e:?}")
+    });
+    let native: serde_json::Value = serde_json::from_str(&native).unwrap();
+    let wasm = embeddings_and_answers();
+    let (native_vectors, wasm_vectors) = (
+        native["vectors"].as_array().unwrap(),
+        wasm["vectors"].as_array().unwrap(),
+    );
+    assert_eq!(native_vectors.len(), wasm_vectors.len());
+    for (native, wasm) in native_vectors.iter().zip(wasm_vectors) {
+        assert_eq!(native, wasm, "the vectors of {} differ", native[0]);
+    }
+    assert_eq!(native["answers"], wasm["answers"]);
+}

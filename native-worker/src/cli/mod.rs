@@ -60,6 +60,13 @@ enum Command {
     /// Serve the search API and page from the latest published build of a channel (a
     /// --snapshot-dir or --s3-bucket), without ingesting: a read-only search box.
     Serve(ServeArgs),
+    /// Distil the static embedding table from the installed model, once (builds do it
+    /// themselves when it is missing; this does it ahead of them and says where it is).
+    EmbedTable {
+        /// The model directory (`scripts/install-toolchain.sh` installs it there).
+        #[arg(long, env = "PUBSEARCH_MODEL_DIR", default_value = crate::embed::DEFAULT_MODEL_DIR)]
+        model_dir: PathBuf,
+    },
     /// Search a snapshot file exactly as the edge would, printing the JSON response.
     Search {
         /// The snapshot SQLite file.
@@ -270,6 +277,7 @@ impl Cli {
                 malformed_rate,
                 out,
             } => gen_corpus(records, seed, malformed_rate, &out),
+            Command::EmbedTable { model_dir } => embed_table(&model_dir),
             Command::Search {
                 snapshot,
                 delta,
@@ -278,6 +286,25 @@ impl Cli {
             } => search_snapshot(&snapshot, delta.as_deref(), query, params),
         }
     }
+}
+
+fn embed_table(model_dir: &Path) -> Result<()> {
+    let started = std::time::Instant::now();
+    let model = crate::embed::stored::load_or_distill(model_dir).with_context(|| {
+        format!(
+            "loading the embedding model from {} (scripts/install-toolchain.sh installs it)",
+            model_dir.display()
+        )
+    })?;
+    println!(
+        "{}: {} tokens × {} dimensions ({}), ready in {:.1} s",
+        crate::embed::stored::table_path(model_dir).display(),
+        model.table.rows(),
+        model.table.dims(),
+        model.name,
+        started.elapsed().as_secs_f64()
+    );
+    Ok(())
 }
 
 fn run_ingest(args: RunArgs) -> Result<()> {

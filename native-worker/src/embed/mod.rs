@@ -2,11 +2,13 @@
 //! sentence-transformers/all-MiniLM-L6-v2 from the files the test command installs, and its
 //! forward pass, from which the static token table semantic search uses is distilled.
 //!
-//! - [`bert`]: the BERT encoder's forward pass and mean pooling.
-//! - [`distill`]: the static token table from the model (model2vec's recipe).
+//! - [`bert`], [`distill`]: the encoder and the table distilled from it (the `pubsearch-encoder`
+//!   crate, optimised even in debug builds).
+//! - [`stored`]: that table kept beside the model, and the model builds embed with.
 
-pub mod bert;
-pub mod distill;
+pub mod stored;
+
+pub use pubsearch_encoder::{bert, distill};
 
 use std::path::{Path, PathBuf};
 
@@ -31,17 +33,21 @@ pub struct Model {
 
 /// Loads the model from `dir` (see [`model_dir`]).
 pub fn load(dir: &Path) -> Result<Model, ModelError> {
+    Ok(Model {
+        tokenizer: tokenizer(dir)?,
+        bert: Bert::load(dir)?,
+    })
+}
+
+/// The model's tokenizer, from `dir`'s `tokenizer.json`.
+pub fn tokenizer(dir: &Path) -> Result<WordPiece, ModelError> {
     let path = dir.join("tokenizer.json");
     let json = std::fs::read(&path).map_err(|source| ModelError::Read {
         path: path.display().to_string(),
         source,
     })?;
-    let tokenizer = WordPiece::from_tokenizer_json(&json).map_err(|e| ModelError::Format {
+    WordPiece::from_tokenizer_json(&json).map_err(|e| ModelError::Format {
         path: path.display().to_string(),
         reason: e.to_string(),
-    })?;
-    Ok(Model {
-        bert: Bert::load(dir)?,
-        tokenizer,
     })
 }

@@ -124,7 +124,11 @@ pub fn build(
         progress(written, order.len() as u64);
     }
     add_handles(&tx, &mut writer, &authors, out)?;
-    writer.finish(watermark).map_err(&write)?;
+    // With the model installed, every document is embedded for semantic search here.
+    let model = crate::embed::stored::for_builds();
+    writer
+        .finish_with(watermark, model.as_deref())
+        .map_err(&write)?;
     drop(tx);
     let manifest = seal(target, out, build_id, channel, watermark, None)?;
     let counts = manifest.counts;

@@ -369,3 +369,15 @@ pub fn open_fixture() -> Connection {
     search::prepare(&conn).unwrap();
     conn
 }
+
+/// Node's `fs`, for a wasm test run (under node) to read what the native run recorded.
+#[cfg(target_arch = "wasm32")]
+pub mod node {
+    use wasm_bindgen::prelude::*;
+
+    #[wasm_bindgen(module = "fs")]
+    extern "C" {
+        #[wasm_bindgen(js_name = readFileSync, catch)]
+        pub fn read_file_sync(path: &str, encoding: &str) -> Result<String, JsValue>;
+    }
+}

@@ -6,7 +6,7 @@
 
 use pubsearch_shared::embed::table::StaticTable;
 
-use super::bert::Bert;
+use crate::bert::Bert;
 
 /// How the table is made.
 #[derive(Debug, Clone)]
