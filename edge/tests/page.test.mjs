@@ -1,6 +1,6 @@
 // The search page in a real browser (Debian's Chromium via playwright-core) against the Worker
 // in workerd: searching, paging, the search in the URL (links, reload, back and forward), the
-// first page rendered without JavaScript, filters, tag chips, author links, the keyboard, dark
+// first page rendered without JavaScript, filters, the search mode, tag chips, author links, the keyboard, dark
 // mode and a phone-sized screen. Screenshots at 1280×900 and 390×844 are written to
 // target/page-screenshots/ and named in the test output.
 import { test, before, after } from "node:test";
@@ -189,6 +189,26 @@ test("filters, tag chips and author links narrow the search", async () => {
   assert.deepEqual(await titles(page), listed);
   const dates = await page.$$eval("#results time", (times) => times.map((time) => time.dateTime));
   assert.deepEqual(dates, [...dates].sort().reverse(), "newest first");
+});
+
+test("search by meaning or both: the mode is a field of the form and of the URL", async () => {
+  const page = await browser.newPage();
+  await page.goto(worker.url + "/?q=ka%20lo");
+  assert.equal(await page.inputValue("#mode"), "", "words by default");
+  for (const mode of ["semantic", "hybrid"]) {
+    await page.selectOption("#mode", mode);
+    await page.click("button[type=submit]");
+    await page.waitForURL((url) => url.searchParams.get("mode") === mode);
+    await statusStarts(page, "Results 1–");
+    assert.deepEqual(await titles(page), await expectedTitles("ka lo", 0, { mode }));
+    // Rendered by the server the same, with the mode still chosen.
+    await page.reload();
+    assert.equal(await page.inputValue("#mode"), mode);
+    assert.deepEqual(await titles(page), await expectedTitles("ka lo", 0, { mode }));
+  }
+  await page.goBack();
+  await page.waitForURL((url) => url.searchParams.get("mode") === "semantic");
+  assert.equal(await page.inputValue("#mode"), "semantic");
 });
 
 test("related posts: a link on each result, in the URL, and back again", async () => {

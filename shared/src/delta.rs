@@ -178,9 +178,15 @@ impl<'a> Layers<'a> {
 
 /// Completes a delta being built in `conn` (its snapshot finished, its masks inserted) against
 /// the base attached as schema `base`: records the tags the masked base documents carried,
-/// numbers its cross-post families in the base's space, and stamps [`write_meta`] with what base
-/// and delta serve together.
-pub fn finish(conn: &Connection, base: &str, base_build_id: &str) -> rusqlite::Result<()> {
+/// numbers its cross-post families in the base's space, embeds its documents with the base's
+/// model (`model`, when it is that one, spares reading it from the base) and stamps
+/// [`write_meta`] with what base and delta serve together.
+pub fn finish(
+    conn: &Connection,
+    base: &str,
+    base_build_id: &str,
+    model: Option<&crate::embed::model::EmbeddingModel>,
+) -> rusqlite::Result<()> {
     conn.execute_batch(&format!(
         "INSERT INTO main.delta_tag_removals (tag, documents)
              SELECT t.tag, count(*) FROM {base}.document_tags AS t
@@ -190,15 +196,19 @@ pub fn finish(conn: &Connection, base: &str, base_build_id: &str) -> rusqlite::R
     adopt_families(conn, base)?;
     // Described against the whole corpus, not the few documents beside them.
     crate::similar::describe(conn, Some(base))?;
-    // Embedded with the base's model, so base and delta vectors compare.
-    let model = crate::embed::model::SnapshotModel::open(conn, base)
-        .and_then(|model| model.map(|model| model.load()).transpose())
-        .map_err(|error| match error {
-            crate::embed::model::ModelReadError::Sqlite(error) => error,
-            other => rusqlite::Error::UserFunctionError(other.into()),
-        })?;
-    if let Some(model) = model {
-        crate::embed::index::write(conn, &model)?;
+    // Embedded with the base's model, so base and delta vectors compare: `model` when it is
+    // the one the base names (no need to read 8 MB from the base), else the base's own.
+    let in_base = crate::embed::model::SnapshotModel::open(conn, base).map_err(model_error)?;
+    if let Some(in_base) = in_base {
+        match model {
+            Some(model) if model.name == in_base.name() => {
+                crate::embed::index::write(conn, model)?;
+            }
+            _ => {
+                let loaded = in_base.load().map_err(model_error)?;
+                crate::embed::index::write(conn, &loaded)?;
+            }
+        }
     }
     let count = |sql: String| conn.query_row(&sql, [], |row| row.get::<_, i64>(0));
     let served = |table: &str, kind: i64| {
@@ -223,6 +233,13 @@ pub fn finish(conn: &Connection, base: &str, base_build_id: &str) -> rusqlite::R
         .max(0) as u64,
     };
     write_meta(conn, base_build_id, served)
+}
+
+fn model_error(error: crate::embed::model::ModelReadError) -> rusqlite::Error {
+    match error {
+        crate::embed::model::ModelReadError::Sqlite(error) => error,
+        other => rusqlite::Error::UserFunctionError(other.into()),
+    }
 }
 
 /// Renumbers the delta's cross-post families (see [`crate::facts`]) in the base's space: a

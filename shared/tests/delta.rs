@@ -49,7 +49,7 @@ fn delta_over(base: &mut Connection, documents: &[SnapshotDocument], masked: &[&
         )
         .unwrap();
     }
-    delta::finish(&conn, "base", BASE_ID).unwrap();
+    delta::finish(&conn, "base", BASE_ID, None).unwrap();
     conn.execute_batch("DETACH base").unwrap();
     Delta::open(conn).unwrap()
 }

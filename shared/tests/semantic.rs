@@ -241,6 +241,14 @@ fn a_query_sharing_no_word_with_a_post_finds_it_by_meaning() {
     for text in ["yacht sailing", "Compost, SOIL & unknownword", "", "bread"] {
         assert_eq!(stored.embed(text).unwrap(), model.embed(text), "{text:?}");
     }
+    // And read back whole (as a delta's builder reads its base's), it is the same model.
+    let loaded = stored.load().unwrap();
+    assert_eq!(loaded.table, model.table);
+    assert_eq!(loaded.vocab.rules(), model.vocab.rules());
+    assert_eq!(loaded.name, model.name);
+    for text in ["yacht sailing", "Compost, SOIL & unknownword", "notes"] {
+        assert_eq!(loaded.embed(text), model.embed(text), "{text:?}");
+    }
 }
 
 #[test]
@@ -350,7 +358,7 @@ fn base_and_delta_answer_by_meaning_as_one_build() {
     let data = base.serialize("main").unwrap();
     conn.deserialize_read_exact("base", &data[..], data.len(), true)
         .unwrap();
-    delta::finish(&conn, "base", "base-build").unwrap();
+    delta::finish(&conn, "base", "base-build", Some(&model)).unwrap();
     conn.execute_batch("DETACH base").unwrap();
     let delta = Delta::open(conn).unwrap();
     let layers = Layers {

@@ -179,7 +179,7 @@ fn a_post_in_the_delta_finds_related_posts_in_the_base_and_back() {
     let data = base.serialize("main").unwrap();
     conn.deserialize_read_exact("base", &data[..], data.len(), true)
         .unwrap();
-    delta::finish(&conn, "base", "base-build").unwrap();
+    delta::finish(&conn, "base", "base-build", None).unwrap();
     conn.execute_batch("DETACH base").unwrap();
     let delta = Delta::open(conn).unwrap();
     search::prepare(&base).unwrap();

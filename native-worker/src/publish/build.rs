@@ -12,6 +12,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
+use pubsearch_shared::embed::model::EmbeddingModel;
 use pubsearch_shared::manifest::{self, Manifest};
 use pubsearch_shared::snapshot::{SnapshotDocument, SnapshotPublication, SnapshotWriter};
 use pubsearch_shared::{Platform, Timestamp, schema};
@@ -92,6 +93,20 @@ pub fn build(
     out: &Path,
     build_id: &str,
     channel: &str,
+    progress: impl FnMut(u64, u64),
+) -> Result<BuiltSnapshot, BuildError> {
+    // With the model installed, every document is embedded for semantic search.
+    let model = crate::embed::stored::for_builds();
+    build_with(store, out, build_id, channel, model.as_deref(), progress)
+}
+
+/// [`build`], embedding documents with `model` (none: a build without vectors).
+pub fn build_with(
+    store: &Store,
+    out: &Path,
+    build_id: &str,
+    channel: &str,
+    model: Option<&EmbeddingModel>,
     mut progress: impl FnMut(u64, u64),
 ) -> Result<BuiltSnapshot, BuildError> {
     let started = Instant::now();
@@ -124,11 +139,7 @@ pub fn build(
         progress(written, order.len() as u64);
     }
     add_handles(&tx, &mut writer, &authors, out)?;
-    // With the model installed, every document is embedded for semantic search here.
-    let model = crate::embed::stored::for_builds();
-    writer
-        .finish_with(watermark, model.as_deref())
-        .map_err(&write)?;
+    writer.finish_with(watermark, model).map_err(&write)?;
     drop(tx);
     let manifest = seal(target, out, build_id, channel, watermark, None)?;
     let counts = manifest.counts;

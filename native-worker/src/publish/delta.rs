@@ -175,6 +175,7 @@ fn mask(
             }
         }
     }
-    delta::finish(target, "base", &base.build_id)?;
+    let model = crate::embed::stored::for_builds();
+    delta::finish(target, "base", &base.build_id, model.as_deref())?;
     target.execute_batch("DETACH base")
 }

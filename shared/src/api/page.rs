@@ -12,9 +12,11 @@ use super::{Answer, CACHE_CONTROL, query_string};
 const TEMPLATE: &str = include_str!("page.html");
 /// Results per page (the script's `PAGE`).
 pub const PAGE_SIZE: u32 = 10;
-/// The page's fields, in the order links carry them: the form's, and `similar`, the URI of a
-/// post whose related posts are shown instead of a search.
-const FIELDS: [&str; 6] = ["q", "platform", "tag", "since", "author", "similar"];
+/// The page's fields, in the order links carry them: the form's, `similar` (the URI of a post
+/// whose related posts are shown instead of a search) and `mode`.
+const FIELDS: [&str; 7] = ["q", "platform", "tag", "since", "author", "similar", "mode"];
+/// The search mode's choices (`mode`), with their labels: words is the default.
+const MODES: [(&str, &str); 3] = [("", "Words"), ("semantic", "Meaning"), ("hybrid", "Both")];
 /// The platform filter's choices.
 const PLATFORMS: [&str; 6] = [
     "leaflet",
@@ -29,7 +31,7 @@ const PLATFORMS: [&str; 6] = [
 #[derive(Debug)]
 pub struct PageRequest {
     /// Each of [`FIELDS`], trimmed (empty when absent).
-    fields: [String; 6],
+    fields: [String; 7],
     offset: u32,
     /// `None` without a query; `Err` with the reason a query was refused.
     search: Option<Result<SearchRequest, String>>,
@@ -152,6 +154,14 @@ pub fn render(request: &PageRequest, results: Option<&Result<SearchPage, String>
             format!("    <option value=\"{value}\"{selected}>{label}</option>\n")
         })
         .collect();
+    let mode = request.field("mode");
+    let modes: String = MODES
+        .iter()
+        .map(|(value, label)| {
+            let selected = if *value == mode { " selected" } else { "" };
+            format!("    <option value=\"{value}\"{selected}>{label}</option>\n")
+        })
+        .collect();
     let (title, feed, feed_link) = if q.is_empty() {
         (
             "pubsearch — search long-form ATProto writing".to_owned(),
@@ -178,6 +188,7 @@ pub fn render(request: &PageRequest, results: Option<&Result<SearchPage, String>
             ("@feed", &feed),
             ("@q", &escape_html(q)),
             ("@platforms", platforms.trim_end()),
+            ("@modes", modes.trim_end()),
             ("@tag", &escape_html(request.field("tag"))),
             ("@since", &escape_html(request.field("since"))),
             ("@author", &escape_html(request.field("author"))),
@@ -338,5 +349,17 @@ mod tests {
         assert!(body.contains("value=\"2024-01-01\""));
         assert!(body.contains("href=\"/?q=rivers&amp;platform=pckt&amp;since=2024-01-01\""));
         assert!(body.contains("href=\"/feed?q=rivers&amp;platform=pckt&amp;since=2024-01-01\""));
+    }
+
+    #[test]
+    fn the_mode_is_chosen_in_the_form_and_carried_by_links() {
+        let body = render(&request(&[("q", "rivers"), ("mode", "hybrid")]), None).body;
+        assert!(body.contains("<option value=\"hybrid\" selected>Both</option>"));
+        assert!(
+            body.contains("href=\"/feed?q=rivers&amp;mode=hybrid\""),
+            "{body}"
+        );
+        let words = render(&request(&[("q", "rivers")]), None).body;
+        assert!(words.contains("<option value=\"\" selected>Words</option>"));
     }
 }
