@@ -36,12 +36,15 @@ pub fn write(conn: &Connection, model: &EmbeddingModel) -> rusqlite::Result<u64>
             text = crate::content::FUNCTION,
         ))?;
         let mut documents = rows.query([])?;
+        let mut batch = Vec::with_capacity(EMBED_BATCH);
         while let Some(row) = documents.next()? {
             let text = document_text(&row.get::<_, String>(1)?, &row.get::<_, String>(2)?);
-            if let Some(vector) = model.embed(&text) {
-                vectors.push((row.get(0)?, vector));
+            batch.push((row.get::<_, i64>(0)?, text));
+            if batch.len() == EMBED_BATCH {
+                vectors.extend(embed_batch(model, &mut batch));
             }
         }
+        vectors.extend(embed_batch(model, &mut batch));
     }
     let depth = depth_for(vectors.len());
     let mut order: Vec<usize> = (0..vectors.len()).collect();
@@ -75,6 +78,39 @@ pub fn write(conn: &Connection, model: &EmbeddingModel) -> rusqlite::Result<u64>
         (META_DEPTH, depth.to_string()),
     )?;
     Ok(vectors.len() as u64)
+}
+
+/// Documents' texts read before they are embedded together.
+const EMBED_BATCH: usize = 2048;
+
+/// Embeds and empties `batch`, in order, on every core natively (documents that get no vector
+/// are left out).
+fn embed_batch(model: &EmbeddingModel, batch: &mut Vec<(i64, String)>) -> Vec<(i64, Vec<f32>)> {
+    let embed = |part: &[(i64, String)]| -> Vec<(i64, Vec<f32>)> {
+        part.iter()
+            .filter_map(|(id, text)| model.embed(text).map(|vector| (*id, vector)))
+            .collect()
+    };
+    #[cfg(not(target_arch = "wasm32"))]
+    let vectors = {
+        let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let share = batch.len().div_ceil(threads).max(1);
+        std::thread::scope(|scope| {
+            let workers: Vec<_> = batch
+                .chunks(share)
+                .map(|part| scope.spawn(move || embed(part)))
+                .collect();
+            workers
+                .into_iter()
+                .flat_map(|worker| worker.join().expect("an embedding thread panicked"))
+                .collect()
+        })
+    };
+    // Builds are made natively; a wasm caller (a test) embeds on its one thread.
+    #[cfg(target_arch = "wasm32")]
+    let vectors = embed(batch);
+    batch.clear();
+    vectors
 }
 
 /// Levels below the root so that no leaf holds more than [`LEAF_DOCUMENTS`].
