@@ -350,6 +350,15 @@ impl SearchRequest {
         }
     }
 
+    /// Whether articles and looseleafs are wanted; `None` when neither is (no document can be).
+    pub(crate) fn document_kinds(&self) -> Option<(bool, bool)> {
+        let kinds = (
+            self.wants(ResultKind::Article),
+            self.wants(ResultKind::Looseleaf),
+        );
+        (kinds.0 || kinds.1).then_some(kinds)
+    }
+
     pub(crate) fn wants(&self, kind: ResultKind) -> bool {
         self.kinds.contains(&kind)
     }
@@ -837,13 +846,9 @@ fn document_candidates(
     request: &SearchRequest,
     now: Timestamp,
 ) -> Result<Vec<Candidate>, SearchError> {
-    let (articles, looseleafs) = (
-        request.wants(ResultKind::Article),
-        request.wants(ResultKind::Looseleaf),
-    );
-    if !articles && !looseleafs {
+    let Some((articles, looseleafs)) = request.document_kinds() else {
         return Ok(Vec::new());
-    }
+    };
     let now_seconds = now.unix_millis() as f64 / 1000.0;
     let stats = shared_stats(sources, "documents_fts", request)?;
     let (sql, args, given_at) = document_scan(request, articles, looseleafs, stats.is_some());

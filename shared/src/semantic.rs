@@ -91,13 +91,9 @@ pub(crate) fn candidates(
     request: &SearchRequest,
     vector: &[f32],
 ) -> Result<Vec<Candidate>, SearchError> {
-    let (articles, looseleafs) = (
-        request.wants(ResultKind::Article),
-        request.wants(ResultKind::Looseleaf),
-    );
-    if !articles && !looseleafs {
+    let Some((articles, looseleafs)) = request.document_kinds() else {
         return Ok(Vec::new());
-    }
+    };
     let (filters, mut args) = crate::search::document_filters(request, articles, looseleafs, "?1");
     let test = (!filters.is_empty()).then(|| format!("SELECT {}", filters.join(" AND ")));
     let mut found = Vec::new();

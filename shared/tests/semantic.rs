@@ -16,7 +16,7 @@ use pubsearch_shared::embed::table::StaticTable;
 use pubsearch_shared::embed::wordpiece::{Rules, WordPiece};
 use pubsearch_shared::search::{self, NoPrefetch, SearchRequest};
 use pubsearch_shared::snapshot::{SnapshotDocument, SnapshotWriter};
-use pubsearch_shared::{Platform, SearchError};
+use pubsearch_shared::SearchError;
 use rusqlite::Connection;
 
 /// Words that mean one thing each: a word's row points mostly along its topic's dimension.
@@ -107,17 +107,7 @@ fn tiny_model() -> EmbeddingModel {
 }
 
 fn entry(did: &str, rkey: &str, title: &str, content: &str) -> SnapshotDocument {
-    let mut document = support::documents().remove(0);
-    document.uri = format!("at://{did}/com.whtwnd.blog.entry/{rkey}");
-    document.did = did.into();
-    document.rkey = rkey.into();
-    document.title = title.into();
-    document.content = content.into();
-    document.tags = Vec::new();
-    document.publication_uri = None;
-    document.base_path = None;
-    document.platform = Platform::Whitewind;
-    document
+    support::whitewind_entry(did, rkey, title, content)
 }
 
 fn topical() -> Vec<SnapshotDocument> {

@@ -13,18 +13,8 @@ use pubsearch_shared::similar;
 use pubsearch_shared::snapshot::{SnapshotDocument, SnapshotWriter};
 use rusqlite::Connection;
 
-/// A whitewind entry by `did` with `rkey`, `title` and `content`.
 fn entry(did: &str, rkey: &str, title: &str, content: &str) -> SnapshotDocument {
-    let mut document = support::documents().remove(0);
-    document.uri = format!("at://{did}/com.whtwnd.blog.entry/{rkey}");
-    document.did = did.into();
-    document.rkey = rkey.into();
-    document.title = title.into();
-    document.content = content.into();
-    document.tags = Vec::new();
-    document.publication_uri = None;
-    document.base_path = None;
-    document
+    support::whitewind_entry(did, rkey, title, content)
 }
 
 /// Three posts on sourdough, worded differently; one on sailing; a cross-post of the first.

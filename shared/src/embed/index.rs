@@ -191,11 +191,6 @@ pub struct Near {
     pub similarity: f32,
 }
 
-/// Whether the snapshot attached as `schema` has document vectors.
-pub fn has_vectors(conn: &Connection, schema: &str) -> rusqlite::Result<bool> {
-    Ok(depth(conn, schema)?.is_some())
-}
-
 fn depth(conn: &Connection, schema: &str) -> rusqlite::Result<Option<u32>> {
     let has_table: bool = conn.query_row(
         &format!(

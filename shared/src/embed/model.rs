@@ -46,7 +46,7 @@ impl EmbeddingModel {
         let mut rows = conn.prepare("INSERT INTO embed_rows (id, row) VALUES (?1, ?2)")?;
         for id in 0..self.table.rows() as u32 {
             let (scale, values) = self.table.quantized(id).expect("id within the table");
-            rows.execute((id, stored_row(scale, values)))?;
+            rows.execute((id, table::pack_quantized(scale, values)))?;
         }
         let rules = self.vocab.rules();
         let mut meta = conn.prepare("INSERT OR REPLACE INTO meta (key, value) VALUES (?1, ?2)")?;
@@ -65,18 +65,10 @@ const META_UNKNOWN: &str = "embed_unknown";
 const META_PREFIX: &str = "embed_prefix";
 const META_MAX_WORD_CHARS: &str = "embed_max_word_chars";
 
-/// A row as `embed_rows` stores it: int8 values, then the scale's four little-endian bytes.
-fn stored_row(scale: f32, values: &[i8]) -> Vec<u8> {
-    let mut out: Vec<u8> = values.iter().map(|&v| v as u8).collect();
-    out.extend_from_slice(&scale.to_le_bytes());
-    out
-}
-
-/// A stored row split back into its scale and values; `None` when it is not `dims` wide.
+/// A stored row (in [`table::pack`]'s layout) split back into its scale and values; `None` when
+/// it is not `dims` wide.
 fn split_row(stored: &[u8], dims: usize) -> Option<(f32, Vec<i8>)> {
-    let (values, scale) = stored.split_at_checked(dims)?;
-    let scale = f32::from_le_bytes(scale.try_into().ok()?);
-    Some((scale, values.iter().map(|&v| v as i8).collect()))
+    table::unpack_quantized(stored, dims).map(|(scale, values)| (scale, values.collect()))
 }
 
 /// Why a snapshot's model could not be read.

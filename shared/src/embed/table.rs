@@ -107,31 +107,43 @@ pub fn mean_of<'a>(
 pub fn pack(vector: &[f32]) -> Vec<u8> {
     let largest = vector.iter().fold(0.0f32, |m, v| m.max(v.abs()));
     let scale = if largest > 0.0 { largest / 127.0 } else { 1.0 };
-    let mut out: Vec<u8> = vector
+    let values: Vec<i8> = vector
         .iter()
-        .map(|v| (v / scale).round().clamp(-127.0, 127.0) as i8 as u8)
+        .map(|v| (v / scale).round().clamp(-127.0, 127.0) as i8)
         .collect();
+    pack_quantized(scale, &values)
+}
+
+/// Values already quantised, with their scale, in [`pack`]'s layout (a table's rows are stored
+/// so in a snapshot).
+pub fn pack_quantized(scale: f32, values: &[i8]) -> Vec<u8> {
+    let mut out: Vec<u8> = values.iter().map(|&v| v as u8).collect();
     out.extend_from_slice(&scale.to_le_bytes());
     out
 }
 
+/// A [`pack`]ed vector's scale and values; `None` when it is not `dims` wide.
+pub fn unpack_quantized(packed: &[u8], dims: usize) -> Option<(f32, impl Iterator<Item = i8>)> {
+    let (values, scale) = packed.split_at_checked(dims)?;
+    let scale = f32::from_le_bytes(scale.try_into().ok()?);
+    Some((scale, values.iter().map(|&v| v as i8)))
+}
+
 /// The dot product of `query` with a [`pack`]ed vector; `None` when the widths differ.
 pub fn dot_packed(query: &[f32], packed: &[u8]) -> Option<f32> {
-    let (values, scale) = packed.split_at_checked(query.len())?;
-    let scale = f32::from_le_bytes(scale.try_into().ok()?);
+    let (scale, values) = unpack_quantized(packed, query.len())?;
     let sum: f32 = query
         .iter()
         .zip(values)
-        .map(|(q, &v)| q * f32::from(v as i8))
+        .map(|(q, v)| q * f32::from(v))
         .sum();
     Some(sum * scale)
 }
 
 /// A [`pack`]ed vector back as floats; `None` when it is not `dims` wide.
 pub fn unpack(packed: &[u8], dims: usize) -> Option<Vec<f32>> {
-    let (values, scale) = packed.split_at_checked(dims)?;
-    let scale = f32::from_le_bytes(scale.try_into().ok()?);
-    Some(values.iter().map(|&v| f32::from(v as i8) * scale).collect())
+    let (scale, values) = unpack_quantized(packed, dims)?;
+    Some(values.map(|v| f32::from(v) * scale).collect())
 }
 
 #[cfg(test)]

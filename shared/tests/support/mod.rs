@@ -355,6 +355,22 @@ pub fn documents() -> Vec<SnapshotDocument> {
     documents
 }
 
+/// A whitewind entry by `did` with `rkey`, `title` and `content`: no tags, no publication.
+pub fn whitewind_entry(did: &str, rkey: &str, title: &str, content: &str) -> SnapshotDocument {
+    let mut document = documents().remove(0);
+    document.uri = format!("at://{did}/com.whtwnd.blog.entry/{rkey}");
+    document.did = did.into();
+    document.rkey = rkey.into();
+    document.collection = "com.whtwnd.blog.entry".into();
+    document.title = title.into();
+    document.content = content.into();
+    document.tags = Vec::new();
+    document.publication_uri = None;
+    document.base_path = None;
+    document.platform = Platform::Whitewind;
+    document
+}
+
 /// An in-memory snapshot of the fixture corpus.
 pub fn open_fixture() -> Connection {
     let mut conn = Connection::open_in_memory().unwrap();
