@@ -10,13 +10,13 @@ use wasm_bindgen_test::wasm_bindgen_test as test;
 
 use std::collections::HashMap;
 
+use pubsearch_shared::SearchError;
 use pubsearch_shared::delta::{self, Delta, Layers};
 use pubsearch_shared::embed::model::{EmbeddingModel, SnapshotModel};
 use pubsearch_shared::embed::table::StaticTable;
 use pubsearch_shared::embed::wordpiece::{Rules, WordPiece};
 use pubsearch_shared::search::{self, NoPrefetch, SearchRequest};
 use pubsearch_shared::snapshot::{SnapshotDocument, SnapshotWriter};
-use pubsearch_shared::SearchError;
 use rusqlite::Connection;
 
 /// Words that mean one thing each: a word's row points mostly along its topic's dimension.
