@@ -10,7 +10,8 @@
 //! - [`latency`]: lock-free latency histograms behind `/stats`.
 //! - [`telemetry`]: stderr logs and non-blocking OTLP trace export.
 //! - [`extract`]: a record → a normalised document or publication, or why not.
-//! - [`embed`]: the embedding model's forward pass, for distilling semantic search's table.
+//! - [`embed`]: the model builds embed documents with (the `pubsearch-encoder` crate distils its table;
+//!   `embed::stored` keeps it beside the model).
 //! - [`firehose`]: Jetstream, tap and replay consumers decoding frames into events, delivered
 //!   through the source interface [`firehose::EventSink`].
 //! - [`corpus`]: a deterministic synthetic firehose corpus for tests and benchmarks.
