@@ -70,8 +70,8 @@ impl<'conn> SnapshotWriter<'conn> {
         Ok(Self { tx })
     }
 
-    /// Adds one document; its tags are normalised and deduplicated.
-    pub fn add_document(&mut self, doc: &SnapshotDocument) -> rusqlite::Result<()> {
+    /// Adds one document (its tags normalised and deduplicated) and returns its row.
+    pub fn add_document(&mut self, doc: &SnapshotDocument) -> rusqlite::Result<i64> {
         let mut tags: Vec<String> = doc
             .tags
             .iter()
@@ -110,7 +110,13 @@ impl<'conn> SnapshotWriter<'conn> {
         for tag in &tags {
             tag_insert.execute(params![tag, id])?;
         }
-        Ok(())
+        Ok(id)
+    }
+
+    /// Gives the document in row `id` its vector by `model`, computed before (the native store
+    /// keeps them): [`SnapshotWriter::finish_with`] that model embeds only the others.
+    pub fn give_vector(&mut self, id: i64, model: &str, packed: &[u8]) -> rusqlite::Result<()> {
+        crate::embed::index::give(&self.tx, id, model, packed)
     }
 
     /// Adds one publication.
@@ -151,8 +157,9 @@ impl<'conn> SnapshotWriter<'conn> {
         self.finish_with(source_watermark_us, None)
     }
 
-    /// [`SnapshotWriter::finish`], also writing `model` and every document's vector embedded
-    /// with it (see [`crate::embed::index`]), so the build answers semantic searches.
+    /// [`SnapshotWriter::finish`], also writing `model` and every document's vector by it (the
+    /// ones given with [`SnapshotWriter::give_vector`], the rest embedded here; see
+    /// [`crate::embed::index`]), so the build answers semantic searches.
     pub fn finish_with(
         self,
         source_watermark_us: i64,

@@ -25,26 +25,47 @@ pub const PROBED_LEAVES: usize = 12;
 const POWER_ITERATIONS: usize = 6;
 const META_DEPTH: &str = "vector_depth";
 
-/// Embeds every document of the snapshot being built in `conn` with `model` and writes the
-/// tree. Returns how many documents got a vector (one whose text has no known piece gets none).
+/// Writes the tree of every document of the snapshot being built in `conn`: each with the
+/// vector given for it by `model` ([`give`]), else embedded with `model` now. Returns how many
+/// documents have a vector (one whose text has no known piece gets none). A given vector and
+/// one computed here are the same bytes ([`table::pack`] of [`EmbeddingModel::embed`]), and the
+/// tree is built from those bytes, so a build is the same whichever way its vectors came.
 pub fn write(conn: &Connection, model: &EmbeddingModel) -> rusqlite::Result<u64> {
-    let mut vectors: Vec<(i64, Vec<f32>)> = Vec::new();
+    let mut vectors = Packed::new(model.table.dims());
     {
+        let (given, parameters) = if has_given(conn)? {
+            (
+                "(SELECT g.vector FROM temp.given_vectors AS g WHERE g.id = d.id AND g.model = ?1)",
+                vec![model.name.as_str()],
+            )
+        } else {
+            ("NULL", Vec::new())
+        };
         let mut rows = conn.prepare(&format!(
-            "SELECT d.id, d.title, {text}(b.content)
-             FROM documents AS d JOIN document_bodies AS b ON b.id = d.id ORDER BY d.id",
+            "SELECT id, given, CASE WHEN given IS NULL THEN title END,
+                    CASE WHEN given IS NULL THEN {text}(content) END
+             FROM (SELECT d.id, d.title, b.content, {given} AS given
+                   FROM documents AS d JOIN document_bodies AS b ON b.id = d.id ORDER BY d.id)",
             text = crate::content::FUNCTION,
         ))?;
-        let mut documents = rows.query([])?;
+        let mut documents = rows.query(rusqlite::params_from_iter(parameters))?;
         let mut batch = Vec::with_capacity(EMBED_BATCH);
         while let Some(row) = documents.next()? {
-            let text = document_text(&row.get::<_, String>(1)?, &row.get::<_, String>(2)?);
-            batch.push((row.get::<_, i64>(0)?, text));
+            let id = row.get::<_, i64>(0)?;
+            let vector = match row.get::<_, Option<Vec<u8>>>(1)? {
+                Some(given) if given.len() == vectors.width() => Source::Given(given),
+                _ => {
+                    let title = row.get::<_, Option<String>>(2)?.unwrap_or_default();
+                    let content = row.get::<_, Option<String>>(3)?.unwrap_or_default();
+                    Source::Text(document_text(&title, &content))
+                }
+            };
+            batch.push((id, vector));
             if batch.len() == EMBED_BATCH {
-                vectors.extend(embed_batch(model, &mut batch));
+                embed_batch(model, &mut batch, &mut vectors);
             }
         }
-        vectors.extend(embed_batch(model, &mut batch));
+        embed_batch(model, &mut batch, &mut vectors);
     }
     let depth = depth_for(vectors.len());
     let mut order: Vec<usize> = (0..vectors.len()).collect();
@@ -57,17 +78,16 @@ pub fn write(conn: &Connection, model: &EmbeddingModel) -> rusqlite::Result<u64>
     for at in 0..=depth {
         let mut next = Vec::with_capacity(level.len() * 2);
         for (node, range) in level {
-            if let Some(centroid) = mean(range.clone().map(|i| &vectors[order[i]].1)) {
+            if let Some(centroid) = vectors.mean(&order[range.clone()]) {
                 insert_node.execute((node, table::pack(&centroid)))?;
             }
             if at == depth {
                 for &i in &order[range] {
-                    let (id, vector) = &vectors[i];
-                    insert_vector.execute((node, id, table::pack(vector)))?;
+                    insert_vector.execute((node, vectors.ids[i], vectors.packed(i)))?;
                 }
                 continue;
             }
-            let middle = split(&vectors, &mut order[range.clone()]);
+            let middle = vectors.split(&mut order[range.clone()]);
             next.push((node * 2, range.start..range.start + middle));
             next.push((node * 2 + 1, range.start + middle..range.end));
         }
@@ -80,37 +100,63 @@ pub fn write(conn: &Connection, model: &EmbeddingModel) -> rusqlite::Result<u64>
     Ok(vectors.len() as u64)
 }
 
+/// Gives [`write`] the vector, by `model`, of the document in row `id` of the snapshot being
+/// built in `conn`: one computed before (the store keeps them), so the build need not embed it.
+pub fn give(conn: &Connection, id: i64, model: &str, packed: &[u8]) -> rusqlite::Result<()> {
+    if !has_given(conn)? {
+        // A temporary table: it lives with the connection, never in the file.
+        conn.execute_batch(
+            "CREATE TEMP TABLE given_vectors (
+                 id INTEGER PRIMARY KEY, model TEXT NOT NULL, vector BLOB NOT NULL)",
+        )?;
+    }
+    conn.prepare_cached(
+        "INSERT OR REPLACE INTO temp.given_vectors (id, model, vector) VALUES (?1, ?2, ?3)",
+    )?
+    .execute((id, model, packed))?;
+    Ok(())
+}
+
+fn has_given(conn: &Connection) -> rusqlite::Result<bool> {
+    conn.prepare_cached(
+        "SELECT EXISTS (SELECT 1 FROM temp.sqlite_master WHERE name = 'given_vectors')",
+    )?
+    .query_row([], |row| row.get(0))
+}
+
 /// Documents' texts read before they are embedded together.
 const EMBED_BATCH: usize = 2048;
 
-/// Embeds and empties `batch`, in order, on every core natively (documents that get no vector
-/// are left out).
-fn embed_batch(model: &EmbeddingModel, batch: &mut Vec<(i64, String)>) -> Vec<(i64, Vec<f32>)> {
-    let embed = |part: &[(i64, String)]| -> Vec<(i64, Vec<f32>)> {
+/// Where a document's vector comes from.
+enum Source {
+    Given(Vec<u8>),
+    Text(String),
+}
+
+/// Adds `batch`'s vectors to `vectors` in order, embedding the texts on every core natively
+/// (documents that get no vector are left out), and empties it.
+fn embed_batch(model: &EmbeddingModel, batch: &mut Vec<(i64, Source)>, vectors: &mut Packed) {
+    let embed = |part: &[(i64, Source)]| -> Vec<Option<Vec<u8>>> {
         part.iter()
-            .filter_map(|(id, text)| model.embed(text).map(|vector| (*id, vector)))
+            .map(|(_, source)| match source {
+                Source::Given(_) => None,
+                Source::Text(text) => model.embed(text).map(|vector| table::pack(&vector)),
+            })
             .collect()
     };
-    #[cfg(not(target_arch = "wasm32"))]
-    let vectors = {
-        let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
-        let share = batch.len().div_ceil(threads).max(1);
-        std::thread::scope(|scope| {
-            let workers: Vec<_> = batch
-                .chunks(share)
-                .map(|part| scope.spawn(move || embed(part)))
-                .collect();
-            workers
-                .into_iter()
-                .flat_map(|worker| worker.join().expect("an embedding thread panicked"))
-                .collect()
-        })
-    };
-    // Builds are made natively; a wasm caller (a test) embeds on its one thread.
-    #[cfg(target_arch = "wasm32")]
-    let vectors = embed(batch);
-    batch.clear();
-    vectors
+    // Builds are made natively, on every core; a wasm caller (a test) has its one thread.
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let embedded = super::in_parallel(batch, threads, embed);
+    for ((id, source), computed) in batch.drain(..).zip(embedded) {
+        match source {
+            Source::Given(packed) => vectors.push(id, &packed),
+            Source::Text(_) => {
+                if let Some(packed) = computed {
+                    vectors.push(id, &packed);
+                }
+            }
+        }
+    }
 }
 
 /// Levels below the root so that no leaf holds more than [`LEAF_DOCUMENTS`].
@@ -122,66 +168,102 @@ fn depth_for(documents: usize) -> u32 {
     depth
 }
 
-/// The normalised mean of `vectors`; `None` for none (or a mean of zero).
-fn mean<'a>(vectors: impl Iterator<Item = &'a Vec<f32>>) -> Option<Vec<f32>> {
-    let mut sum: Option<Vec<f32>> = None;
-    for vector in vectors {
-        match &mut sum {
-            Some(sum) => sum.iter_mut().zip(vector).for_each(|(s, v)| *s += v),
-            None => sum = Some(vector.clone()),
-        }
-    }
-    let sum = sum?;
-    let norm = sum.iter().map(|v| v * v).sum::<f32>().sqrt();
-    (norm > 0.0).then(|| sum.into_iter().map(|v| v / norm).collect())
+/// Documents' packed vectors side by side in one buffer, as the tree is built from them: 268
+/// bytes a document with its id (260 MB for a million, a quarter of them as floats).
+struct Packed {
+    dims: usize,
+    ids: Vec<i64>,
+    bytes: Vec<u8>,
 }
 
-/// Orders `part` (indexes into `vectors`) by projection on its principal direction and returns
-/// where the upper half starts: the two halves differ in size by at most one.
-fn split(vectors: &[(i64, Vec<f32>)], part: &mut [usize]) -> usize {
-    let middle = part.len() / 2;
-    let Some(first) = part.first() else {
-        return 0;
-    };
-    let dims = vectors[*first].1.len();
-    let centre: Vec<f32> = {
-        let mut sum = vec![0.0f32; dims];
-        for &i in part.iter() {
-            sum.iter_mut().zip(&vectors[i].1).for_each(|(s, v)| *s += v);
+impl Packed {
+    fn new(dims: usize) -> Self {
+        Packed {
+            dims,
+            ids: Vec::new(),
+            bytes: Vec::new(),
         }
-        sum.into_iter().map(|s| s / part.len() as f32).collect()
-    };
-    // Power iteration on the covariance, from a fixed start so builds are reproducible.
-    let mut direction: Vec<f32> = (0..dims).map(|d| 1.0 / (1.0 + d as f32)).collect();
-    for _ in 0..POWER_ITERATIONS {
-        let mut next = vec![0.0f32; dims];
-        for &i in part.iter() {
-            let centred = vectors[i].1.iter().zip(&centre).map(|(v, c)| v - c);
-            let along: f32 = centred.clone().zip(&direction).map(|(x, d)| x * d).sum();
-            next.iter_mut()
-                .zip(centred)
-                .for_each(|(n, x)| *n += along * x);
-        }
-        let norm = next.iter().map(|v| v * v).sum::<f32>().sqrt();
-        if norm == 0.0 {
-            break;
-        }
-        direction = next.into_iter().map(|v| v / norm).collect();
     }
-    let projection = |i: usize| -> f32 {
-        vectors[i]
-            .1
-            .iter()
-            .zip(&direction)
-            .map(|(v, d)| v * d)
-            .sum()
-    };
-    part.select_nth_unstable_by(middle, |&a, &b| {
-        projection(a)
-            .total_cmp(&projection(b))
-            .then(vectors[a].0.cmp(&vectors[b].0))
-    });
-    middle
+
+    fn width(&self) -> usize {
+        self.dims + 4
+    }
+
+    fn len(&self) -> usize {
+        self.ids.len()
+    }
+
+    fn push(&mut self, id: i64, packed: &[u8]) {
+        self.ids.push(id);
+        self.bytes.extend_from_slice(packed);
+    }
+
+    fn packed(&self, i: usize) -> &[u8] {
+        &self.bytes[i * self.width()..(i + 1) * self.width()]
+    }
+
+    /// Vector `i`'s values, as [`table::unpack`] gives them.
+    fn values(&self, i: usize) -> impl Iterator<Item = f32> + Clone + '_ {
+        let (scale, values) =
+            table::unpack_quantized(self.packed(i), self.dims).expect("pushed at the width");
+        values.map(move |v| f32::from(v) * scale)
+    }
+
+    /// The normalised mean of the vectors `part`; `None` for none (or a mean of zero).
+    fn mean(&self, part: &[usize]) -> Option<Vec<f32>> {
+        let mut sum = vec![0.0f32; self.dims];
+        for &i in part {
+            sum.iter_mut()
+                .zip(self.values(i))
+                .for_each(|(s, v)| *s += v);
+        }
+        let norm = sum.iter().map(|v| v * v).sum::<f32>().sqrt();
+        (!part.is_empty() && norm > 0.0).then(|| sum.into_iter().map(|v| v / norm).collect())
+    }
+
+    /// Orders `part` by projection on its principal direction and returns where the upper half
+    /// starts: the two halves differ in size by at most one.
+    fn split(&self, part: &mut [usize]) -> usize {
+        let middle = part.len() / 2;
+        if part.is_empty() {
+            return 0;
+        }
+        let dims = self.dims;
+        let centre: Vec<f32> = {
+            let mut sum = vec![0.0f32; dims];
+            for &i in part.iter() {
+                sum.iter_mut()
+                    .zip(self.values(i))
+                    .for_each(|(s, v)| *s += v);
+            }
+            sum.into_iter().map(|s| s / part.len() as f32).collect()
+        };
+        // Power iteration on the covariance, from a fixed start so builds are reproducible.
+        let mut direction: Vec<f32> = (0..dims).map(|d| 1.0 / (1.0 + d as f32)).collect();
+        for _ in 0..POWER_ITERATIONS {
+            let mut next = vec![0.0f32; dims];
+            for &i in part.iter() {
+                let centred = self.values(i).zip(&centre).map(|(v, c)| v - c);
+                let along: f32 = centred.clone().zip(&direction).map(|(x, d)| x * d).sum();
+                next.iter_mut()
+                    .zip(centred)
+                    .for_each(|(n, x)| *n += along * x);
+            }
+            let norm = next.iter().map(|v| v * v).sum::<f32>().sqrt();
+            if norm == 0.0 {
+                break;
+            }
+            direction = next.into_iter().map(|v| v / norm).collect();
+        }
+        let projection =
+            |i: usize| -> f32 { self.values(i).zip(&direction).map(|(v, d)| v * d).sum() };
+        part.select_nth_unstable_by(middle, |&a, &b| {
+            projection(a)
+                .total_cmp(&projection(b))
+                .then(self.ids[a].cmp(&self.ids[b]))
+        });
+        middle
+    }
 }
 
 /// A document found near a query, by its row and the cosine similarity of the two.

@@ -123,7 +123,10 @@ pub fn pack_quantized(scale: f32, values: &[i8]) -> Vec<u8> {
 }
 
 /// A [`pack`]ed vector's scale and values; `None` when it is not `dims` wide.
-pub fn unpack_quantized(packed: &[u8], dims: usize) -> Option<(f32, impl Iterator<Item = i8>)> {
+pub fn unpack_quantized(
+    packed: &[u8],
+    dims: usize,
+) -> Option<(f32, impl Iterator<Item = i8> + Clone)> {
     let (values, scale) = packed.split_at_checked(dims)?;
     let scale = f32::from_le_bytes(scale.try_into().ok()?);
     Some((scale, values.iter().map(|&v| v as i8)))
