@@ -170,6 +170,17 @@ const MIGRATIONS: &[&str] = &[
                 FROM json_each(image.value -> '$.values') AS cell))))
         FROM json_each(upstream_queue.rows) AS image);
     "#,
+    // 9: documents' vectors for semantic search, kept by the embedder beside ingest
+    // (ARCHITECTURE.md, "Embeddings"): derived from the row they name as it was at
+    // `source_stamp` (its `indexed_at`), by `model`; recomputable, so never replicated.
+    r#"
+    CREATE TABLE IF NOT EXISTS document_vectors (
+        document_id  INTEGER PRIMARY KEY,
+        model        TEXT NOT NULL,
+        source_stamp INTEGER NOT NULL,
+        vector       BLOB NOT NULL
+    );
+    "#,
 ];
 
 /// The schema version this build writes.

@@ -8,10 +8,13 @@
 //! [`read`], the only SQL over the store's tables outside the writer. The writer leaves WAL
 //! checkpoints to a thread of their own ([`checkpoint`]), so a commit costs only its own pages.
 //! The store keeps no full-text index: snapshots build their own (migration 7 dropped the one
-//! it kept, which nothing read and which was most of ingest's cost).
+//! it kept, which nothing read and which was most of ingest's cost). It does keep documents'
+//! vectors for semantic search, derived data with a write connection of its own
+//! ([`vectors`]), so computing them never holds up ingest's commits.
 //!
 //! Module map: [`migrations`] (the schema, versioned), [`writer`], [`replica`] (the replicated
-//! tables' columns, defined once, and whole-row images of them), [`read`], [`checkpoint`].
+//! tables' columns, defined once, and whole-row images of them), [`read`], [`vectors`],
+//! [`checkpoint`].
 //!
 //! Records are idempotent by revision: a change older than what is stored is ignored, deletes
 //! leave a tombstone that remembers the revision, so replays and redeliveries are harmless.
@@ -20,6 +23,7 @@ mod checkpoint;
 mod migrations;
 pub mod read;
 pub mod replica;
+pub mod vectors;
 mod writer;
 
 use std::path::{Path, PathBuf};
@@ -136,6 +140,20 @@ impl Store {
             .map_err(open)?;
         let checkpointer = checkpoint::Checkpointer::spawn(&self.path).map_err(open)?;
         Ok(StoreWriter::new(conn, checkpointer))
+    }
+
+    /// The write connection for documents' vectors ([`vectors`]). Open one per process, beside
+    /// [`Store::writer`]. Its commits are not synced to disk one by one (`synchronous =
+    /// NORMAL`): vectors lost to a power cut are computed again, and never leave the store
+    /// inconsistent.
+    pub fn vector_writer(&self) -> Result<vectors::VectorWriter, StoreError> {
+        let open = self.open_error();
+        let conn = self.open_write_connection()?;
+        conn.pragma_update(None, "synchronous", "NORMAL")
+            .map_err(open)?;
+        conn.pragma_update(None, "wal_autocheckpoint", checkpoint::BACKSTOP_PAGES)
+            .map_err(open)?;
+        Ok(vectors::VectorWriter::new(conn))
     }
 
     /// A read-only connection that never blocks the writer (WAL readers see the last commit).

@@ -192,7 +192,11 @@ fn next_stamp(tx: &Connection, last: i64) -> rusqlite::Result<i64> {
 }
 
 /// Moves a source's cursor forward (never back: a replay may end behind it). Returns rows changed.
-fn advance_cursor(tx: &Connection, source: &str, position: i64) -> rusqlite::Result<usize> {
+pub(super) fn advance_cursor(
+    tx: &Connection,
+    source: &str,
+    position: i64,
+) -> rusqlite::Result<usize> {
     tx.prepare_cached(
         "INSERT INTO cursors (source, position) VALUES (?1, ?2)
          ON CONFLICT(source) DO UPDATE SET position = max(position, excluded.position)",
