@@ -16,9 +16,12 @@
 //!   through the source interface [`firehose::EventSink`].
 //! - [`corpus`]: a deterministic synthetic firehose corpus for tests and benchmarks.
 //! - [`store`]: the local WAL SQLite system of record: one writer applying record changes and
-//!   bookkeeping marks, row images shared with Turso, a typed read API, read-only readers.
+//!   bookkeeping marks, row images shared with Turso, a typed read API, read-only readers, and
+//!   documents' vectors with a write connection of their own.
 //! - [`ingest`]: events → extraction and policy → a bounded queue → one batching writer thread
 //!   (implements [`firehose::EventSink`]).
+//! - [`embedder`]: keeps the store's document vectors current beside ingest, on a thread of its
+//!   own, so builds read them instead of embedding.
 //! - [`turso`]: Hrana client, write-through of ingest batches, and sync down by watermark.
 //! - [`backfill`]: copies whole repos from their PDS through the same pipeline.
 //! - [`flow`]: durable orchestrations on WAL SQLite for the long jobs (snapshot publishing).
@@ -34,6 +37,7 @@ pub mod cli;
 pub mod clock;
 pub mod corpus;
 pub mod embed;
+pub mod embedder;
 pub mod extract;
 pub mod firehose;
 pub mod flow;

@@ -16,6 +16,7 @@ use pubsearch_shared::manifest::Manifest;
 use tracing::Instrument;
 
 use crate::admin::{self, AdminState};
+use crate::embedder::{self, EmbedderOptions};
 use crate::firehose::jetstream::{self, JetstreamConfig};
 use crate::firehose::replay;
 use crate::firehose::tap::{self, TapConfig};
@@ -64,6 +65,9 @@ pub struct RunOptions {
     pub serve: Option<ServeOptions>,
     /// Told ingest's counters about five times a second (a progress display).
     pub progress: Option<ProgressHook>,
+    /// Keep documents' vectors in the store as they are written ([`crate::embedder`]), when
+    /// the embedding model is installed; `None` leaves every vector to the builds.
+    pub embed: Option<EmbedderOptions>,
 }
 
 /// A callback for ingest's counters (see [`RunOptions::progress`]).
@@ -113,6 +117,7 @@ impl RunOptions {
             turso: None,
             serve: None,
             progress: None,
+            embed: Some(EmbedderOptions::default()),
         }
     }
 }
@@ -290,6 +295,16 @@ pub async fn run(options: RunOptions, shutdown: CancellationToken) -> Result<Sta
         Some(turso) => start_replication(&store, &sink, turso, &replication_stop)?,
         None => Vec::new(),
     };
+    // Stopped with the background work, or when this function returns however it does.
+    let embed_stop = background.child_token();
+    let _stop_embedding = embed_stop.clone().drop_guard();
+    let embedder = match options.embed.clone() {
+        Some(embed) => Some(
+            embedder::spawn(&store, crate::embed::stored::for_builds, embed, embed_stop)
+                .with_context(|| format!("starting the embedder on {}", store.path().display()))?,
+        ),
+        None => None,
+    };
 
     let source_result = match options.source {
         Source::Jetstream(url) => {
@@ -318,6 +333,9 @@ pub async fn run(options: RunOptions, shutdown: CancellationToken) -> Result<Sta
         .context("the writer thread failed")?;
     let engine_died = engine_stopped.is_cancelled();
     background.cancel();
+    if let Some(embedder) = embedder {
+        let _ = tokio::task::spawn_blocking(move || embedder.join()).await;
+    }
     engine.shutdown().await;
     writer_result.context("the store writer stopped with an error")?;
     source_result?;

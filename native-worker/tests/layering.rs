@@ -17,6 +17,7 @@ const ORDER: &[&str] = &[
     "corpus",
     "store",
     "ingest",
+    "embedder",
     "turso",
     "flow",
     "backfill",

@@ -127,6 +127,10 @@ struct RunArgs {
     /// Most changes committed per transaction.
     #[arg(long, default_value_t = IngestConfig::default().max_batch)]
     max_batch: usize,
+    /// Threads embedding documents as they are stored, for semantic search (when the model is
+    /// installed); 0 leaves it to the builds.
+    #[arg(long, env = "PUBSEARCH_EMBED_THREADS", default_value_t = 1)]
+    embed_threads: usize,
     /// Seconds between progress log lines.
     #[arg(long, default_value_t = 10)]
     progress_secs: u64,
@@ -382,6 +386,10 @@ fn run_ingest(args: RunArgs) -> Result<()> {
             max_batch: args.max_batch,
             ..IngestConfig::default()
         },
+        embed: (args.embed_threads > 0).then(|| crate::embedder::EmbedderOptions {
+            threads: args.embed_threads,
+            ..Default::default()
+        }),
     };
     let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
     let result = runtime.block_on(run::run(options, CancellationToken::new()));

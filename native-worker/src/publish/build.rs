@@ -18,7 +18,7 @@ use pubsearch_shared::snapshot::{SnapshotDocument, SnapshotPublication, Snapshot
 use pubsearch_shared::{Platform, Timestamp, schema};
 use rusqlite::Connection;
 
-use crate::store::{Store, StoreError, read};
+use crate::store::{Store, StoreError, read, vectors};
 
 /// Page size of built snapshots: small pages keep the edge's per-query reads and cache small.
 pub const SNAPSHOT_PAGE_SIZE: u32 = 4096;
@@ -130,11 +130,10 @@ pub fn build_with(
     // (ARCHITECTURE.md invariant 9).
     let order = newest_first(&tx, watermark).map_err(BuildError::Read)?;
     let mut written = 0u64;
+    let mut stored_vectors = 0u64;
     for ids in order.chunks(PAGE_ROWS) {
-        for document in read_documents(&tx, watermark, ids).map_err(BuildError::Read)? {
-            writer.add_document(&document).map_err(&write)?;
-            authors.insert(document.did);
-        }
+        let documents = read_documents(&tx, watermark, ids).map_err(BuildError::Read)?;
+        stored_vectors += add_documents(&tx, &mut writer, documents, model, &mut authors, out)?;
         written += ids.len() as u64;
         progress(written, order.len() as u64);
     }
@@ -147,6 +146,7 @@ pub fn build_with(
         build_id,
         documents = counts.documents,
         publications = counts.publications,
+        stored_vectors,
         bytes = manifest.byte_size,
         seconds = format!("{:.2}", started.elapsed().as_secs_f64()),
         "snapshot built"
@@ -156,6 +156,39 @@ pub fn build_with(
         manifest,
         source_documents: Some(source_documents),
     })
+}
+
+/// Writes `documents` (store id and row), giving each the vector by `model` the store keeps
+/// for it (see `store::vectors`), so the build embeds only the others; notes their authors.
+/// Returns how many vectors came from the store.
+pub(super) fn add_documents(
+    tx: &rusqlite::Transaction<'_>,
+    writer: &mut SnapshotWriter<'_>,
+    documents: Vec<(i64, SnapshotDocument)>,
+    model: Option<&EmbeddingModel>,
+    authors: &mut std::collections::BTreeSet<String>,
+    out: &Path,
+) -> Result<u64, BuildError> {
+    let write = BuildError::write(out);
+    let stored = match model {
+        Some(model) => {
+            let ids: Vec<i64> = documents.iter().map(|(id, _)| *id).collect();
+            vectors::current(tx, &model.name, &ids).map_err(BuildError::Read)?
+        }
+        None => Default::default(),
+    };
+    let mut given = 0;
+    for (store_id, document) in documents {
+        let row = writer.add_document(&document).map_err(&write)?;
+        if let (Some(model), Some(vector)) = (model, stored.get(&store_id)) {
+            writer
+                .give_vector(row, &model.name, vector)
+                .map_err(&write)?;
+            given += 1;
+        }
+        authors.insert(document.did);
+    }
+    Ok(given)
 }
 
 /// Writes the handles the store knows for `authors` (see `pubsearch_shared::authors`).
@@ -308,39 +341,44 @@ pub(super) fn created_at(text: Option<String>, indexed_at_us: i64) -> Timestamp 
     parse_time(text).unwrap_or_else(|| micros_to_time(indexed_at_us))
 }
 
-/// The documents with store ids `ids` passing policy at `watermark`, in that order, as the
-/// snapshot holds them: the platform the record names, else its publication's, else its site's
-/// host; the publication's base path, else the site's.
+/// The documents with store ids `ids` passing policy at `watermark`, in that order, with their
+/// store ids, as the snapshot holds them: the platform the record names, else its
+/// publication's, else its site's host; the publication's base path, else the site's.
 pub(super) fn read_documents(
     conn: &Connection,
     watermark: i64,
     ids: &[i64],
-) -> rusqlite::Result<Vec<SnapshotDocument>> {
+) -> rusqlite::Result<Vec<(i64, SnapshotDocument)>> {
     let rows = read::eligible_documents(conn, watermark, ids)?;
     Ok(rows
         .into_iter()
-        .map(|d| SnapshotDocument {
-            platform: d
-                .platform
-                .or(d.publication_platform)
-                .and_then(|name| name.parse().ok())
-                .or_else(|| d.site_url.as_deref().map(Platform::from_host))
-                .unwrap_or(Platform::Other),
-            base_path: d
-                .publication_base_path
-                .or_else(|| d.site_url.as_deref().and_then(base_path_of)),
-            created_at: created_at(d.created_at, d.indexed_at),
-            indexed_at_us: d.indexed_at,
-            uri: d.uri,
-            did: d.did,
-            rkey: d.rkey,
-            collection: d.collection,
-            title: d.title,
-            content: d.content,
-            publication_uri: d.publication_uri,
-            path: d.path,
-            tags: d.tags,
-            cover_image: d.cover_image,
+        .map(|d| {
+            (
+                d.id,
+                SnapshotDocument {
+                    platform: d
+                        .platform
+                        .or(d.publication_platform)
+                        .and_then(|name| name.parse().ok())
+                        .or_else(|| d.site_url.as_deref().map(Platform::from_host))
+                        .unwrap_or(Platform::Other),
+                    base_path: d
+                        .publication_base_path
+                        .or_else(|| d.site_url.as_deref().and_then(base_path_of)),
+                    created_at: created_at(d.created_at, d.indexed_at),
+                    indexed_at_us: d.indexed_at,
+                    uri: d.uri,
+                    did: d.did,
+                    rkey: d.rkey,
+                    collection: d.collection,
+                    title: d.title,
+                    content: d.content,
+                    publication_uri: d.publication_uri,
+                    path: d.path,
+                    tags: d.tags,
+                    cover_image: d.cover_image,
+                },
+            )
         })
         .collect())
 }

@@ -87,21 +87,25 @@ pub fn build(
     let mut documents =
         build::read_documents(&tx, watermark, &document_ids).map_err(BuildError::Read)?;
     // Newest first, as in a base (ARCHITECTURE.md invariant 9).
-    documents.sort_by(|a, b| b.created_at.cmp(&a.created_at).then(a.uri.cmp(&b.uri)));
-    for document in &documents {
-        writer.add_document(document).map_err(&write)?;
-    }
+    documents.sort_by(|(_, a), (_, b)| b.created_at.cmp(&a.created_at).then(a.uri.cmp(&b.uri)));
+    let written = documents.len() as u64;
     // The authors it rewrites, who include everyone renamed since the base (a handle change
     // marks the account changed): their handles here win over the base's.
-    let authors = documents
+    let mut authors: std::collections::BTreeSet<String> = publications
         .iter()
-        .map(|document| document.did.clone())
-        .chain(
-            publications
-                .iter()
-                .map(|publication| publication.did.clone()),
-        )
+        .map(|publication| publication.did.clone())
         .collect();
+    // Vectors by the model builds use now; `shared::delta::finish` embeds with the base's
+    // model instead (and ignores these) if the base was built with another.
+    let model = crate::embed::stored::for_builds();
+    build::add_documents(
+        &tx,
+        &mut writer,
+        documents,
+        model.as_deref(),
+        &mut authors,
+        out,
+    )?;
     build::add_handles(&tx, &mut writer, &authors, out)?;
     writer.finish(watermark).map_err(&write)?;
     let banned = if changed.banned_list {
@@ -111,7 +115,15 @@ pub fn build(
     };
     drop(tx);
 
-    mask(&target, base, base_file, &changed, &banned).map_err(&write)?;
+    mask(
+        &target,
+        base,
+        base_file,
+        &changed,
+        &banned,
+        model.as_deref(),
+    )
+    .map_err(&write)?;
     let manifest = build::seal(
         target,
         out,
@@ -132,7 +144,7 @@ pub fn build(
     Ok(BuiltSnapshot {
         path: out.to_path_buf(),
         manifest,
-        source_documents: Some(documents.len() as u64),
+        source_documents: Some(written),
     })
 }
 
@@ -143,6 +155,7 @@ fn mask(
     base_file: &Path,
     changed: &ChangedRows,
     banned: &[String],
+    model: Option<&pubsearch_shared::embed::model::EmbeddingModel>,
 ) -> rusqlite::Result<()> {
     delta::create_tables(target)?;
     target.execute(
@@ -175,7 +188,6 @@ fn mask(
             }
         }
     }
-    let model = crate::embed::stored::for_builds();
-    delta::finish(target, "base", &base.build_id, model.as_deref())?;
+    delta::finish(target, "base", &base.build_id, model)?;
     target.execute_batch("DETACH base")
 }
