@@ -2,7 +2,7 @@
 // --replay` reading Jetstream events from a named pipe as they are written, publishing a base
 // and then deltas to a directory, mirrored into the Worker's local R2 bucket.
 import { execFileSync, spawn } from "node:child_process";
-import { createWriteStream, mkdtempSync, readFileSync, statSync } from "node:fs";
+import { createWriteStream, mkdtempSync, readFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { ROOT, objectsUnder } from "./support.mjs";
@@ -65,9 +65,9 @@ export async function startPipeline(bucket, { deltaSeconds = 1, profile = "debug
       let pointer = null;
       try { pointer = readFileSync(join(published, pointerKey)); } catch { /* nothing published yet */ }
       if (pointer) {
-        for (const [key, bytes] of objectsUnder(published)) {
+        for (const [key, bytes, modified] of objectsUnder(published)) {
           if (key === pointerKey || key.endsWith(".lock")) continue;
-          const stamp = `${bytes.length}:${statSync(join(published, key)).mtimeMs}`;
+          const stamp = `${bytes.length}:${modified}`;
           if (copied.get(key) === stamp) continue;
           await bucket.put(key, Uint8Array.from(bytes));
           copied.set(key, stamp);

@@ -1,7 +1,7 @@
 // Test support for the edge Worker: real snapshots built by the native pipeline, and the built
 // Worker running in workerd through Miniflare with a local R2 bucket.
 import { execFileSync } from "node:child_process";
-import { mkdtempSync, readFileSync, readdirSync, writeFileSync, mkdirSync } from "node:fs";
+import { mkdtempSync, readFileSync, readdirSync, statSync, writeFileSync, mkdirSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join, dirname } from "node:path";
 import { fileURLToPath } from "node:url";
@@ -38,8 +38,18 @@ export function objectsUnder(dir, prefix = "") {
   const objects = [];
   for (const entry of readdirSync(join(dir, prefix), { withFileTypes: true })) {
     const key = prefix ? `${prefix}/${entry.name}` : entry.name;
-    if (entry.isDirectory()) objects.push(...objectsUnder(dir, key));
-    else objects.push([key, readFileSync(join(dir, key))]);
+    if (entry.isDirectory()) {
+      objects.push(...objectsUnder(dir, key));
+      continue;
+    }
+    // `key#n` is an upload in progress (object_store stages a file so, then renames it), and a
+    // directory a running worker writes to can lose a file between listing and reading.
+    if (entry.name.includes("#")) continue;
+    try {
+      objects.push([key, readFileSync(join(dir, key)), statSync(join(dir, key)).mtimeMs]);
+    } catch (error) {
+      if (error.code !== "ENOENT") throw error;
+    }
   }
   return objects;
 }
