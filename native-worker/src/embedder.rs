@@ -99,6 +99,7 @@ pub fn spawn(
     let thread = std::thread::Builder::new()
         .name("embedder".into())
         .spawn(move || {
+            yield_to_foreground();
             let Some(model) = load() else {
                 tracing::info!("embedder off: no embedding model (builds carry no vectors)");
                 return;
@@ -114,6 +115,22 @@ pub fn spawn(
         })
         .expect("spawning the embedder thread");
     Ok(Embedder { thread, stats })
+}
+
+/// Background work leaves the cores to ingest and serving: the embedder runs at the lowest CPU
+/// priority, nice 19 (on Linux a thread's own, and inherited by the threads it starts, so the
+/// embedding threads have it too). Without it, a replay at full speed on two cores ingests a
+/// quarter slower beside the embedder.
+fn yield_to_foreground() {
+    #[cfg(target_os = "linux")]
+    {
+        // SAFETY: setpriority with `who` 0 changes the calling thread's nice value and reads or
+        // writes no memory of ours.
+        if unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, 19) } != 0 {
+            let error = std::io::Error::last_os_error();
+            tracing::warn!(%error, "embedder: cannot lower its CPU priority; it competes with ingest");
+        }
+    }
 }
 
 struct Run {

@@ -278,3 +278,53 @@ fn builds_take_the_stored_vectors_and_embed_only_the_rest() {
     assert_eq!(of("/r7"), of("/r8"));
     assert_eq!(of("/r8"), expected(&model, 8, &text(8)));
 }
+
+/// The nice value of each of this process's threads named `name` (Linux's /proc).
+#[cfg(target_os = "linux")]
+fn nice_of_threads(name: &str) -> Vec<i64> {
+    let mut nice = Vec::new();
+    for task in std::fs::read_dir("/proc/self/task").unwrap().flatten() {
+        let comm = std::fs::read_to_string(task.path().join("comm")).unwrap_or_default();
+        if comm.trim_end() != name {
+            continue;
+        }
+        let stat = std::fs::read_to_string(task.path().join("stat")).unwrap_or_default();
+        // Fields after the command's closing parenthesis, from the state (field 3): the nice
+        // value is field 19.
+        if let Some((_, fields)) = stat.rsplit_once(") ") {
+            nice.push(fields.split(' ').nth(16).unwrap().parse().unwrap());
+        }
+    }
+    nice
+}
+
+#[cfg(target_os = "linux")]
+#[test]
+fn the_embedder_runs_at_the_lowest_cpu_priority() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path().join("store.db")).unwrap();
+    // Its loader waits until the thread has been looked at.
+    let (looked, release) = std::sync::mpsc::channel::<()>();
+    let (loading, started) = std::sync::mpsc::channel::<()>();
+    let stop = CancellationToken::new();
+    let embedder = embedder::spawn(
+        &store,
+        move || {
+            loading.send(()).unwrap();
+            release.recv_timeout(Duration::from_secs(30)).ok();
+            None
+        },
+        EmbedderOptions::default(),
+        stop.clone(),
+    )
+    .unwrap();
+    started.recv_timeout(Duration::from_secs(30)).unwrap();
+    let nice = nice_of_threads("embedder");
+    looked.send(()).unwrap();
+    embedder.join();
+    assert!(!nice.is_empty(), "no thread named embedder");
+    assert!(
+        nice.iter().all(|&n| n == 19),
+        "embedder threads' nice values: {nice:?}"
+    );
+}
