@@ -7,6 +7,10 @@
 //! transaction on the store's vector connection. Ingest never waits for it, except for that
 //! transaction's lock; a build finds most vectors computed and embeds only the rest.
 //!
+//! It stays out of ingest's way on shared cores: its threads run at nice 19, and it waits
+//! while ingest writes faster than [`EmbedderOptions::defer_above`] (a replay or a backfill at
+//! full speed), catching up once ingest is back to the firehose's pace.
+//!
 //! Failures are logged and retried (a full disk, a locked file): vectors are an optimisation
 //! for builds, which embed whatever is missing, so the embedder never stops ingest.
 
@@ -33,6 +37,10 @@ pub struct EmbedderOptions {
     pub idle: Duration,
     /// How long to wait before trying again after a failure.
     pub retry: Duration,
+    /// Ingest's rate, in documents a second, above which the embedder waits (a replay or a
+    /// backfill at full speed, where every cycle it takes is ingest's): builds embed whatever
+    /// it has not reached. The live firehose writes a few a second. 0 never waits.
+    pub defer_above: u64,
     /// How often to log what was done.
     pub report_every: Duration,
 }
@@ -44,6 +52,7 @@ impl Default for EmbedderOptions {
             page: 256,
             idle: Duration::from_millis(500),
             retry: Duration::from_secs(5),
+            defer_above: 1_000,
             report_every: Duration::from_secs(10),
         }
     }
@@ -85,10 +94,12 @@ impl Embedder {
 }
 
 /// Starts the embedder on `store`, with the model `load` gives (loaded on the embedder's own
-/// thread: distilling it can take a minute); without one it logs why and stops.
+/// thread: distilling it can take a minute); without one it logs why and stops. `written`
+/// counts the documents ingest has written so far ([`EmbedderOptions::defer_above`]).
 pub fn spawn(
     store: &Store,
     load: impl FnOnce() -> Option<Arc<EmbeddingModel>> + Send + 'static,
+    written: impl Fn() -> u64 + Send + 'static,
     options: EmbedderOptions,
     stop: CancellationToken,
 ) -> Result<Embedder, StoreError> {
@@ -108,6 +119,7 @@ pub fn spawn(
                 reader,
                 writer,
                 model,
+                ingest: IngestRate::new(Box::new(written), options.defer_above),
                 options,
                 stats: shared,
             };
@@ -137,8 +149,59 @@ struct Run {
     reader: rusqlite::Connection,
     writer: vectors::VectorWriter,
     model: Arc<EmbeddingModel>,
+    ingest: IngestRate,
     options: EmbedderOptions,
     stats: Arc<EmbedderStats>,
+}
+
+/// Whether ingest is writing faster than a threshold, measured between looks.
+struct IngestRate {
+    written: Box<dyn Fn() -> u64 + Send>,
+    threshold: u64,
+    last: (Instant, u64),
+    /// The last answer; `None` until a span has been measured (the embedder waits for it).
+    busy: Option<bool>,
+}
+
+impl IngestRate {
+    /// Shortest span a rate is measured over.
+    const SPAN: Duration = Duration::from_millis(200);
+
+    fn new(written: Box<dyn Fn() -> u64 + Send>, threshold: u64) -> Self {
+        let last = (Instant::now(), written());
+        IngestRate {
+            written,
+            threshold,
+            last,
+            busy: (threshold == 0).then_some(false),
+        }
+    }
+
+    /// Whether to wait; logs when waiting starts and ends.
+    fn busy(&mut self) -> bool {
+        let elapsed = self.last.0.elapsed();
+        if self.threshold == 0 || elapsed < Self::SPAN {
+            return self.busy.unwrap_or(true);
+        }
+        let written = (self.written)();
+        let rate = written.saturating_sub(self.last.1) as f64 / elapsed.as_secs_f64();
+        self.last = (Instant::now(), written);
+        let busy = rate > self.threshold as f64;
+        if self.busy.unwrap_or(false) != busy {
+            tracing::info!(
+                ingest_docs_per_sec = rate.round(),
+                threshold = self.threshold,
+                "embedder: {}",
+                if busy {
+                    "waiting while ingest writes at full speed"
+                } else {
+                    "ingest slowed; embedding again"
+                }
+            );
+        }
+        self.busy = Some(busy);
+        busy
+    }
 }
 
 impl Run {
@@ -162,6 +225,12 @@ impl Run {
         );
         let mut report = Report::new(self.options.report_every);
         while !stop.is_cancelled() {
+            if self.ingest.busy() {
+                if !pause(stop, IngestRate::SPAN) {
+                    break;
+                }
+                continue;
+            }
             match self.pass(at) {
                 Ok(Some(reached)) => {
                     self.stats.caught_up.store(false, Ordering::Relaxed);

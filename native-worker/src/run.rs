@@ -299,10 +299,16 @@ pub async fn run(options: RunOptions, shutdown: CancellationToken) -> Result<Sta
     let embed_stop = background.child_token();
     let _stop_embedding = embed_stop.clone().drop_guard();
     let embedder = match options.embed.clone() {
-        Some(embed) => Some(
-            embedder::spawn(&store, crate::embed::stored::for_builds, embed, embed_stop)
-                .with_context(|| format!("starting the embedder on {}", store.path().display()))?,
-        ),
+        Some(embed) => {
+            let ingest = Arc::clone(&stats);
+            let written = move || ingest.applied();
+            let load = crate::embed::stored::for_builds;
+            Some(
+                embedder::spawn(&store, load, written, embed, embed_stop).with_context(|| {
+                    format!("starting the embedder on {}", store.path().display())
+                })?,
+            )
+        }
         None => None,
     };
 

@@ -88,7 +88,8 @@ fn start(store: &Store, model: &Arc<EmbeddingModel>) -> (Embedder, CancellationT
         idle: Duration::from_millis(20),
         ..EmbedderOptions::default()
     };
-    let embedder = embedder::spawn(store, move || Some(model), options, stop.clone()).unwrap();
+    let embedder =
+        embedder::spawn(store, move || Some(model), || 0, options, stop.clone()).unwrap();
     (embedder, stop)
 }
 
@@ -203,6 +204,59 @@ fn every_live_document_gets_its_vector_and_edits_and_deletes_follow() {
 /// Packed vectors keyed by a document URI or a tree node.
 type Keyed<K> = Vec<(K, Vec<u8>)>;
 
+#[test]
+fn the_embedder_waits_while_ingest_writes_at_full_speed() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path().join("store.db")).unwrap();
+    let model = model();
+    commit(
+        &store,
+        (0..20).map(|n| document(n, "1", &text(n))).collect(),
+    );
+    // Ingest's count of written documents, as `run` gives it: 20,000 a second while `fast`.
+    let written = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let fast = Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let writing = {
+        let (written, fast) = (Arc::clone(&written), Arc::clone(&fast));
+        std::thread::spawn(move || {
+            let deadline = Instant::now() + Duration::from_secs(30);
+            while fast.load(Ordering::Relaxed) && Instant::now() < deadline {
+                written.fetch_add(200, Ordering::Relaxed);
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        })
+    };
+    let stop = CancellationToken::new();
+    let embedder = {
+        let (model, written) = (Arc::clone(&model), Arc::clone(&written));
+        let options = EmbedderOptions {
+            idle: Duration::from_millis(20),
+            ..EmbedderOptions::default()
+        };
+        embedder::spawn(
+            &store,
+            move || Some(model),
+            move || written.load(Ordering::Relaxed),
+            options,
+            stop.clone(),
+        )
+        .unwrap()
+    };
+    std::thread::sleep(Duration::from_millis(1_500));
+    assert_eq!(
+        embedder.stats().embedded.load(Ordering::Relaxed),
+        0,
+        "embedded while ingest wrote 20,000 documents a second"
+    );
+    // Ingest back to the live firehose's pace: it catches up.
+    fast.store(false, Ordering::Relaxed);
+    writing.join().unwrap();
+    wait_until_current(&store, &model, &embedder);
+    assert_eq!(embedder.stats().embedded.load(Ordering::Relaxed), 20);
+    stop.cancel();
+    embedder.join();
+}
+
 /// The vectors a snapshot holds, by document URI, and its tree's centroids.
 fn snapshot_vectors(path: &std::path::Path) -> (Keyed<String>, Keyed<i64>) {
     let conn = rusqlite::Connection::open(path).unwrap();
@@ -314,6 +368,7 @@ fn the_embedder_runs_at_the_lowest_cpu_priority() {
             release.recv_timeout(Duration::from_secs(30)).ok();
             None
         },
+        || 0,
         EmbedderOptions::default(),
         stop.clone(),
     )

@@ -131,6 +131,10 @@ struct RunArgs {
     /// installed); 0 leaves it to the builds.
     #[arg(long, env = "PUBSEARCH_EMBED_THREADS", default_value_t = 1)]
     embed_threads: usize,
+    /// Ingest rate, in documents a second, above which the embedder waits (a replay or a
+    /// backfill at full speed); 0 never waits.
+    #[arg(long, env = "PUBSEARCH_EMBED_DEFER_ABOVE", default_value_t = crate::embedder::EmbedderOptions::default().defer_above)]
+    embed_defer_above: u64,
     /// Seconds between progress log lines.
     #[arg(long, default_value_t = 10)]
     progress_secs: u64,
@@ -388,6 +392,7 @@ fn run_ingest(args: RunArgs) -> Result<()> {
         },
         embed: (args.embed_threads > 0).then(|| crate::embedder::EmbedderOptions {
             threads: args.embed_threads,
+            defer_above: args.embed_defer_above,
             ..Default::default()
         }),
     };
