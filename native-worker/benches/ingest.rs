@@ -6,17 +6,21 @@
 //! 3. Search latency on a snapshot built from the first corpus (what serving reads: the store
 //!    keeps no full-text index), idle and while a second corpus is being ingested on the same
 //!    cores.
+//! 4. The embedder beside ingest: ingest rate and commit latency with it off and on, its rate
+//!    catching up alone, and a snapshot build with the store's vectors and without.
 //!
 //! `cargo bench -p pubsearch-native-worker --bench ingest` (INGEST_BENCH_RECORDS, default 100000).
 
 use std::path::Path;
 use std::time::{Duration, Instant};
 
+use pubsearch_native_worker::embedder::{self, EmbedderOptions};
 use pubsearch_native_worker::extract::{self, Extracted};
 use pubsearch_native_worker::firehose::{Payload, decode_jetstream};
+use pubsearch_native_worker::ingest::StatsSnapshot;
 use pubsearch_native_worker::publish::build;
 use pubsearch_native_worker::run::{self, RunOptions, Source, store_path};
-use pubsearch_native_worker::store::{BACKSTOP_PAGES, Checkpointer, Store};
+use pubsearch_native_worker::store::{BACKSTOP_PAGES, Checkpointer, Store, vectors};
 use pubsearch_native_worker::telemetry;
 use pubsearch_shared::search;
 use tokio_util::sync::CancellationToken;
@@ -26,7 +30,20 @@ fn generate(records: usize, seed: u64, out: &Path) {
 }
 
 fn replay(data_dir: &Path, file: &Path) -> (Duration, u64) {
-    let options = RunOptions::new(data_dir, Source::Replay(file.to_path_buf()));
+    let (time, summary) = replay_with(data_dir, file, None);
+    (time, summary.applied)
+}
+
+/// A replay with the embedder beside ingest (`embed`) or not.
+fn replay_with(
+    data_dir: &Path,
+    file: &Path,
+    embed: Option<EmbedderOptions>,
+) -> (Duration, StatsSnapshot) {
+    let options = RunOptions {
+        embed,
+        ..RunOptions::new(data_dir, Source::Replay(file.to_path_buf()))
+    };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -36,7 +53,103 @@ fn replay(data_dir: &Path, file: &Path) -> (Duration, u64) {
     let summary = runtime
         .block_on(run::run(options, CancellationToken::new()))
         .unwrap();
-    (started.elapsed(), summary.applied)
+    (started.elapsed(), summary)
+}
+
+/// Ingest without and with the embedder beside it (commit latency is the commit path's cost),
+/// then the embedder catching up alone, then a build with the vectors stored and without.
+fn embedder_beside_ingest(dir: &Path, corpus: &Path, records: usize) {
+    let Ok(model) = pubsearch_native_worker::embed::stored::load_or_distill(&model_dir()) else {
+        println!("(embedder rows skipped: the model is not installed)");
+        return;
+    };
+    let model = std::sync::Arc::new(model);
+    let (off_time, off) = replay_with(&dir.join("embed-off"), corpus, None);
+    // `run` embeds with the model builds use (`embed::stored::for_builds`), found through
+    // PUBSEARCH_MODEL_DIR, which `main` sets.
+    let (on_time, on) = replay_with(
+        &dir.join("embed-on"),
+        corpus,
+        Some(EmbedderOptions::default()),
+    );
+    let store = Store::open(store_path(&dir.join("embed-on"))).unwrap();
+    let coverage = || vectors::coverage(&store.reader().unwrap(), &model.name).unwrap();
+    let (during, live) = coverage();
+    let stop = CancellationToken::new();
+    let catching_up = Instant::now();
+    let given = std::sync::Arc::clone(&model);
+    let embedder = embedder::spawn(
+        &store,
+        move || Some(given),
+        || 0,
+        EmbedderOptions::default(),
+        stop.clone(),
+    )
+    .unwrap();
+    while coverage().0 < live {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let catch_up = catching_up.elapsed();
+    stop.cancel();
+    embedder.join();
+
+    let snapshot = dir.join("embed-build.db");
+    let timed = |store: &Store| {
+        let started = Instant::now();
+        build::build_with(store, &snapshot, "bench", "bench", Some(&model), |_, _| {}).unwrap();
+        started.elapsed()
+    };
+    let with_stored = timed(&store);
+    rusqlite::Connection::open(store.path())
+        .unwrap()
+        .execute("DELETE FROM document_vectors", [])
+        .unwrap();
+    let without = timed(&store);
+
+    let rate =
+        |summary: &StatsSnapshot, time: Duration| summary.applied as f64 / time.as_secs_f64();
+    println!();
+    println!(
+        "embedder beside ingest: {records} records replayed, {live} live documents, \
+         model {}, 1 embedding thread, 2 cores",
+        model.name
+    );
+    println!("| measurement                                | embedder off | embedder on |");
+    println!("|--------------------------------------------|--------------|-------------|");
+    println!(
+        "| ingest, docs/s                             | {:>12.0} | {:>11.0} |",
+        rate(&off, off_time),
+        rate(&on, on_time)
+    );
+    let (off_latency, on_latency) = (&off.commit_latency, &on.commit_latency);
+    for (name, off_us, on_us) in [
+        ("p50", off_latency.p50_us, on_latency.p50_us),
+        ("p99", off_latency.p99_us, on_latency.p99_us),
+        ("max", off_latency.max_us, on_latency.max_us),
+    ] {
+        println!("| commit latency {name}, µs                     | {off_us:>12} | {on_us:>11} |");
+    }
+    println!(
+        "| vectors stored by the end of the replay    | {:>12} | {:>11} |",
+        0, during
+    );
+    println!(
+        "| the rest embedded afterwards, docs/s       | {:>12} | {:>11.0} |",
+        "",
+        (live - during) as f64 / catch_up.as_secs_f64()
+    );
+    println!(
+        "| snapshot build after, s (embeds / takes)   | {:>12.2} | {:>11.2} |",
+        without.as_secs_f64(),
+        with_stored.as_secs_f64()
+    );
+}
+
+fn model_dir() -> std::path::PathBuf {
+    std::env::var_os("PUBSEARCH_MODEL_DIR").map_or_else(
+        || Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/models/all-minilm-l6-v2"),
+        std::path::PathBuf::from,
+    )
 }
 
 /// The ceiling: pre-extracted documents, bare prepared INSERTs, one transaction per 2,000 rows,
@@ -164,6 +277,10 @@ fn query_loop(snapshot: &Path, stop: &std::sync::atomic::AtomicBool, max: usize)
 }
 
 fn main() {
+    if std::env::var_os("PUBSEARCH_MODEL_DIR").is_none() {
+        // SAFETY: set before any other thread starts.
+        unsafe { std::env::set_var("PUBSEARCH_MODEL_DIR", model_dir()) };
+    }
     let records: usize = std::env::var("INGEST_BENCH_RECORDS")
         .ok()
         .and_then(|n| n.parse().ok())
@@ -268,4 +385,5 @@ fn main() {
         ingest_time.as_secs_f64(),
         busy.len()
     );
+    embedder_beside_ingest(dir.path(), &corpus, records);
 }
