@@ -35,8 +35,8 @@ pub use checkpoint::{BACKSTOP_PAGES, Checkpointer};
 pub use migrations::{CURRENT_VERSION, MigrationError};
 pub use writer::{Batch, BatchOutcome, Change, Mark, StoreWriter};
 
-/// How long a connection waits for a lock before failing. The writer is alone, so this only
-/// covers checkpoints and external tools holding the file.
+/// How long a connection waits for a lock before failing: ingest's writer and the vector
+/// writer's short transactions (`vectors`), checkpoints, and external tools holding the file.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 /// Page cache per read connection, in KiB (negative `cache_size` is KiB in SQLite).
 const READER_CACHE_KIB: i64 = 16 * 1024;
@@ -131,7 +131,8 @@ impl Store {
         &self.path
     }
 
-    /// The single writer. Open exactly one per process; it is not shared with readers. It
+    /// The single writer of records. Open exactly one per process; it is not shared with
+    /// readers (documents' vectors have [`Store::vector_writer`]). It
     /// checkpoints the WAL from a thread of its own ([`checkpoint`]).
     pub fn writer(&self) -> Result<StoreWriter, StoreError> {
         let open = self.open_error();
