@@ -15,10 +15,19 @@ use super::distill::{self, DistillOptions};
 
 /// The file the table is kept in, inside the model directory.
 pub const TABLE_FILE: &str = "static-table.bin";
-/// Starts the file; the number changes with the recipe, so an old table is distilled again.
-const MAGIC: &[u8; 8] = b"PSTABLE1";
-/// What builds record as their model (`embed_model` in a snapshot's meta).
-pub const MODEL_NAME: &str = "all-minilm-l6-v2/static-256/v1";
+/// The table's recipe: changing how it is distilled changes this, which both distils an old
+/// table again ([`MAGIC`]) and renames the model ([`MODEL_NAME`]), so no vector made with the
+/// old table (in the store or a base build) is taken as current.
+macro_rules! recipe {
+    () => {
+        "1"
+    };
+}
+/// Starts the file.
+const MAGIC: &[u8] = concat!("PSTABLE", recipe!()).as_bytes();
+/// What builds record as their model (`embed_model` in a snapshot's meta) and stored vectors
+/// name.
+pub const MODEL_NAME: &str = concat!("all-minilm-l6-v2/static-256/v", recipe!());
 
 /// Whether builds embed: `PUBSEARCH_EMBED=off` turns it off, and it is off when the model is
 /// not installed (`scripts/install-toolchain.sh` installs it).
