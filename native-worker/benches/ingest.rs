@@ -81,7 +81,6 @@ fn embedder_beside_ingest(dir: &Path, corpus: &Path, records: usize) {
     let embedder = embedder::spawn(
         &store,
         move || Some(given),
-        || 0,
         EmbedderOptions::default(),
         stop.clone(),
     )

@@ -8,8 +8,9 @@
 //! transaction's lock; a build finds most vectors computed and embeds only the rest.
 //!
 //! It stays out of ingest's way on shared cores: its threads run at nice 19, and it waits
-//! while ingest writes faster than [`EmbedderOptions::defer_above`] (a replay or a backfill at
-//! full speed), catching up once ingest is back to the firehose's pace.
+//! while documents are written faster than [`EmbedderOptions::defer_above`] (a replay, or a
+//! backfill in this process or beside it, at full speed), catching up once writes are back to
+//! the firehose's pace.
 //!
 //! Failures are logged and retried (a full disk, a locked file): vectors are an optimisation
 //! for builds, which embed whatever is missing, so the embedder never stops ingest.
@@ -37,9 +38,10 @@ pub struct EmbedderOptions {
     pub idle: Duration,
     /// How long to wait before trying again after a failure.
     pub retry: Duration,
-    /// Ingest's rate, in documents a second, above which the embedder waits (a replay or a
-    /// backfill at full speed, where every cycle it takes is ingest's): builds embed whatever
-    /// it has not reached. The live firehose writes a few a second. 0 never waits.
+    /// Documents written to the store a second, by anyone, above which the embedder waits (a
+    /// replay or a backfill at full speed, where every cycle it takes is the writer's): builds
+    /// embed whatever it has not reached. The live firehose writes a few a second. 0 never
+    /// waits.
     pub defer_above: u64,
     /// How often to log what was done.
     pub report_every: Duration,
@@ -94,12 +96,10 @@ impl Embedder {
 }
 
 /// Starts the embedder on `store`, with the model `load` gives (loaded on the embedder's own
-/// thread: distilling it can take a minute); without one it logs why and stops. `written`
-/// counts the documents ingest has written so far ([`EmbedderOptions::defer_above`]).
+/// thread: distilling it can take a minute); without one it logs why and stops.
 pub fn spawn(
     store: &Store,
     load: impl FnOnce() -> Option<Arc<EmbeddingModel>> + Send + 'static,
-    written: impl Fn() -> u64 + Send + 'static,
     options: EmbedderOptions,
     stop: CancellationToken,
 ) -> Result<Embedder, StoreError> {
@@ -119,7 +119,7 @@ pub fn spawn(
                 reader,
                 writer,
                 model,
-                ingest: IngestRate::new(Box::new(written), options.defer_above),
+                writes: WriteRate::new(options.defer_above),
                 options,
                 stats: shared,
             };
@@ -131,8 +131,8 @@ pub fn spawn(
 
 /// Background work leaves the cores to ingest and serving: the embedder runs at the lowest CPU
 /// priority, nice 19 (on Linux a thread's own, and inherited by the threads it starts, so the
-/// embedding threads have it too). Without it, a replay at full speed on two cores ingests a
-/// quarter slower beside the embedder.
+/// embedding threads have it too). That alone still let a full-speed replay on two cores run
+/// a quarter slower beside it (the ingest bench), hence also [`WriteRate`].
 fn yield_to_foreground() {
     #[cfg(target_os = "linux")]
     {
@@ -149,58 +149,63 @@ struct Run {
     reader: rusqlite::Connection,
     writer: vectors::VectorWriter,
     model: Arc<EmbeddingModel>,
-    ingest: IngestRate,
+    writes: WriteRate,
     options: EmbedderOptions,
     stats: Arc<EmbedderStats>,
 }
 
-/// Whether ingest is writing faster than a threshold, measured between looks.
-struct IngestRate {
-    written: Box<dyn Fn() -> u64 + Send>,
+/// Whether documents are being written faster than a threshold: measured in the store, so a
+/// backfill in another process counts as much as this process's ingest.
+struct WriteRate {
     threshold: u64,
-    last: (Instant, u64),
+    /// When it last looked and the newest document stamp then.
+    last: Option<(Instant, i64)>,
     /// The last answer; `None` until a span has been measured (the embedder waits for it).
     busy: Option<bool>,
 }
 
-impl IngestRate {
+impl WriteRate {
     /// Shortest span a rate is measured over.
     const SPAN: Duration = Duration::from_millis(200);
 
-    fn new(written: Box<dyn Fn() -> u64 + Send>, threshold: u64) -> Self {
-        let last = (Instant::now(), written());
-        IngestRate {
-            written,
+    fn new(threshold: u64) -> Self {
+        WriteRate {
             threshold,
-            last,
+            last: None,
             busy: (threshold == 0).then_some(false),
         }
     }
 
     /// Whether to wait; logs when waiting starts and ends.
-    fn busy(&mut self) -> bool {
-        let elapsed = self.last.0.elapsed();
-        if self.threshold == 0 || elapsed < Self::SPAN {
-            return self.busy.unwrap_or(true);
+    fn busy(&mut self, conn: &rusqlite::Connection) -> rusqlite::Result<bool> {
+        let Some((since, stamp)) = self.last.filter(|_| self.threshold > 0) else {
+            if self.threshold > 0 {
+                self.last = Some((Instant::now(), vectors::newest_stamp(conn)?));
+            }
+            return Ok(self.busy.unwrap_or(true));
+        };
+        let elapsed = since.elapsed();
+        if elapsed < Self::SPAN {
+            return Ok(self.busy.unwrap_or(true));
         }
-        let written = (self.written)();
-        let rate = written.saturating_sub(self.last.1) as f64 / elapsed.as_secs_f64();
-        self.last = (Instant::now(), written);
+        let (written, newest) = vectors::written_since(conn, stamp)?;
+        self.last = Some((Instant::now(), newest));
+        let rate = written as f64 / elapsed.as_secs_f64();
         let busy = rate > self.threshold as f64;
         if self.busy.unwrap_or(false) != busy {
             tracing::info!(
-                ingest_docs_per_sec = rate.round(),
+                docs_written_per_sec = rate.round(),
                 threshold = self.threshold,
                 "embedder: {}",
                 if busy {
-                    "waiting while ingest writes at full speed"
+                    "waiting while documents are written at full speed"
                 } else {
-                    "ingest slowed; embedding again"
+                    "writes slowed; embedding again"
                 }
             );
         }
         self.busy = Some(busy);
-        busy
+        Ok(busy)
     }
 }
 
@@ -225,18 +230,22 @@ impl Run {
         );
         let mut report = Report::new(self.options.report_every);
         while !stop.is_cancelled() {
-            if self.ingest.busy() {
-                if !pause(stop, IngestRate::SPAN) {
-                    break;
+            let step = match self.writes.busy(&self.reader) {
+                Ok(true) => Ok(Step::Waiting),
+                Ok(false) => self.pass(at),
+                Err(error) => Err(error),
+            };
+            match step {
+                Ok(Step::Waiting) => {
+                    if !pause(stop, WriteRate::SPAN) {
+                        break;
+                    }
                 }
-                continue;
-            }
-            match self.pass(at) {
-                Ok(Some(reached)) => {
+                Ok(Step::Reached(reached)) => {
                     self.stats.caught_up.store(false, Ordering::Relaxed);
                     at = reached;
                 }
-                Ok(None) => {
+                Ok(Step::CaughtUp) => {
                     self.stats.caught_up.store(true, Ordering::Relaxed);
                     report.log(&self.stats, true);
                     if !pause(stop, self.options.idle) {
@@ -257,11 +266,11 @@ impl Run {
         tracing::info!("embedder stopped");
     }
 
-    /// Handles one page after `at`; `None` when there is nothing after it.
-    fn pass(&mut self, at: Position) -> rusqlite::Result<Option<Position>> {
+    /// Handles one page after `at`.
+    fn pass(&mut self, at: Position) -> rusqlite::Result<Step> {
         let pending = vectors::pending(&self.reader, &self.model.name, at, self.options.page)?;
         let Some(last) = pending.last() else {
-            return Ok(None);
+            return Ok(Step::CaughtUp);
         };
         let mut update = VectorUpdate {
             reached: last.at,
@@ -288,8 +297,18 @@ impl Run {
         self.stats
             .skipped
             .fetch_add(skipped + unembeddable, Ordering::Relaxed);
-        Ok(Some(update.reached))
+        Ok(Step::Reached(update.reached))
     }
+}
+
+/// What one turn of the embedder's loop came to.
+enum Step {
+    /// Documents are being written too fast to take cycles from the writer.
+    Waiting,
+    /// A page was handled, up to here.
+    Reached(Position),
+    /// Nothing was left after the position.
+    CaughtUp,
 }
 
 /// `texts` embedded and packed, on up to `threads` threads, in order; texts with no vector
@@ -355,6 +374,8 @@ impl Report {
                 removed = removed - self.removed,
                 per_second = format!("{:.0}", new as f64 / elapsed.as_secs_f64().max(1e-3)),
                 total = embedded,
+                passed_over = stats.skipped.load(Ordering::Relaxed),
+                failed_passes = stats.failures.load(Ordering::Relaxed),
                 caught_up = stats.caught_up.load(Ordering::Relaxed),
                 "embedder: documents' vectors stored"
             );

@@ -300,11 +300,9 @@ pub async fn run(options: RunOptions, shutdown: CancellationToken) -> Result<Sta
     let _stop_embedding = embed_stop.clone().drop_guard();
     let embedder = match options.embed.clone() {
         Some(embed) => {
-            let ingest = Arc::clone(&stats);
-            let written = move || ingest.applied();
             let load = crate::embed::stored::for_builds;
             Some(
-                embedder::spawn(&store, load, written, embed, embed_stop).with_context(|| {
+                embedder::spawn(&store, load, embed, embed_stop).with_context(|| {
                     format!("starting the embedder on {}", store.path().display())
                 })?,
             )

@@ -10,7 +10,8 @@ use std::time::{Duration, Instant};
 use pubsearch_native_worker::embedder::{self, Embedder, EmbedderOptions};
 use pubsearch_native_worker::extract::{self, Extracted};
 use pubsearch_native_worker::publish::build;
-use pubsearch_native_worker::store::{Batch, Change, Store, vectors};
+use pubsearch_native_worker::store::vectors::{self, Need, Position, VectorUpdate};
+use pubsearch_native_worker::store::{Batch, Change, Store};
 use pubsearch_shared::embed::model::{EmbeddingModel, document_text};
 use pubsearch_shared::embed::table;
 use serde_json::json;
@@ -88,8 +89,7 @@ fn start(store: &Store, model: &Arc<EmbeddingModel>) -> (Embedder, CancellationT
         idle: Duration::from_millis(20),
         ..EmbedderOptions::default()
     };
-    let embedder =
-        embedder::spawn(store, move || Some(model), || 0, options, stop.clone()).unwrap();
+    let embedder = embedder::spawn(store, move || Some(model), options, stop.clone()).unwrap();
     (embedder, stop)
 }
 
@@ -205,54 +205,58 @@ fn every_live_document_gets_its_vector_and_edits_and_deletes_follow() {
 type Keyed<K> = Vec<(K, Vec<u8>)>;
 
 #[test]
-fn the_embedder_waits_while_ingest_writes_at_full_speed() {
+fn the_embedder_waits_while_documents_are_written_fast_and_catches_up_after() {
     let dir = tempfile::tempdir().unwrap();
-    let store = Store::open(dir.path().join("store.db")).unwrap();
+    let path = dir.path().join("store.db");
+    let store = Store::open(&path).unwrap();
     let model = model();
     commit(
         &store,
         (0..20).map(|n| document(n, "1", &text(n))).collect(),
     );
-    // Ingest's count of written documents, as `run` gives it: 20,000 a second while `fast`.
-    let written = Arc::new(std::sync::atomic::AtomicU64::new(0));
-    let fast = Arc::new(std::sync::atomic::AtomicBool::new(true));
-    let writing = {
-        let (written, fast) = (Arc::clone(&written), Arc::clone(&fast));
-        std::thread::spawn(move || {
-            let deadline = Instant::now() + Duration::from_secs(30);
-            while fast.load(Ordering::Relaxed) && Instant::now() < deadline {
-                written.fetch_add(200, Ordering::Relaxed);
-                std::thread::sleep(Duration::from_millis(10));
-            }
-        })
-    };
+    // Another writer of the same file (as a backfill beside `run` is): 5 documents every
+    // 10 ms (fewer if commits are slow, still well above the threshold: 20 a second) for 1.5 s.
+    let writing = std::thread::spawn(move || {
+        let store = Store::open(&path).unwrap();
+        let mut writer = store.writer().unwrap();
+        let started = Instant::now();
+        let mut n = 20;
+        while started.elapsed() < Duration::from_millis(1_500) {
+            let changes = (n..n + 5).map(|n| document(n, "1", &text(n))).collect();
+            writer
+                .apply(&Batch {
+                    changes,
+                    marks: Vec::new(),
+                })
+                .unwrap();
+            n += 5;
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        n
+    });
     let stop = CancellationToken::new();
     let embedder = {
-        let (model, written) = (Arc::clone(&model), Arc::clone(&written));
+        let model = Arc::clone(&model);
         let options = EmbedderOptions {
             idle: Duration::from_millis(20),
+            defer_above: 20,
             ..EmbedderOptions::default()
         };
-        embedder::spawn(
-            &store,
-            move || Some(model),
-            move || written.load(Ordering::Relaxed),
-            options,
-            stop.clone(),
-        )
-        .unwrap()
+        embedder::spawn(&store, move || Some(model), options, stop.clone()).unwrap()
     };
-    std::thread::sleep(Duration::from_millis(1_500));
+    let written = writing.join().unwrap();
+    assert!(written > 100, "only {written} documents written");
     assert_eq!(
         embedder.stats().embedded.load(Ordering::Relaxed),
         0,
-        "embedded while ingest wrote 20,000 documents a second"
+        "embedded while {written} documents were written in 1.5 s"
     );
-    // Ingest back to the live firehose's pace: it catches up.
-    fast.store(false, Ordering::Relaxed);
-    writing.join().unwrap();
+    // Writes stopped: it catches up with all of them.
     wait_until_current(&store, &model, &embedder);
-    assert_eq!(embedder.stats().embedded.load(Ordering::Relaxed), 20);
+    assert_eq!(
+        embedder.stats().embedded.load(Ordering::Relaxed),
+        written as u64
+    );
     stop.cancel();
     embedder.join();
 }
@@ -333,6 +337,59 @@ fn builds_take_the_stored_vectors_and_embed_only_the_rest() {
     assert_eq!(of("/r8"), expected(&model, 8, &text(8)));
 }
 
+#[test]
+fn an_edit_committed_while_its_page_is_embedded_is_never_served_the_old_vector() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path().join("store.db")).unwrap();
+    let model = model();
+    commit(&store, (0..3).map(|n| document(n, "1", &text(n))).collect());
+    // The embedder's steps, with an edit of document 1 between reading the page and storing
+    // its vectors.
+    let reader = store.reader().unwrap();
+    let page = vectors::pending(&reader, &model.name, Position::default(), 10).unwrap();
+    assert_eq!(page.len(), 3);
+    commit(&store, vec![document(1, "2", "Rewritten about tomatoes.")]);
+    let update = VectorUpdate {
+        vectors: page
+            .iter()
+            .map(|pending| match &pending.need {
+                Need::Vector { title, content } => (
+                    pending.at.id,
+                    pending.at.stamp,
+                    table::pack(&model.embed(&document_text(title, content)).unwrap()),
+                ),
+                other => panic!("a new document needs a vector, not {other:?}"),
+            })
+            .collect(),
+        removed: Vec::new(),
+        reached: page.last().unwrap().at,
+    };
+    store
+        .vector_writer()
+        .unwrap()
+        .apply(&model.name, &update)
+        .unwrap();
+    // The old text's vector is stored but not current, and the edit is still owed.
+    assert_eq!(stored_vector(&store, &model, 1), None);
+    assert_eq!(
+        stored_vector(&store, &model, 0),
+        Some(expected(&model, 0, &text(0)))
+    );
+    let resumed = vectors::resume_position(&reader, &model.name).unwrap();
+    let owed = vectors::pending(&reader, &model.name, resumed, 10).unwrap();
+    let edited = owed
+        .iter()
+        .find(|pending| pending.at.id == id_of(&store, 1))
+        .expect("the edited document is visited again");
+    assert_eq!(
+        edited.need,
+        Need::Vector {
+            title: title(1),
+            content: "Rewritten about tomatoes.".into()
+        }
+    );
+}
+
 /// The nice value of each of this process's threads named `name` (Linux's /proc).
 #[cfg(target_os = "linux")]
 fn nice_of_threads(name: &str) -> Vec<i64> {
@@ -368,7 +425,6 @@ fn the_embedder_runs_at_the_lowest_cpu_priority() {
             release.recv_timeout(Duration::from_secs(30)).ok();
             None
         },
-        || 0,
         EmbedderOptions::default(),
         stop.clone(),
     )

@@ -131,8 +131,8 @@ struct RunArgs {
     /// installed); 0 leaves it to the builds.
     #[arg(long, env = "PUBSEARCH_EMBED_THREADS", default_value_t = 1)]
     embed_threads: usize,
-    /// Ingest rate, in documents a second, above which the embedder waits (a replay or a
-    /// backfill at full speed); 0 never waits.
+    /// Documents written to the store a second (by this process or a backfill beside it)
+    /// above which the embedder waits; 0 never waits.
     #[arg(long, env = "PUBSEARCH_EMBED_DEFER_ABOVE", default_value_t = crate::embedder::EmbedderOptions::default().defer_above)]
     embed_defer_above: u64,
     /// Seconds between progress log lines.

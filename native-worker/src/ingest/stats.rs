@@ -115,11 +115,6 @@ impl IngestStats {
         self.reconnects.fetch_add(1, Relaxed);
     }
 
-    /// Changes applied to the store so far.
-    pub fn applied(&self) -> u64 {
-        self.applied.load(Relaxed)
-    }
-
     pub(super) fn record_commit(
         &self,
         size: usize,

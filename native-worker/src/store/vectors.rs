@@ -118,6 +118,24 @@ pub fn current(
     Ok(found)
 }
 
+/// The newest document stamp (0 for none): where [`written_since`] starts counting.
+pub fn newest_stamp(conn: &Connection) -> rusqlite::Result<i64> {
+    conn.prepare_cached("SELECT coalesce(max(indexed_at), 0) FROM documents")?
+        .query_row([], |row| row.get(0))
+}
+
+/// How many document rows were written after `stamp`, and the newest stamp among them (or
+/// `stamp`): how fast the store is being written, by any process. Reads the `indexed_at` index
+/// over just those rows.
+pub fn written_since(conn: &Connection, stamp: i64) -> rusqlite::Result<(u64, i64)> {
+    conn.prepare_cached(
+        "SELECT count(*), coalesce(max(indexed_at), ?1) FROM documents WHERE indexed_at > ?1",
+    )?
+    .query_row([stamp], |row| {
+        Ok((row.get::<_, i64>(0)? as u64, row.get(1)?))
+    })
+}
+
 /// How many documents have a current vector by `model`, and how many live searchable ones
 /// there are: the embedder's progress. Reads every document row; for tests and reports.
 pub fn coverage(conn: &Connection, model: &str) -> rusqlite::Result<(u64, u64)> {
