@@ -67,6 +67,7 @@ impl<'conn> SnapshotWriter<'conn> {
     pub fn create(conn: &'conn mut Connection) -> rusqlite::Result<Self> {
         let tx = conn.transaction()?;
         schema::create(&tx)?;
+        crate::embed::index::prepare_given(&tx)?;
         Ok(Self { tx })
     }
 

@@ -32,23 +32,18 @@ const META_DEPTH: &str = "vector_depth";
 /// tree is built from those bytes, so a build is the same whichever way its vectors came.
 pub fn write(conn: &Connection, model: &EmbeddingModel) -> rusqlite::Result<u64> {
     let mut vectors = Packed::new(model.table.dims());
+    prepare_given(conn)?;
     {
-        let (given, parameters) = if has_given(conn)? {
-            (
-                "(SELECT g.vector FROM temp.given_vectors AS g WHERE g.id = d.id AND g.model = ?1)",
-                vec![model.name.as_str()],
-            )
-        } else {
-            ("NULL", Vec::new())
-        };
         let mut rows = conn.prepare(&format!(
             "SELECT id, given, CASE WHEN given IS NULL THEN title END,
                     CASE WHEN given IS NULL THEN {text}(content) END
-             FROM (SELECT d.id, d.title, b.content, {given} AS given
+             FROM (SELECT d.id, d.title, b.content,
+                          (SELECT g.vector FROM temp.given_vectors AS g
+                           WHERE g.id = d.id AND g.model = ?1) AS given
                    FROM documents AS d JOIN document_bodies AS b ON b.id = d.id ORDER BY d.id)",
             text = crate::content::FUNCTION,
         ))?;
-        let mut documents = rows.query(rusqlite::params_from_iter(parameters))?;
+        let mut documents = rows.query([&model.name])?;
         let mut batch = Vec::with_capacity(EMBED_BATCH);
         while let Some(row) = documents.next()? {
             let id = row.get::<_, i64>(0)?;
@@ -100,28 +95,24 @@ pub fn write(conn: &Connection, model: &EmbeddingModel) -> rusqlite::Result<u64>
     Ok(vectors.len() as u64)
 }
 
+/// Creates where [`give`]n vectors wait for [`write`] in `conn`, if it is not there yet: a
+/// temporary table, living with the connection and never in the file.
+pub fn prepare_given(conn: &Connection) -> rusqlite::Result<()> {
+    conn.execute_batch(
+        "CREATE TEMP TABLE IF NOT EXISTS given_vectors (
+             id INTEGER PRIMARY KEY, model TEXT NOT NULL, vector BLOB NOT NULL)",
+    )
+}
+
 /// Gives [`write`] the vector, by `model`, of the document in row `id` of the snapshot being
-/// built in `conn`: one computed before (the store keeps them), so the build need not embed it.
+/// built in `conn` (after [`prepare_given`]): one computed before (the store keeps them), so
+/// the build need not embed it.
 pub fn give(conn: &Connection, id: i64, model: &str, packed: &[u8]) -> rusqlite::Result<()> {
-    if !has_given(conn)? {
-        // A temporary table: it lives with the connection, never in the file.
-        conn.execute_batch(
-            "CREATE TEMP TABLE given_vectors (
-                 id INTEGER PRIMARY KEY, model TEXT NOT NULL, vector BLOB NOT NULL)",
-        )?;
-    }
     conn.prepare_cached(
         "INSERT OR REPLACE INTO temp.given_vectors (id, model, vector) VALUES (?1, ?2, ?3)",
     )?
     .execute((id, model, packed))?;
     Ok(())
-}
-
-fn has_given(conn: &Connection) -> rusqlite::Result<bool> {
-    conn.prepare_cached(
-        "SELECT EXISTS (SELECT 1 FROM temp.sqlite_master WHERE name = 'given_vectors')",
-    )?
-    .query_row([], |row| row.get(0))
 }
 
 /// Documents' texts read before they are embedded together.
