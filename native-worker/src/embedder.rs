@@ -172,17 +172,18 @@ impl WriteRate {
         WriteRate {
             threshold,
             last: None,
-            busy: (threshold == 0).then_some(false),
+            busy: None,
         }
     }
 
     /// Whether to wait; logs when waiting starts and ends.
     fn busy(&mut self, conn: &rusqlite::Connection) -> rusqlite::Result<bool> {
-        let Some((since, stamp)) = self.last.filter(|_| self.threshold > 0) else {
-            if self.threshold > 0 {
-                self.last = Some((Instant::now(), vectors::newest_stamp(conn)?));
-            }
-            return Ok(self.busy.unwrap_or(true));
+        if self.threshold == 0 {
+            return Ok(false);
+        }
+        let Some((since, stamp)) = self.last else {
+            self.last = Some((Instant::now(), vectors::newest_stamp(conn)?));
+            return Ok(true);
         };
         let elapsed = since.elapsed();
         if elapsed < Self::SPAN {
